@@ -1,0 +1,546 @@
+//! `locate_shard`: where a file lives, computed instead of looked up.
+//!
+//! A file's shard address is a pure function of its uid, its `created_at` and the routing
+//! epoch in force. The address has two parts:
+//!
+//! * a **time bucket**: `created_at` in UTC, floored to the epoch's granularity (hour, day
+//!   or calendar month), so lifecycle and retention work on whole time ranges;
+//! * a **hash bucket**: the top `n_bits` bits of a keyed BLAKE3 hash of the uid, so a busy
+//!   day is spread across `2^n_bits` addresses.
+//!
+//! Everything here is frozen by golden vectors in `tests/routing_golden.rs`. Changing the
+//! hash, its key, the granularity or `n_bits` for existing data would orphan every file
+//! already written, so such a change is only ever a new [`RoutingEpoch`] that applies to
+//! data created after it takes effect (see [`RoutingTable`]).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::{Date, Month, OffsetDateTime, Time};
+
+use crate::timestamp::{Timestamp, TimestampError};
+
+/// BLAKE3 `derive_key` context string for the uid hash. Never change it.
+pub const ROUTING_HASH_CONTEXT: &str = "vera 2026-11-24 locate_shard uid hash v1";
+/// Largest supported `n_bits`: 2^20 addresses per time bucket is far past any sane layout.
+pub const MAX_N_BITS: u8 = 20;
+/// Longest accepted uid, in bytes of UTF-8.
+pub const MAX_UID_BYTES: usize = 255;
+
+/// Why an input could not be routed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoutingError {
+    #[error("n_bits out of range: {n_bits} (allowed 0..={MAX_N_BITS})")]
+    NBitsOutOfRange { n_bits: u8 },
+    #[error("uid is empty")]
+    EmptyUid,
+    #[error("uid too long: {len} bytes (max {MAX_UID_BYTES})")]
+    UidTooLong { len: usize },
+    #[error("uid contains a control character at byte {position}")]
+    UidControlCharacter { position: usize },
+    #[error(transparent)]
+    Timestamp(#[from] TimestampError),
+    #[error("unknown routing epoch {epoch}")]
+    UnknownEpoch { epoch: u16 },
+    #[error("time bucket {bucket} is outside the supported time range for {granularity:?}")]
+    TimeBucketOutOfRange { bucket: i32, granularity: TimeGranularity },
+    #[error("hash bucket {bucket} does not fit in {n_bits} bits")]
+    BucketOutOfRange { bucket: u32, n_bits: u8 },
+    #[error("not a shard address key prefix: {prefix:?}")]
+    BadPrefix { prefix: String },
+    #[error("routing table is empty or not sorted by effective_from")]
+    BadTable,
+}
+
+/// How `created_at` is floored into a time bucket. Always UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeGranularity {
+    /// Bucket = whole hours since 1970-01-01T00Z (floor division).
+    Hour,
+    /// Bucket = whole days since 1970-01-01 (floor division).
+    Day,
+    /// Bucket = `(year - 1970) * 12 + (month - 1)`.
+    Month,
+}
+
+impl TimeGranularity {
+    /// The wire code stored in shard headers and FORMAT.md.
+    pub fn code(self) -> u8 {
+        match self {
+            TimeGranularity::Hour => 1,
+            TimeGranularity::Day => 2,
+            TimeGranularity::Month => 3,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(TimeGranularity::Hour),
+            2 => Some(TimeGranularity::Day),
+            3 => Some(TimeGranularity::Month),
+            _ => None,
+        }
+    }
+
+    fn bucket_of(self, created_at: Timestamp) -> i32 {
+        let micros = created_at.as_micros();
+        let bucket = match self {
+            TimeGranularity::Hour => micros.div_euclid(3_600_000_000),
+            TimeGranularity::Day => micros.div_euclid(86_400_000_000),
+            TimeGranularity::Month => {
+                let date = created_at.to_datetime().date();
+                (i64::from(date.year()) - 1970) * 12 + i64::from(u8::from(date.month())) - 1
+            }
+        };
+        // Timestamp's range keeps every granularity well inside i32.
+        i32::try_from(bucket).unwrap_or(i32::MAX)
+    }
+
+    /// First instant of a bucket, or `None` if it lies outside the timestamp range.
+    fn bucket_start(self, bucket: i32) -> Option<OffsetDateTime> {
+        let start = match self {
+            TimeGranularity::Hour => {
+                OffsetDateTime::from_unix_timestamp(i64::from(bucket) * 3600).ok()?
+            }
+            TimeGranularity::Day => OffsetDateTime::from_unix_timestamp(i64::from(bucket) * 86_400).ok()?,
+            TimeGranularity::Month => {
+                let months = i64::from(bucket);
+                let year = i32::try_from(1970 + months.div_euclid(12)).ok()?;
+                let month = Month::try_from(u8::try_from(months.rem_euclid(12) + 1).ok()?).ok()?;
+                Date::from_calendar_date(year, month, 1).ok()?.with_time(Time::MIDNIGHT).assume_utc()
+            }
+        };
+        let micros = i64::try_from(start.unix_timestamp_nanos() / 1000).ok()?;
+        Timestamp::from_micros(micros).ok()?;
+        Some(start)
+    }
+
+    fn prefix_tag(self) -> char {
+        match self {
+            TimeGranularity::Hour => 'h',
+            TimeGranularity::Day => 'd',
+            TimeGranularity::Month => 'm',
+        }
+    }
+}
+
+/// One routing regime: hash and time rules that never change once data is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingEpoch {
+    pub id: u16,
+    pub granularity: TimeGranularity,
+    pub n_bits: u8,
+}
+
+impl RoutingEpoch {
+    /// Epoch 1: daily UTC buckets. `n_bits` is the deployment's choice.
+    pub fn v1(n_bits: u8) -> Result<Self, RoutingError> {
+        Self::new(1, TimeGranularity::Day, n_bits)
+    }
+
+    pub fn new(id: u16, granularity: TimeGranularity, n_bits: u8) -> Result<Self, RoutingError> {
+        if n_bits > MAX_N_BITS {
+            return Err(RoutingError::NBitsOutOfRange { n_bits });
+        }
+        if id == 0 {
+            return Err(RoutingError::UnknownEpoch { epoch: id });
+        }
+        Ok(RoutingEpoch { id, granularity, n_bits })
+    }
+
+    /// Routes one file under this epoch.
+    pub fn locate(&self, uid: &str, created_at: Timestamp) -> Result<ShardAddr, RoutingError> {
+        if self.n_bits > MAX_N_BITS {
+            return Err(RoutingError::NBitsOutOfRange { n_bits: self.n_bits });
+        }
+        validate_uid(uid)?;
+        Ok(ShardAddr {
+            epoch: self.id,
+            granularity: self.granularity,
+            time_bucket: self.granularity.bucket_of(created_at),
+            n_bits: self.n_bits,
+            bucket: hash_bucket(uid_hash(uid), self.n_bits),
+        })
+    }
+}
+
+/// Routing epochs in force over time. Data is routed by the epoch whose `effective_from`
+/// is the latest one not after the file's `created_at`, so switching epochs only ever
+/// moves data created after the switch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingTable {
+    pub epochs: Vec<EpochEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochEntry {
+    pub effective_from: Timestamp,
+    pub epoch: RoutingEpoch,
+}
+
+impl RoutingTable {
+    /// A table with a single epoch that covers all time.
+    pub fn single(epoch: RoutingEpoch) -> Self {
+        RoutingTable { epochs: vec![EpochEntry { effective_from: Timestamp::MIN, epoch }] }
+    }
+
+    /// Entries must start at `Timestamp::MIN`, be strictly increasing in time and in epoch
+    /// id, and every epoch must itself be valid.
+    pub fn validate(&self) -> Result<(), RoutingError> {
+        let first = self.epochs.first().ok_or(RoutingError::BadTable)?;
+        if first.effective_from != Timestamp::MIN {
+            return Err(RoutingError::BadTable);
+        }
+        for pair in self.epochs.windows(2) {
+            if pair[1].effective_from <= pair[0].effective_from || pair[1].epoch.id <= pair[0].epoch.id {
+                return Err(RoutingError::BadTable);
+            }
+        }
+        for entry in &self.epochs {
+            RoutingEpoch::new(entry.epoch.id, entry.epoch.granularity, entry.epoch.n_bits)?;
+        }
+        Ok(())
+    }
+
+    pub fn epoch_for(&self, created_at: Timestamp) -> Result<RoutingEpoch, RoutingError> {
+        self.epochs
+            .iter()
+            .rev()
+            .find(|entry| entry.effective_from <= created_at)
+            .map(|entry| entry.epoch)
+            .ok_or(RoutingError::BadTable)
+    }
+
+    pub fn epoch_by_id(&self, id: u16) -> Result<RoutingEpoch, RoutingError> {
+        self.epochs
+            .iter()
+            .find(|entry| entry.epoch.id == id)
+            .map(|entry| entry.epoch)
+            .ok_or(RoutingError::UnknownEpoch { epoch: id })
+    }
+
+    pub fn locate(&self, uid: &str, created_at: Timestamp) -> Result<ShardAddr, RoutingError> {
+        self.epoch_for(created_at)?.locate(uid, created_at)
+    }
+}
+
+/// `locate_shard(uid, created_at, n_bits)` under routing epoch 1 (daily UTC buckets).
+pub fn locate_shard(uid: &str, created_at: Timestamp, n_bits: u8) -> Result<ShardAddr, RoutingError> {
+    RoutingEpoch::v1(n_bits)?.locate(uid, created_at)
+}
+
+/// Checks a uid: 1..=255 bytes of UTF-8 without control characters.
+pub fn validate_uid(uid: &str) -> Result<(), RoutingError> {
+    if uid.is_empty() {
+        return Err(RoutingError::EmptyUid);
+    }
+    if uid.len() > MAX_UID_BYTES {
+        return Err(RoutingError::UidTooLong { len: uid.len() });
+    }
+    if let Some((position, _)) = uid.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(RoutingError::UidControlCharacter { position });
+    }
+    Ok(())
+}
+
+/// First 8 bytes, little-endian, of BLAKE3 in derive-key mode over the uid's UTF-8 bytes.
+pub fn uid_hash(uid: &str) -> u64 {
+    let mut hasher = blake3::Hasher::new_derive_key(ROUTING_HASH_CONTEXT);
+    hasher.update(uid.as_bytes());
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_bytes()[..8]);
+    u64::from_le_bytes(first)
+}
+
+fn hash_bucket(hash: u64, n_bits: u8) -> u32 {
+    if n_bits == 0 {
+        return 0;
+    }
+    // n_bits <= 20, so the shifted value fits in u32.
+    (hash >> (64 - u32::from(n_bits))) as u32
+}
+
+/// Where a file lives: a key prefix under which its segments are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardAddr {
+    pub epoch: u16,
+    pub granularity: TimeGranularity,
+    pub time_bucket: i32,
+    pub n_bits: u8,
+    pub bucket: u32,
+}
+
+impl ShardAddr {
+    /// Builds an address from its parts, checking every field.
+    pub fn new(
+        epoch: u16,
+        granularity: TimeGranularity,
+        time_bucket: i32,
+        n_bits: u8,
+        bucket: u32,
+    ) -> Result<Self, RoutingError> {
+        if epoch == 0 {
+            return Err(RoutingError::UnknownEpoch { epoch });
+        }
+        if n_bits > MAX_N_BITS {
+            return Err(RoutingError::NBitsOutOfRange { n_bits });
+        }
+        if u64::from(bucket) >= (1u64 << n_bits) {
+            return Err(RoutingError::BucketOutOfRange { bucket, n_bits });
+        }
+        if granularity.bucket_start(time_bucket).is_none() {
+            return Err(RoutingError::TimeBucketOutOfRange { bucket: time_bucket, granularity });
+        }
+        Ok(ShardAddr { epoch, granularity, time_bucket, n_bits, bucket })
+    }
+
+    /// Object-key prefix, e.g. `e1/d2026-11-24/n04-a/`. Always ends in `/`.
+    pub fn key_prefix(&self) -> String {
+        format!("e{}/{}/n{:02}-{}/", self.epoch, self.time_label(), self.n_bits, self.bucket_hex())
+    }
+
+    /// The segment object key for generation `generation` under this address.
+    pub fn segment_key(&self, generation: u32) -> String {
+        format!("{}g{:06}.vera", self.key_prefix(), generation)
+    }
+
+    /// The sidecar object key for a segment.
+    pub fn sidecar_key(&self, generation: u32) -> String {
+        format!("{}.meta", self.segment_key(generation))
+    }
+
+    fn bucket_hex(&self) -> String {
+        let width = usize::from(self.n_bits).div_ceil(4).max(1);
+        format!("{:0width$x}", self.bucket, width = width)
+    }
+
+    fn time_label(&self) -> String {
+        let start = self.granularity.bucket_start(self.time_bucket).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let tag = self.granularity.prefix_tag();
+        match self.granularity {
+            TimeGranularity::Hour => format!(
+                "{tag}{:04}-{:02}-{:02}T{:02}",
+                start.year(),
+                u8::from(start.month()),
+                start.day(),
+                start.hour()
+            ),
+            TimeGranularity::Day => {
+                format!("{tag}{:04}-{:02}-{:02}", start.year(), u8::from(start.month()), start.day())
+            }
+            TimeGranularity::Month => format!("{tag}{:04}-{:02}", start.year(), u8::from(start.month())),
+        }
+    }
+
+    /// Parses what [`ShardAddr::key_prefix`] produced (the trailing `/` is optional).
+    /// Only the canonical spelling is accepted, so each address has exactly one prefix.
+    pub fn from_key_prefix(prefix: &str) -> Result<Self, RoutingError> {
+        let bad = || RoutingError::BadPrefix { prefix: prefix.chars().take(128).collect() };
+        let trimmed = prefix.strip_suffix('/').unwrap_or(prefix);
+        let mut parts = trimmed.split('/');
+        let (Some(epoch_part), Some(time_part), Some(bucket_part), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let epoch: u16 = epoch_part.strip_prefix('e').and_then(parse_decimal).ok_or_else(bad)?;
+        let (granularity, time_bucket) = parse_time_label(time_part).ok_or_else(bad)?;
+        let (bits_text, hex_text) = bucket_part.strip_prefix('n').and_then(|rest| rest.split_once('-')).ok_or_else(bad)?;
+        let n_bits: u8 = parse_decimal(bits_text).ok_or_else(bad)?;
+        if hex_text.is_empty() || !hex_text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad());
+        }
+        let bucket = u32::from_str_radix(hex_text, 16).map_err(|_| bad())?;
+        let addr = ShardAddr::new(epoch, granularity, time_bucket, n_bits, bucket)?;
+        if addr.key_prefix().trim_end_matches('/') != trimmed {
+            return Err(bad());
+        }
+        Ok(addr)
+    }
+
+    /// Parses a segment key produced by [`ShardAddr::segment_key`].
+    pub fn from_segment_key(key: &str) -> Result<(Self, u32), RoutingError> {
+        let bad = || RoutingError::BadPrefix { prefix: key.chars().take(128).collect() };
+        let (prefix, file) = key.rsplit_once('/').ok_or_else(bad)?;
+        let generation_text = file.strip_prefix('g').and_then(|rest| rest.strip_suffix(".vera")).ok_or_else(bad)?;
+        if generation_text.len() != 6 {
+            return Err(bad());
+        }
+        let generation: u32 = parse_decimal(generation_text).ok_or_else(bad)?;
+        let addr = Self::from_key_prefix(prefix)?;
+        Ok((addr, generation))
+    }
+}
+
+impl fmt::Display for ShardAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key_prefix())
+    }
+}
+
+fn parse_decimal<T: std::str::FromStr>(text: &str) -> Option<T> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn parse_time_label(label: &str) -> Option<(TimeGranularity, i32)> {
+    let mut chars = label.chars();
+    let tag = chars.next()?;
+    let rest = chars.as_str();
+    let granularity = match tag {
+        'h' => TimeGranularity::Hour,
+        'd' => TimeGranularity::Day,
+        'm' => TimeGranularity::Month,
+        _ => return None,
+    };
+    let field = |range: std::ops::Range<usize>| -> Option<i64> { parse_decimal(rest.get(range)?) };
+    let (year, month) = (field(0..4)?, field(5..7)?);
+    if rest.get(4..5)? != "-" {
+        return None;
+    }
+    let bucket = match granularity {
+        TimeGranularity::Month => {
+            if rest.len() != 7 {
+                return None;
+            }
+            if !(1..=12).contains(&month) {
+                return None;
+            }
+            (year - 1970) * 12 + month - 1
+        }
+        TimeGranularity::Day | TimeGranularity::Hour => {
+            let day = field(8..10)?;
+            if rest.get(7..8)? != "-" {
+                return None;
+            }
+            let date = Date::from_calendar_date(
+                i32::try_from(year).ok()?,
+                Month::try_from(u8::try_from(month).ok()?).ok()?,
+                u8::try_from(day).ok()?,
+            )
+            .ok()?;
+            let days = i64::from(date.to_julian_day()) - i64::from(Date::from_calendar_date(1970, Month::January, 1).ok()?.to_julian_day());
+            if granularity == TimeGranularity::Day {
+                if rest.len() != 10 {
+                    return None;
+                }
+                days
+            } else {
+                if rest.len() != 13 || rest.get(10..11)? != "T" {
+                    return None;
+                }
+                let hour = field(11..13)?;
+                if hour > 23 {
+                    return None;
+                }
+                days * 24 + hour
+            }
+        }
+    };
+    Some((granularity, i32::try_from(bucket).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(text: &str) -> Timestamp {
+        Timestamp::parse(text).unwrap()
+    }
+
+    #[test]
+    fn bad_inputs_get_typed_errors() {
+        let t = ts("2026-11-24T10:00:00Z");
+        assert_eq!(locate_shard("a", t, 21), Err(RoutingError::NBitsOutOfRange { n_bits: 21 }));
+        assert_eq!(locate_shard("", t, 4), Err(RoutingError::EmptyUid));
+        let long = "x".repeat(256);
+        assert_eq!(locate_shard(&long, t, 4), Err(RoutingError::UidTooLong { len: 256 }));
+        assert_eq!(locate_shard("a\nb", t, 4), Err(RoutingError::UidControlCharacter { position: 1 }));
+        assert!(locate_shard(&"x".repeat(255), t, 4).is_ok());
+    }
+
+    #[test]
+    fn time_buckets_are_utc_and_floor() {
+        let a = locate_shard("u", ts("2026-11-24T00:00:00Z"), 0).unwrap();
+        let b = locate_shard("u", ts("2026-11-24T23:59:59.999999Z"), 0).unwrap();
+        let c = locate_shard("u", ts("2026-11-24T23:30:00-01:00"), 0).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c, "23:30 at -01:00 is the next UTC day");
+        let before_epoch = locate_shard("u", ts("1969-12-31T23:00:00Z"), 0).unwrap();
+        assert_eq!(before_epoch.time_bucket, -1);
+    }
+
+    #[test]
+    fn prefix_round_trips_for_every_granularity() {
+        for granularity in [TimeGranularity::Hour, TimeGranularity::Day, TimeGranularity::Month] {
+            for n_bits in [0u8, 1, 4, 5, 12, 20] {
+                let epoch = RoutingEpoch::new(3, granularity, n_bits).unwrap();
+                for (i, when) in ["1900-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "2026-11-24T10:11:12Z", "9999-12-31T23:59:59Z"]
+                    .iter()
+                    .enumerate()
+                {
+                    let addr = epoch.locate(&format!("uid-{i}"), ts(when)).unwrap();
+                    let prefix = addr.key_prefix();
+                    assert_eq!(ShardAddr::from_key_prefix(&prefix).unwrap(), addr, "{prefix}");
+                    let key = addr.segment_key(7);
+                    assert_eq!(ShardAddr::from_segment_key(&key).unwrap(), (addr, 7));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_canonical_prefixes_are_refused() {
+        for bad in [
+            "",
+            "e1",
+            "e1/d2026-11-24",
+            "e1/d2026-11-24/n04-a/extra",
+            "e01/d2026-11-24/n04-a",
+            "e1/d2026-11-24/n4-a",
+            "e1/d2026-11-24/n04-0a",
+            "e1/d2026-11-24/n04-A",
+            "e1/d2026-11-24/n04-10",
+            "e1/d2026-02-30/n04-a",
+            "e1/x2026-11-24/n04-a",
+            "e0/d2026-11-24/n04-a",
+            "e1/h2026-11-24T24/n04-a",
+            "e1/m2026-13/n04-a",
+            "e1/d2026-11-24/n21-00000",
+            "e1/d+026-11-24/n04-a",
+        ] {
+            assert!(ShardAddr::from_key_prefix(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(ShardAddr::from_segment_key("e1/d2026-11-24/n04-a/g1.vera").is_err());
+        assert!(ShardAddr::from_segment_key("e1/d2026-11-24/n04-a/g000001.vera").is_ok());
+    }
+
+    #[test]
+    fn routing_table_picks_epoch_by_created_at() {
+        let table = RoutingTable {
+            epochs: vec![
+                EpochEntry { effective_from: Timestamp::MIN, epoch: RoutingEpoch::v1(4).unwrap() },
+                EpochEntry {
+                    effective_from: ts("2027-01-01T00:00:00Z"),
+                    epoch: RoutingEpoch::new(2, TimeGranularity::Hour, 6).unwrap(),
+                },
+            ],
+        };
+        table.validate().unwrap();
+        let old = table.locate("abc", ts("2026-12-31T23:59:59Z")).unwrap();
+        assert_eq!(old, locate_shard("abc", ts("2026-12-31T23:59:59Z"), 4).unwrap());
+        let new = table.locate("abc", ts("2027-01-01T00:00:00Z")).unwrap();
+        assert_eq!((new.epoch, new.granularity, new.n_bits), (2, TimeGranularity::Hour, 6));
+        let unsorted = RoutingTable { epochs: table.epochs.iter().rev().cloned().collect() };
+        assert_eq!(unsorted.validate(), Err(RoutingError::BadTable));
+        assert_eq!(RoutingTable { epochs: vec![] }.validate(), Err(RoutingError::BadTable));
+    }
+}

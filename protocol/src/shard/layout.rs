@@ -1,0 +1,301 @@
+//! Fixed-size structures of the `.vera` format, encoded little-endian. FORMAT.md is the
+//! normative description; every constant here appears there with the same value.
+
+use crate::compress::Codec;
+use crate::merkle::Hash;
+use crate::routing::{ShardAddr, TimeGranularity};
+
+/// `.vera` format version written by this code.
+pub const FORMAT_VERSION: u16 = 1;
+/// First 8 bytes of every segment.
+pub const HEADER_MAGIC: [u8; 8] = *b"VERA\x00SEG";
+/// Last 8 bytes of every segment.
+pub const FOOTER_MAGIC: [u8; 8] = *b"VERA\x00END";
+pub const HEADER_LEN: usize = 64;
+pub const FOOTER_LEN: usize = 128;
+pub const INDEX_ENTRY_LEN: usize = 68;
+/// Each payload in DATA is followed by the 32-byte BLAKE3 of the file's raw content.
+pub const TRAILER_LEN: usize = 32;
+/// Index block codec byte: stored as is.
+pub const INDEX_CODEC_RAW: u8 = 0;
+/// Index block codec byte: one zstd frame.
+pub const INDEX_CODEC_ZSTD: u8 = 1;
+/// Longest content type string in the content type table.
+pub const MAX_CONTENT_TYPE_LEN: usize = 127;
+
+/// Why a fixed structure was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("bad magic in {what}")]
+    BadMagic { what: &'static str },
+    #[error("{what} checksum mismatch")]
+    Checksum { what: &'static str },
+    #[error("unsupported format version {version} (this reader knows {FORMAT_VERSION})")]
+    UnsupportedVersion { version: u16 },
+    #[error("{what} field {field} is invalid")]
+    Invalid { what: &'static str, field: &'static str },
+    #[error("{what} is truncated: need {need} bytes, have {have}")]
+    Truncated { what: &'static str, need: usize, have: usize },
+}
+
+/// Segment header: identifies the segment without the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub addr: ShardAddr,
+    pub generation: u32,
+}
+
+impl Header {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0..8].copy_from_slice(&HEADER_MAGIC);
+        out[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
+        out[12..14].copy_from_slice(&self.addr.epoch.to_le_bytes());
+        out[14] = self.addr.granularity.code();
+        out[15] = self.addr.n_bits;
+        out[16..20].copy_from_slice(&self.addr.time_bucket.to_le_bytes());
+        out[20..24].copy_from_slice(&self.addr.bucket.to_le_bytes());
+        out[24..28].copy_from_slice(&self.generation.to_le_bytes());
+        // 28..60 reserved, zero.
+        let crc = crc32c::crc32c(&out[0..60]);
+        out[60..64].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Header, LayoutError> {
+        const WHAT: &str = "header";
+        let bytes = bytes
+            .get(..HEADER_LEN)
+            .ok_or(LayoutError::Truncated { what: WHAT, need: HEADER_LEN, have: bytes.len() })?;
+        if bytes[0..8] != HEADER_MAGIC {
+            return Err(LayoutError::BadMagic { what: WHAT });
+        }
+        if crc32c::crc32c(&bytes[0..60]) != le_u32(bytes, 60) {
+            return Err(LayoutError::Checksum { what: WHAT });
+        }
+        let version = le_u16(bytes, 8);
+        if version != FORMAT_VERSION {
+            return Err(LayoutError::UnsupportedVersion { version });
+        }
+        if usize::from(le_u16(bytes, 10)) != HEADER_LEN {
+            return Err(LayoutError::Invalid { what: WHAT, field: "header_len" });
+        }
+        if bytes[28..60].iter().any(|&b| b != 0) {
+            return Err(LayoutError::Invalid { what: WHAT, field: "reserved" });
+        }
+        let granularity =
+            TimeGranularity::from_code(bytes[14]).ok_or(LayoutError::Invalid { what: WHAT, field: "granularity" })?;
+        let addr = ShardAddr::new(le_u16(bytes, 12), granularity, le_i32(bytes, 16), bytes[15], le_u32(bytes, 20))
+            .map_err(|_| LayoutError::Invalid { what: WHAT, field: "shard_addr" })?;
+        Ok(Header { addr, generation: le_u32(bytes, 24) })
+    }
+}
+
+/// Segment footer: the fixed-size tail a reader finds first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footer {
+    pub index_region_offset: u64,
+    pub index_region_len: u64,
+    pub dictionary_len: u32,
+    pub index_codec: u8,
+    pub index_raw_len: u64,
+    pub entry_count: u64,
+    pub data_len: u64,
+    pub index_checksum: Hash,
+    pub merkle_root: Hash,
+}
+
+impl Footer {
+    pub fn encode(&self) -> [u8; FOOTER_LEN] {
+        let mut out = [0u8; FOOTER_LEN];
+        out[0..8].copy_from_slice(&self.index_region_offset.to_le_bytes());
+        out[8..16].copy_from_slice(&self.index_region_len.to_le_bytes());
+        out[16..20].copy_from_slice(&self.dictionary_len.to_le_bytes());
+        out[20] = self.index_codec;
+        // 21 reserved, zero.
+        out[22..24].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[24..32].copy_from_slice(&self.index_raw_len.to_le_bytes());
+        out[32..40].copy_from_slice(&self.entry_count.to_le_bytes());
+        out[40..48].copy_from_slice(&self.data_len.to_le_bytes());
+        out[48..80].copy_from_slice(&self.index_checksum);
+        out[80..112].copy_from_slice(&self.merkle_root);
+        // 112..116 reserved, zero.
+        let crc = crc32c::crc32c(&out[0..116]);
+        out[116..120].copy_from_slice(&crc.to_le_bytes());
+        out[120..128].copy_from_slice(&FOOTER_MAGIC);
+        out
+    }
+
+    /// Decodes the last `FOOTER_LEN` bytes of a segment.
+    pub fn decode(bytes: &[u8]) -> Result<Footer, LayoutError> {
+        const WHAT: &str = "footer";
+        if bytes.len() != FOOTER_LEN {
+            return Err(LayoutError::Truncated { what: WHAT, need: FOOTER_LEN, have: bytes.len() });
+        }
+        if bytes[120..128] != FOOTER_MAGIC {
+            return Err(LayoutError::BadMagic { what: WHAT });
+        }
+        if crc32c::crc32c(&bytes[0..116]) != le_u32(bytes, 116) {
+            return Err(LayoutError::Checksum { what: WHAT });
+        }
+        let version = le_u16(bytes, 22);
+        if version != FORMAT_VERSION {
+            return Err(LayoutError::UnsupportedVersion { version });
+        }
+        if bytes[21] != 0 || bytes[112..116].iter().any(|&b| b != 0) {
+            return Err(LayoutError::Invalid { what: WHAT, field: "reserved" });
+        }
+        let index_codec = bytes[20];
+        if index_codec != INDEX_CODEC_RAW && index_codec != INDEX_CODEC_ZSTD {
+            return Err(LayoutError::Invalid { what: WHAT, field: "index_codec" });
+        }
+        Ok(Footer {
+            index_region_offset: le_u64(bytes, 0),
+            index_region_len: le_u64(bytes, 8),
+            dictionary_len: le_u32(bytes, 16),
+            index_codec,
+            index_raw_len: le_u64(bytes, 24),
+            entry_count: le_u64(bytes, 32),
+            data_len: le_u64(bytes, 40),
+            index_checksum: hash_at(bytes, 48),
+            merkle_root: hash_at(bytes, 80),
+        })
+    }
+
+    /// Total object length implied by the footer, or `None` on overflow.
+    pub fn object_len(&self) -> Option<u64> {
+        self.index_region_offset.checked_add(self.index_region_len)?.checked_add(FOOTER_LEN as u64)
+    }
+}
+
+/// One file in the index. `uid_offset`/`uid_len` point into the index's uid pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub uid_offset: u32,
+    pub uid_len: u16,
+    pub content_type: u16,
+    pub codec: Codec,
+    pub created_at_micros: i64,
+    pub data_offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub content_hash: Hash,
+}
+
+impl IndexEntry {
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.uid_offset.to_le_bytes());
+        out.extend_from_slice(&self.uid_len.to_le_bytes());
+        out.extend_from_slice(&self.content_type.to_le_bytes());
+        out.push(self.codec.as_byte());
+        out.push(0); // flags, reserved
+        out.extend_from_slice(&0u16.to_le_bytes()); // reserved
+        out.extend_from_slice(&self.created_at_micros.to_le_bytes());
+        out.extend_from_slice(&self.data_offset.to_le_bytes());
+        out.extend_from_slice(&self.stored_len.to_le_bytes());
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+        out.extend_from_slice(&self.content_hash);
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<IndexEntry, LayoutError> {
+        const WHAT: &str = "index entry";
+        if bytes.len() != INDEX_ENTRY_LEN {
+            return Err(LayoutError::Truncated { what: WHAT, need: INDEX_ENTRY_LEN, have: bytes.len() });
+        }
+        let codec = Codec::from_byte(bytes[8]).ok_or(LayoutError::Invalid { what: WHAT, field: "codec" })?;
+        if bytes[9] != 0 || le_u16(bytes, 10) != 0 {
+            return Err(LayoutError::Invalid { what: WHAT, field: "reserved" });
+        }
+        Ok(IndexEntry {
+            uid_offset: le_u32(bytes, 0),
+            uid_len: le_u16(bytes, 4),
+            content_type: le_u16(bytes, 6),
+            codec,
+            created_at_micros: le_i64(bytes, 12),
+            data_offset: le_u64(bytes, 20),
+            stored_len: le_u32(bytes, 28),
+            raw_len: le_u32(bytes, 32),
+            content_hash: hash_at(bytes, 36),
+        })
+    }
+
+    /// Byte range of the DATA record (payload plus trailer) within the object.
+    pub fn record_range(&self) -> std::ops::Range<u64> {
+        self.data_offset..self.data_offset + u64::from(self.stored_len) + TRAILER_LEN as u64
+    }
+}
+
+// Callers pass slices whose length was checked above, so the indexing cannot fail.
+fn le_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut buf = [0u8; 4];
+    buf.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(buf)
+}
+
+fn le_i32(bytes: &[u8], at: usize) -> i32 {
+    le_u32(bytes, at) as i32
+}
+
+fn le_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut buf = [0u8; 8];
+    buf.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(buf)
+}
+
+fn le_i64(bytes: &[u8], at: usize) -> i64 {
+    le_u64(bytes, at) as i64
+}
+
+fn hash_at(bytes: &[u8], at: usize) -> Hash {
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&bytes[at..at + 32]);
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::locate_shard;
+    use crate::timestamp::Timestamp;
+
+    #[test]
+    fn header_round_trip_and_corruption() {
+        let addr = locate_shard("u-1", Timestamp::parse("2026-11-24T10:00:00Z").unwrap(), 6).unwrap();
+        let header = Header { addr, generation: 3 };
+        let bytes = header.encode();
+        assert_eq!(Header::decode(&bytes).unwrap(), header);
+        for position in 0..HEADER_LEN {
+            let mut corrupt = bytes;
+            corrupt[position] ^= 0x40;
+            assert!(Header::decode(&corrupt).is_err(), "flip at {position} accepted");
+        }
+        assert!(matches!(Header::decode(&bytes[..10]), Err(LayoutError::Truncated { .. })));
+    }
+
+    #[test]
+    fn footer_round_trip_and_corruption() {
+        let footer = Footer {
+            index_region_offset: 1000,
+            index_region_len: 200,
+            dictionary_len: 0,
+            index_codec: INDEX_CODEC_ZSTD,
+            index_raw_len: 400,
+            entry_count: 3,
+            data_len: 936,
+            index_checksum: [7; 32],
+            merkle_root: [9; 32],
+        };
+        let bytes = footer.encode();
+        assert_eq!(Footer::decode(&bytes).unwrap(), footer);
+        for position in 0..FOOTER_LEN {
+            let mut corrupt = bytes;
+            corrupt[position] ^= 0x01;
+            assert!(Footer::decode(&corrupt).is_err(), "flip at {position} accepted");
+        }
+    }
+}
