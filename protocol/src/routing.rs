@@ -127,7 +127,7 @@ impl TimeGranularity {
 
 /// One routing regime: hash and time rules that never change once data is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "RoutingEpochWire")]
 pub struct RoutingEpoch {
     pub id: u16,
     pub granularity: TimeGranularity,
@@ -163,6 +163,22 @@ impl RoutingEpoch {
             n_bits: self.n_bits,
             bucket: hash_bucket(uid_hash(uid), self.n_bits),
         })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutingEpochWire {
+    id: u16,
+    granularity: TimeGranularity,
+    n_bits: u8,
+}
+
+impl TryFrom<RoutingEpochWire> for RoutingEpoch {
+    type Error = RoutingError;
+
+    fn try_from(wire: RoutingEpochWire) -> Result<Self, Self::Error> {
+        RoutingEpoch::new(wire.id, wire.granularity, wire.n_bits)
     }
 }
 
@@ -265,9 +281,10 @@ fn hash_bucket(hash: u64, n_bits: u8) -> u32 {
     (hash >> (64 - u32::from(n_bits))) as u32
 }
 
-/// Where a file lives: a key prefix under which its segments are stored.
+/// Where a file lives: a key prefix under which its segments are stored. Deserialising
+/// checks every field, so a `ShardAddr` from a message is always a valid address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "ShardAddrWire")]
 pub struct ShardAddr {
     pub epoch: u16,
     pub granularity: TimeGranularity,
@@ -375,6 +392,24 @@ impl ShardAddr {
         let generation: u32 = parse_decimal(generation_text).ok_or_else(bad)?;
         let addr = Self::from_key_prefix(prefix)?;
         Ok((addr, generation))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShardAddrWire {
+    epoch: u16,
+    granularity: TimeGranularity,
+    time_bucket: i32,
+    n_bits: u8,
+    bucket: u32,
+}
+
+impl TryFrom<ShardAddrWire> for ShardAddr {
+    type Error = RoutingError;
+
+    fn try_from(wire: ShardAddrWire) -> Result<Self, Self::Error> {
+        ShardAddr::new(wire.epoch, wire.granularity, wire.time_bucket, wire.n_bits, wire.bucket)
     }
 }
 

@@ -12,7 +12,7 @@ pub const HEADER_MAGIC: [u8; 8] = *b"VERA\x00SEG";
 /// Last 8 bytes of every segment.
 pub const FOOTER_MAGIC: [u8; 8] = *b"VERA\x00END";
 pub const HEADER_LEN: usize = 64;
-pub const FOOTER_LEN: usize = 128;
+pub const FOOTER_LEN: usize = 160;
 pub const INDEX_ENTRY_LEN: usize = 68;
 /// Each payload in DATA is followed by the 32-byte BLAKE3 of the file's raw content.
 pub const TRAILER_LEN: usize = 32;
@@ -103,6 +103,8 @@ pub struct Footer {
     pub entry_count: u64,
     pub data_len: u64,
     pub index_checksum: Hash,
+    /// BLAKE3 over the DATA region bytes exactly as stored.
+    pub data_checksum: Hash,
     pub merkle_root: Hash,
 }
 
@@ -119,11 +121,12 @@ impl Footer {
         out[32..40].copy_from_slice(&self.entry_count.to_le_bytes());
         out[40..48].copy_from_slice(&self.data_len.to_le_bytes());
         out[48..80].copy_from_slice(&self.index_checksum);
-        out[80..112].copy_from_slice(&self.merkle_root);
-        // 112..116 reserved, zero.
-        let crc = crc32c::crc32c(&out[0..116]);
-        out[116..120].copy_from_slice(&crc.to_le_bytes());
-        out[120..128].copy_from_slice(&FOOTER_MAGIC);
+        out[80..112].copy_from_slice(&self.data_checksum);
+        out[112..144].copy_from_slice(&self.merkle_root);
+        // 144..148 reserved, zero.
+        let crc = crc32c::crc32c(&out[0..148]);
+        out[148..152].copy_from_slice(&crc.to_le_bytes());
+        out[152..160].copy_from_slice(&FOOTER_MAGIC);
         out
     }
 
@@ -133,17 +136,17 @@ impl Footer {
         if bytes.len() != FOOTER_LEN {
             return Err(LayoutError::Truncated { what: WHAT, need: FOOTER_LEN, have: bytes.len() });
         }
-        if bytes[120..128] != FOOTER_MAGIC {
+        if bytes[152..160] != FOOTER_MAGIC {
             return Err(LayoutError::BadMagic { what: WHAT });
         }
-        if crc32c::crc32c(&bytes[0..116]) != le_u32(bytes, 116) {
+        if crc32c::crc32c(&bytes[0..148]) != le_u32(bytes, 148) {
             return Err(LayoutError::Checksum { what: WHAT });
         }
         let version = le_u16(bytes, 22);
         if version != FORMAT_VERSION {
             return Err(LayoutError::UnsupportedVersion { version });
         }
-        if bytes[21] != 0 || bytes[112..116].iter().any(|&b| b != 0) {
+        if bytes[21] != 0 || bytes[144..148].iter().any(|&b| b != 0) {
             return Err(LayoutError::Invalid { what: WHAT, field: "reserved" });
         }
         let index_codec = bytes[20];
@@ -159,7 +162,8 @@ impl Footer {
             entry_count: le_u64(bytes, 32),
             data_len: le_u64(bytes, 40),
             index_checksum: hash_at(bytes, 48),
-            merkle_root: hash_at(bytes, 80),
+            data_checksum: hash_at(bytes, 80),
+            merkle_root: hash_at(bytes, 112),
         })
     }
 
@@ -288,6 +292,7 @@ mod tests {
             entry_count: 3,
             data_len: 936,
             index_checksum: [7; 32],
+            data_checksum: [8; 32],
             merkle_root: [9; 32],
         };
         let bytes = footer.encode();

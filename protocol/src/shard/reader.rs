@@ -46,6 +46,8 @@ pub enum ReadError {
     Corrupt { reason: &'static str },
     #[error("segment index checksum mismatch")]
     IndexChecksum,
+    #[error("segment data region checksum mismatch")]
+    DataChecksum,
     #[error("segment merkle root does not match its index")]
     MerkleRoot,
     #[error("{what} of {len} bytes exceeds the limit of {limit}")]
@@ -441,6 +443,7 @@ pub fn verify_segment<R: Read + Seek>(source: &mut R, object_len: u64, limits: &
     let header = Header::decode(&header_bytes)?;
     let mut raw_bytes = 0u64;
     let mut record = Vec::new();
+    let mut data_hasher = blake3::Hasher::new();
     for file in index.files() {
         let record_len = u64::from(file.entry.stored_len) + TRAILER_LEN as u64;
         record.clear();
@@ -449,8 +452,12 @@ pub fn verify_segment<R: Read + Seek>(source: &mut R, object_len: u64, limits: &
             return Err(ReadError::Corrupt { reason: "object shorter than its index says" });
         }
         object_hasher.update(&record);
+        data_hasher.update(&record);
         let decoded = index.decode(file, &record, limits)?;
         raw_bytes += decoded.len() as u64;
+    }
+    if *data_hasher.finalize().as_bytes() != index.footer().data_checksum {
+        return Err(ReadError::DataChecksum);
     }
     let mut tail = Vec::new();
     reader.read_to_end(&mut tail)?;

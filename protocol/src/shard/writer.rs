@@ -326,6 +326,7 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
         let mut entries = Vec::with_capacity(self.pending.len());
         let mut uid_pool = Vec::new();
         let mut buffer = Vec::new();
+        let mut data_hasher = blake3::Hasher::new();
         let (mut raw_bytes, mut stored_payload_bytes, mut dictionary_files) = (0u64, 0u64, 0u64);
         for file in &self.pending {
             buffer.resize(file.spill_len as usize, 0);
@@ -344,6 +345,8 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
             let data_offset = out.position();
             out.write_all(&stored)?;
             out.write_all(&file.content_hash)?;
+            data_hasher.update(&stored);
+            data_hasher.update(&file.content_hash);
             let stored_len = u32::try_from(stored.len()).map_err(|_| WriteError::LimitExceeded { what: "file size" })?;
             let uid_offset =
                 u32::try_from(uid_pool.len()).map_err(|_| WriteError::LimitExceeded { what: "uid pool bytes" })?;
@@ -391,6 +394,7 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
             entry_count: entries.len() as u64,
             data_len,
             index_checksum: *region_hasher.finalize().as_bytes(),
+            data_checksum: *data_hasher.finalize().as_bytes(),
             merkle_root: merkle::root_of_leaf_hashes(&leaves),
         };
         out.write_all(&footer.encode())?;
