@@ -475,7 +475,9 @@ mod tests {
     fn speed_mode_uses_lz4_and_round_trips() {
         let policy = CompressionPolicy { mode: CompressionMode::Speed, ..CompressionPolicy::default() };
         let text: Vec<u8> = (0..500).flat_map(json_record).collect();
-        let Prepared::Final { codec, stored } = prepare(&policy, &text) else { panic!("speed mode has no dictionaries") };
+        let Prepared::Final { codec, stored } = prepare(&policy, &text) else {
+            panic!("speed mode has no dictionaries")
+        };
         assert_eq!(codec, Codec::Lz4);
         assert_eq!(decode(codec, &stored, text.len() as u64, None, 1 << 30).unwrap(), text);
     }
@@ -515,7 +517,10 @@ mod tests {
         );
         // The index claims fewer bytes than the frame holds: decoding stops, no runaway.
         assert!(matches!(decode(Codec::Zstd, &stored, 10, None, 1 << 30), Err(DecodeError::LengthMismatch { .. })));
-        assert_eq!(decode(Codec::Lz4, &[0xF0], 1 << 20, None, 1 << 30), Err(DecodeError::Corrupt { codec: Codec::Lz4 }));
+        assert_eq!(
+            decode(Codec::Lz4, &[0xF0], 1 << 20, None, 1 << 30),
+            Err(DecodeError::Corrupt { codec: Codec::Lz4 })
+        );
         assert_eq!(decode(Codec::ZstdDict, &stored, 1 << 20, None, 1 << 30), Err(DecodeError::MissingDictionary));
         assert!(decode(Codec::Zstd, b"not zstd", 5, None, 1 << 30).is_err());
     }

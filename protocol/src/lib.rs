@@ -25,5 +25,5 @@ pub mod shard;
 pub mod sidecar;
 pub mod timestamp;
 
-pub use routing::{locate_shard, RoutingEpoch, RoutingError, ShardAddr, TimeGranularity};
+pub use routing::{RoutingEpoch, RoutingError, ShardAddr, TimeGranularity, locate_shard};
 pub use timestamp::Timestamp;

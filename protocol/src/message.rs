@@ -82,7 +82,8 @@ pub enum Message {
 }
 
 /// The message `type` names this code understands.
-pub const MESSAGE_TYPES: &[&str] = &["pack_task", "shard_sealed", "tombstone_requested", "repack_requested", "audit_event"];
+pub const MESSAGE_TYPES: &[&str] =
+    &["pack_task", "shard_sealed", "tombstone_requested", "repack_requested", "audit_event"];
 
 /// A slot of source rows for a worker to pack: rows with `after < watermark <= up_to`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -237,7 +238,8 @@ impl Envelope {
         if !is_valid_id(&self.id) {
             return Err(EnvelopeError::InvalidField { field: "id" });
         }
-        let check_uid = |uid: &str| crate::routing::validate_uid(uid).map_err(|_| EnvelopeError::InvalidField { field: "uid" });
+        let check_uid =
+            |uid: &str| crate::routing::validate_uid(uid).map_err(|_| EnvelopeError::InvalidField { field: "uid" });
         match &self.message {
             Message::PackTask(task) => {
                 if !is_valid_id(&task.task_id) || !is_valid_id(&task.source) {

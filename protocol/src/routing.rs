@@ -100,9 +100,7 @@ impl TimeGranularity {
     /// First instant of a bucket, or `None` if it lies outside the timestamp range.
     fn bucket_start(self, bucket: i32) -> Option<OffsetDateTime> {
         let start = match self {
-            TimeGranularity::Hour => {
-                OffsetDateTime::from_unix_timestamp(i64::from(bucket) * 3600).ok()?
-            }
+            TimeGranularity::Hour => OffsetDateTime::from_unix_timestamp(i64::from(bucket) * 3600).ok()?,
             TimeGranularity::Day => OffsetDateTime::from_unix_timestamp(i64::from(bucket) * 86_400).ok()?,
             TimeGranularity::Month => {
                 let months = i64::from(bucket);
@@ -368,7 +366,8 @@ impl ShardAddr {
         };
         let epoch: u16 = epoch_part.strip_prefix('e').and_then(parse_decimal).ok_or_else(bad)?;
         let (granularity, time_bucket) = parse_time_label(time_part).ok_or_else(bad)?;
-        let (bits_text, hex_text) = bucket_part.strip_prefix('n').and_then(|rest| rest.split_once('-')).ok_or_else(bad)?;
+        let (bits_text, hex_text) =
+            bucket_part.strip_prefix('n').and_then(|rest| rest.split_once('-')).ok_or_else(bad)?;
         let n_bits: u8 = parse_decimal(bits_text).ok_or_else(bad)?;
         if hex_text.is_empty() || !hex_text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(bad());
@@ -462,7 +461,8 @@ fn parse_time_label(label: &str) -> Option<(TimeGranularity, i32)> {
                 u8::try_from(day).ok()?,
             )
             .ok()?;
-            let days = i64::from(date.to_julian_day()) - i64::from(Date::from_calendar_date(1970, Month::January, 1).ok()?.to_julian_day());
+            let days = i64::from(date.to_julian_day())
+                - i64::from(Date::from_calendar_date(1970, Month::January, 1).ok()?.to_julian_day());
             if granularity == TimeGranularity::Day {
                 if rest.len() != 10 {
                     return None;
@@ -518,9 +518,10 @@ mod tests {
         for granularity in [TimeGranularity::Hour, TimeGranularity::Day, TimeGranularity::Month] {
             for n_bits in [0u8, 1, 4, 5, 12, 20] {
                 let epoch = RoutingEpoch::new(3, granularity, n_bits).unwrap();
-                for (i, when) in ["1900-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "2026-11-24T10:11:12Z", "9999-12-31T23:59:59Z"]
-                    .iter()
-                    .enumerate()
+                for (i, when) in
+                    ["1900-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "2026-11-24T10:11:12Z", "9999-12-31T23:59:59Z"]
+                        .iter()
+                        .enumerate()
                 {
                     let addr = epoch.locate(&format!("uid-{i}"), ts(when)).unwrap();
                     let prefix = addr.key_prefix();

@@ -318,15 +318,15 @@ mod tests {
             Sidecar::decode(br#"{"format":"vera.meta","version":9}"#),
             Err(SidecarError::UnsupportedVersion { version: 9 })
         ));
-        assert!(matches!(
-            Sidecar::decode(br#"{"format":"zip","version":1}"#),
-            Err(SidecarError::WrongFormat { .. })
-        ));
+        assert!(matches!(Sidecar::decode(br#"{"format":"zip","version":1}"#), Err(SidecarError::WrongFormat { .. })));
         let mut sidecar = Sidecar::new("k", [0; 32]);
         sidecar.tombstone("u", tombstone()).unwrap();
         let text = String::from_utf8(sidecar.encode()).unwrap();
         let free_text = text.replace("req-1", "Erase Jane Doe please");
-        assert_eq!(Sidecar::decode(free_text.as_bytes()), Err(SidecarError::InvalidField { field: "request_id or operator" }));
+        assert_eq!(
+            Sidecar::decode(free_text.as_bytes()),
+            Err(SidecarError::InvalidField { field: "request_id or operator" })
+        );
         let extra = text.replacen('{', "{\"comment\":\"x\",", 1);
         assert!(matches!(Sidecar::decode(extra.as_bytes()), Err(SidecarError::Malformed { .. })));
         let bad_hash = text.replace(&"00".repeat(32), "zz");

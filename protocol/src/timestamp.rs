@@ -32,7 +32,7 @@ impl Timestamp {
 
     /// Checks the range; the only way to build a `Timestamp` from outside data.
     pub fn from_micros(micros: i64) -> Result<Self, TimestampError> {
-        if micros < Self::MIN.0 || micros > Self::MAX.0 {
+        if !(Self::MIN.0..=Self::MAX.0).contains(&micros) {
             return Err(TimestampError::OutOfRange { micros });
         }
         Ok(Timestamp(micros))

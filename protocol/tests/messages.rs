@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use vera_protocol::Timestamp;
 use vera_protocol::message::{
     AuditAction, AuditEvent, AuditOutcome, Envelope, EnvelopeError, Message, PackTask, RepackRequested, ShardSealed,
     Slot, TombstoneRequested, TraceContext,
 };
-use vera_protocol::routing::{locate_shard, RoutingEpoch, RoutingTable};
+use vera_protocol::routing::{RoutingEpoch, RoutingTable, locate_shard};
 use vera_protocol::sidecar::TombstoneReason;
-use vera_protocol::Timestamp;
 
 fn at(text: &str) -> Timestamp {
     Timestamp::parse(text).unwrap()
@@ -152,7 +152,8 @@ fn newer_minor_versions_with_extra_fields_still_decode() {
 
 #[test]
 fn hostile_input_gets_typed_errors() {
-    let cases: Vec<(&[u8], fn(&EnvelopeError) -> bool)> = vec![
+    type Expectation = fn(&EnvelopeError) -> bool;
+    let cases: Vec<(&[u8], Expectation)> = vec![
         (b"", |e| matches!(e, EnvelopeError::Malformed { .. })),
         (b"\xff\xfe", |e| matches!(e, EnvelopeError::Malformed { .. })),
         (b"[1,2]", |e| matches!(e, EnvelopeError::Malformed { .. })),

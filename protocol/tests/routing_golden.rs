@@ -2,8 +2,8 @@
 //! stored would become unreachable: do not "fix" the vectors, fix the code (or add a new
 //! routing epoch). The same table is printed in FORMAT.md §7.
 
-use vera_protocol::routing::{locate_shard, uid_hash, ShardAddr};
 use vera_protocol::Timestamp;
+use vera_protocol::routing::{ShardAddr, locate_shard, uid_hash};
 
 /// (uid, created_at, n_bits, first 8 bytes of the uid hash as LE u64, segment key for generation 0)
 const GOLDEN: &[(&str, &str, u8, u64, &str)] = &[
@@ -17,9 +17,27 @@ const GOLDEN: &[(&str, &str, u8, u64, &str)] = &[
     ("receipt-000000002", "2026-01-01T00:00:00Z", 4, 0x0ce2fc71a33876f5, "e1/d2026-01-01/n04-0/g000000.vera"),
     ("receipt-000000003", "2026-01-01T23:59:59.999999Z", 4, 0xeba3500357cd5f1e, "e1/d2026-01-01/n04-e/g000000.vera"),
     ("receipt-000000004", "2026-01-02T00:00:00Z", 4, 0x6c6d4be0ecaed423, "e1/d2026-01-02/n04-6/g000000.vera"),
-    ("550e8400-e29b-41d4-a716-446655440000", "2024-02-29T12:00:00Z", 12, 0x9bf0dd2e936a0b3e, "e1/d2024-02-29/n12-9bf/g000000.vera"),
-    ("6ba7b810-9dad-11d1-80b4-00c04fd430c8", "2000-01-01T00:00:00Z", 12, 0x59e3c8503558a983, "e1/d2000-01-01/n12-59e/g000000.vera"),
-    ("DICOM.1.2.840.113619.2.55.3.604688119", "2015-06-30T23:59:60Z", 10, 0x5d39f3e45bb7bef4, "e1/d2015-06-30/n10-174/g000000.vera"),
+    (
+        "550e8400-e29b-41d4-a716-446655440000",
+        "2024-02-29T12:00:00Z",
+        12,
+        0x9bf0dd2e936a0b3e,
+        "e1/d2024-02-29/n12-9bf/g000000.vera",
+    ),
+    (
+        "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+        "2000-01-01T00:00:00Z",
+        12,
+        0x59e3c8503558a983,
+        "e1/d2000-01-01/n12-59e/g000000.vera",
+    ),
+    (
+        "DICOM.1.2.840.113619.2.55.3.604688119",
+        "2015-06-30T23:59:60Z",
+        10,
+        0x5d39f3e45bb7bef4,
+        "e1/d2015-06-30/n10-174/g000000.vera",
+    ),
     ("cdr/2026/11/24/000001", "2026-11-24T13:14:15+02:00", 6, 0x2af7257105d9d868, "e1/d2026-11-24/n06-0a/g000000.vera"),
     ("cdr/2026/11/24/000002", "2026-11-24T13:14:15-10:00", 6, 0x5e503bb03865e8f1, "e1/d2026-11-24/n06-17/g000000.vera"),
     ("naïve-ünïcode-✓", "2026-11-24T10:00:00Z", 8, 0xe60bc34896c57c46, "e1/d2026-11-24/n08-e6/g000000.vera"),
@@ -39,7 +57,13 @@ const GOLDEN: &[(&str, &str, u8, u64, &str)] = &[
     ("tenant-42/invoice-7", "2026-11-24T10:00:00Z", 11, 0xb4852074f3b16181, "e1/d2026-11-24/n11-5a4/g000000.vera"),
     ("tenant-43/invoice-7", "2026-11-24T10:00:00Z", 11, 0x4585e90d432c745c, "e1/d2026-11-24/n11-22c/g000000.vera"),
     ("L", "2026-11-24T10:00:00Z", 13, 0xe27d47813314b12c, "e1/d2026-11-24/n13-1c4f/g000000.vera"),
-    ("account:NL91ABNA0417164300", "2030-05-05T05:05:05Z", 14, 0x6c35eec11529a118, "e1/d2030-05-05/n14-1b0d/g000000.vera"),
+    (
+        "account:NL91ABNA0417164300",
+        "2030-05-05T05:05:05Z",
+        14,
+        0x6c35eec11529a118,
+        "e1/d2030-05-05/n14-1b0d/g000000.vera",
+    ),
     ("last-vector", "2026-11-24T10:00:00Z", 15, 0x894b144ca5360845, "e1/d2026-11-24/n15-44a5/g000000.vera"),
 ];
 

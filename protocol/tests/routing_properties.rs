@@ -1,8 +1,8 @@
 //! Routing is deterministic and spreads uids uniformly over hash buckets.
 
 use proptest::prelude::*;
-use vera_protocol::routing::{locate_shard, ShardAddr, MAX_UID_BYTES};
 use vera_protocol::Timestamp;
+use vera_protocol::routing::{MAX_UID_BYTES, ShardAddr, locate_shard};
 
 /// Chi-square upper critical value at significance 1e-6 for `df` degrees of freedom,
 /// using the Wilson–Hilferty approximation (accurate to a few percent for df >= 1; the

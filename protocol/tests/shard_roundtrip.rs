@@ -3,13 +3,13 @@
 use std::io::Cursor;
 
 use proptest::prelude::*;
-use vera_protocol::compress::Codec;
-use vera_protocol::routing::{locate_shard, ShardAddr};
-use vera_protocol::shard::{
-    verify_segment, FileInput, ReadError, ReadLimits, SegmentIndex, SegmentSettings, SegmentWriter, SuffixOpen,
-    WriteError,
-};
 use vera_protocol::Timestamp;
+use vera_protocol::compress::Codec;
+use vera_protocol::routing::{ShardAddr, locate_shard};
+use vera_protocol::shard::{
+    FileInput, ReadError, ReadLimits, SegmentIndex, SegmentSettings, SegmentWriter, SuffixOpen, WriteError,
+    verify_segment,
+};
 
 const N_BITS: u8 = 0;
 
@@ -151,7 +151,8 @@ fn same_set_in_any_order_is_byte_identical() {
 fn writer_rejects_bad_files_with_typed_errors() {
     let settings = SegmentSettings { max_file_bytes: 10, ..SegmentSettings::new(addr(), 0) };
     let mut writer = SegmentWriter::new(settings, Cursor::new(Vec::new())).unwrap();
-    let input = |uid: &'static str, bytes: &'static [u8]| FileInput { uid, created_at: day(), content_type: None, bytes };
+    let input =
+        |uid: &'static str, bytes: &'static [u8]| FileInput { uid, created_at: day(), content_type: None, bytes };
     assert!(matches!(writer.add(input("big", b"0123456789a")), Err(WriteError::TooLarge { len: 11, max: 10, .. })));
     assert!(matches!(writer.add(input("", b"x")), Err(WriteError::InvalidUid { .. })));
     let other_day = FileInput { created_at: Timestamp::parse("2026-11-25T00:00:00Z").unwrap(), ..input("x", b"x") };
@@ -245,7 +246,11 @@ fn arbitrary_file() -> impl Strategy<Value = (Vec<u8>, Option<String>)> {
                 jpeg.extend((0..len).map(|_| noise()));
                 jpeg
             }
-            3 => std::iter::repeat_n(b"<row><id>1</id><v>abc</v></row>\n".as_slice(), len / 32 + 1).flatten().copied().take(len).collect(),
+            3 => std::iter::repeat_n(b"<row><id>1</id><v>abc</v></row>\n".as_slice(), len / 32 + 1)
+                .flatten()
+                .copied()
+                .take(len)
+                .collect(),
             _ => vec![0u8; len],
         };
         let content_type = (kind == 3).then(|| "application/xml".to_owned());

@@ -65,9 +65,11 @@ impl Header {
 
     pub fn decode(bytes: &[u8]) -> Result<Header, LayoutError> {
         const WHAT: &str = "header";
-        let bytes = bytes
-            .get(..HEADER_LEN)
-            .ok_or(LayoutError::Truncated { what: WHAT, need: HEADER_LEN, have: bytes.len() })?;
+        let bytes = bytes.get(..HEADER_LEN).ok_or(LayoutError::Truncated {
+            what: WHAT,
+            need: HEADER_LEN,
+            have: bytes.len(),
+        })?;
         if bytes[0..8] != HEADER_MAGIC {
             return Err(LayoutError::BadMagic { what: WHAT });
         }

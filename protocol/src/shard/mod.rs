@@ -10,6 +10,6 @@ pub mod layout;
 pub mod reader;
 pub mod writer;
 
-pub use layout::{Footer, Header, IndexEntry, FOOTER_LEN, FORMAT_VERSION, HEADER_LEN, INDEX_ENTRY_LEN, TRAILER_LEN};
-pub use reader::{verify_segment, ReadError, ReadLimits, SegmentIndex, SuffixOpen, VerifyReport};
+pub use layout::{FOOTER_LEN, FORMAT_VERSION, Footer, HEADER_LEN, Header, INDEX_ENTRY_LEN, IndexEntry, TRAILER_LEN};
+pub use reader::{ReadError, ReadLimits, SegmentIndex, SuffixOpen, VerifyReport, verify_segment};
 pub use writer::{FileInput, PreparedFile, SealedSegment, SegmentSettings, SegmentWriter, WriteError};

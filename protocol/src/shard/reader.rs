@@ -13,7 +13,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use crate::compress::{self, Codec, DecodeError};
 use crate::merkle::{self, Hash};
 use crate::shard::layout::{
-    Footer, Header, IndexEntry, LayoutError, FOOTER_LEN, HEADER_LEN, INDEX_CODEC_ZSTD, INDEX_ENTRY_LEN, TRAILER_LEN,
+    FOOTER_LEN, Footer, HEADER_LEN, Header, INDEX_CODEC_ZSTD, INDEX_ENTRY_LEN, IndexEntry, LayoutError, TRAILER_LEN,
 };
 
 /// Bounds that keep a hostile segment from driving allocations.
@@ -152,7 +152,9 @@ impl SegmentIndex {
                 let tail = read_range(source, start, object_len)?;
                 match Self::open_suffix(&tail, object_len, limits)? {
                     SuffixOpen::Ready(index) => Ok(*index),
-                    SuffixOpen::NeedMore { .. } => Err(ReadError::Corrupt { reason: "index region moved between reads" }),
+                    SuffixOpen::NeedMore { .. } => {
+                        Err(ReadError::Corrupt { reason: "index region moved between reads" })
+                    }
                 }
             }
         }
@@ -327,7 +329,12 @@ impl SegmentIndex {
     }
 
     /// Looks up `uid` and reads and decodes its record from `source` with one ranged read.
-    pub fn read_file<R: Read + Seek>(&self, source: &mut R, uid: &str, limits: &ReadLimits) -> Result<Vec<u8>, ReadError> {
+    pub fn read_file<R: Read + Seek>(
+        &self,
+        source: &mut R,
+        uid: &str,
+        limits: &ReadLimits,
+    ) -> Result<Vec<u8>, ReadError> {
         let file = self.find(uid).ok_or_else(|| ReadError::NotFound { uid: uid.to_owned() })?;
         let range = file.entry.record_range();
         let record = read_range(source, range.start, range.end)?;
@@ -429,9 +436,18 @@ pub struct VerifyReport {
 /// Re-reads a whole segment: header, footer, index, and every file with its hash, plus
 /// the BLAKE3 of the entire object. Reads sequentially with memory bounded by the index
 /// and the largest file.
-pub fn verify_segment<R: Read + Seek>(source: &mut R, object_len: u64, limits: &ReadLimits) -> Result<VerifyReport, ReadError> {
+pub fn verify_segment<R: Read + Seek>(
+    source: &mut R,
+    object_len: u64,
+    limits: &ReadLimits,
+) -> Result<VerifyReport, ReadError> {
     if object_len < (HEADER_LEN + FOOTER_LEN) as u64 {
-        return Err(LayoutError::Truncated { what: "segment", need: HEADER_LEN + FOOTER_LEN, have: object_len as usize }.into());
+        return Err(LayoutError::Truncated {
+            what: "segment",
+            need: HEADER_LEN + FOOTER_LEN,
+            have: object_len as usize,
+        }
+        .into());
     }
     let index = SegmentIndex::open_from(source, object_len, 64 * 1024, limits)?;
     source.seek(SeekFrom::Start(0))?;

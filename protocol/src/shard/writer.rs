@@ -20,7 +20,7 @@ use crate::compress::{self, Codec, CompressionPolicy, DictionaryCompressor, Poli
 use crate::merkle::{self, Hash};
 use crate::routing::{self, RoutingEpoch, RoutingError, ShardAddr};
 use crate::shard::layout::{
-    Footer, Header, IndexEntry, FOOTER_LEN, HEADER_LEN, INDEX_CODEC_RAW, INDEX_CODEC_ZSTD, INDEX_ENTRY_LEN,
+    FOOTER_LEN, Footer, HEADER_LEN, Header, INDEX_CODEC_RAW, INDEX_CODEC_ZSTD, INDEX_ENTRY_LEN, IndexEntry,
     MAX_CONTENT_TYPE_LEN,
 };
 use crate::timestamp::Timestamp;
@@ -104,8 +104,11 @@ impl PreparedFile {
         if len > settings.max_file_bytes {
             return Err(WriteError::TooLarge { uid: input.uid.to_owned(), len, max: settings.max_file_bytes });
         }
-        let raw_len = u32::try_from(len)
-            .map_err(|_| WriteError::TooLarge { uid: input.uid.to_owned(), len, max: u64::from(u32::MAX) })?;
+        let raw_len = u32::try_from(len).map_err(|_| WriteError::TooLarge {
+            uid: input.uid.to_owned(),
+            len,
+            max: u64::from(u32::MAX),
+        })?;
         let epoch = RoutingEpoch {
             id: settings.addr.epoch,
             granularity: settings.addr.granularity,
@@ -347,7 +350,8 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
             out.write_all(&file.content_hash)?;
             data_hasher.update(&stored);
             data_hasher.update(&file.content_hash);
-            let stored_len = u32::try_from(stored.len()).map_err(|_| WriteError::LimitExceeded { what: "file size" })?;
+            let stored_len =
+                u32::try_from(stored.len()).map_err(|_| WriteError::LimitExceeded { what: "file size" })?;
             let uid_offset =
                 u32::try_from(uid_pool.len()).map_err(|_| WriteError::LimitExceeded { what: "uid pool bytes" })?;
             uid_pool.extend_from_slice(file.uid.as_bytes());
