@@ -30,8 +30,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })?;
         }
         let mut out = Vec::new();
-        writer.finish(&mut out)?;
-        std::fs::write(shard_dir.join(name), out)?;
+        let sealed = writer.finish(&mut out)?;
+        std::fs::write(shard_dir.join(name), &out)?;
+        // The structure-aware target takes data || dictionary || raw index block.
+        let footer = sealed.footer;
+        let data = &out[64..footer.index_region_offset as usize];
+        let region_end = (footer.index_region_offset + footer.index_region_len) as usize;
+        let dictionary_end = footer.index_region_offset as usize + footer.dictionary_len as usize;
+        let dictionary = &out[footer.index_region_offset as usize..dictionary_end];
+        let stored_block = &out[dictionary_end..region_end];
+        let block = if footer.index_codec == 1 {
+            zstd::bulk::decompress(stored_block, footer.index_raw_len as usize)?
+        } else {
+            stored_block.to_vec()
+        };
+        if let (Ok(data_len), Ok(dictionary_len)) = (u16::try_from(data.len()), u8::try_from(dictionary.len())) {
+            let mut seed = data_len.to_le_bytes().to_vec();
+            seed.extend_from_slice(&[dictionary_len, 1]);
+            seed.extend_from_slice(data);
+            seed.extend_from_slice(dictionary);
+            seed.extend_from_slice(&block);
+            std::fs::create_dir_all(root.join("shard_index"))?;
+            std::fs::write(root.join("shard_index").join(name), seed)?;
+        }
     }
     let sidecar_dir = root.join("sidecar");
     std::fs::create_dir_all(&sidecar_dir)?;

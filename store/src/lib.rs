@@ -1,0 +1,76 @@
+//! The object store seam.
+//!
+//! S3 is VERA's only source of truth, so everything VERA needs from storage is one small
+//! trait, [`ObjectStore`]: create-if-absent, compare-and-swap, range and suffix reads,
+//! list, head, and Object Lock retention and legal hold. Backends live side by side:
+//!
+//! * [`local::LocalStore`] — a directory with the same WORM semantics as S3 Object Lock,
+//!   for the embedded pipeline and tests;
+//! * S3 (aws-sdk-s3) arrives with the real-backends work.
+//!
+//! Every backend runs [`conformance::run_all`]. Wrappers add behaviour without touching
+//! backends: [`counting::CountingStore`] counts requests by type (the figures users pay
+//! for), [`flaky::FlakyStore`] injects seeded failures.
+
+pub mod clock;
+pub mod conformance;
+pub mod counting;
+pub mod error;
+pub mod flaky;
+pub mod local;
+pub mod types;
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{StoreError, StoreErrorKind};
+pub use types::{GetOutcome, LockMode, ObjectMeta, PutMode, PutOptions, PutOutcome, Retention};
+
+/// The storage operations VERA relies on. Keys are `/`-separated UTF-8 paths without
+/// `..` segments, leading `/` or empty segments.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Writes a whole object. `options.mode` decides what may already be there.
+    async fn put(&self, key: &str, body: Bytes, options: PutOptions) -> Result<PutOutcome, StoreError>;
+
+    /// Reads a whole object with its metadata.
+    async fn get(&self, key: &str) -> Result<GetOutcome, StoreError>;
+
+    /// Reads `range` (end exclusive) of an object. A range past the end is an error.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError>;
+
+    /// Reads the last `len` bytes (fewer if the object is shorter) and returns them with
+    /// the object's total length: one request, like `Range: bytes=-len`.
+    async fn get_suffix(&self, key: &str, len: u64) -> Result<(Bytes, u64), StoreError>;
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
+
+    /// All objects whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+
+    /// Deletes an object; refused with `Locked` under retention or legal hold.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Sets or extends retention. COMPLIANCE retention can never be shortened or removed.
+    async fn set_retention(&self, key: &str, retention: Retention) -> Result<(), StoreError>;
+
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), StoreError>;
+}
+
+/// Checks a key against the rules in [`ObjectStore`]'s docs.
+pub fn validate_key(key: &str) -> Result<(), StoreError> {
+    let bad = || StoreError::new(StoreErrorKind::InvalidInput, key, "invalid object key");
+    if key.is_empty() || key.len() > 1024 || key.starts_with('/') || key.ends_with('/') {
+        return Err(bad());
+    }
+    if key.split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..") {
+        return Err(bad());
+    }
+    if key.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(bad());
+    }
+    Ok(())
+}
