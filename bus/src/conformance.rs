@@ -1,0 +1,198 @@
+//! The behaviour every `Bus` backend must show. Each backend's tests call [`run_all`]
+//! with a bus configured for `max_attempts = 3`. Topics get a random suffix so the suite
+//! can share a broker with other runs.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::{Bus, BusErrorKind, Outgoing};
+
+/// The `max_attempts` the bus under test must be configured with.
+pub const MAX_ATTEMPTS: u32 = 3;
+const SHORT: Duration = Duration::from_millis(300);
+const LONG: Duration = Duration::from_secs(60);
+
+fn topic(name: &str) -> String {
+    format!("conf-{name}-{:08x}", rand::random::<u32>())
+}
+
+fn message(text: &str) -> Outgoing {
+    Outgoing { key: None, payload: Bytes::copy_from_slice(text.as_bytes()) }
+}
+
+fn keyed(key: &str, text: &str) -> Outgoing {
+    Outgoing { key: Some(key.to_owned()), payload: Bytes::copy_from_slice(text.as_bytes()) }
+}
+
+/// Claims until `want` messages arrive or `patience` passes.
+async fn claim_n(bus: &dyn Bus, topic: &str, want: usize, visibility: Duration, patience: Duration) -> Vec<crate::Delivery> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut got = Vec::new();
+    while got.len() < want && tokio::time::Instant::now() < deadline {
+        let batch = bus.claim(topic, want - got.len(), visibility).await.expect("claim");
+        if batch.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        got.extend(batch);
+    }
+    got
+}
+
+pub async fn run_all(bus: &dyn Bus) {
+    publish_claim_ack(bus).await;
+    in_flight_messages_are_invisible_then_redelivered(bus).await;
+    nack_and_extend(bus).await;
+    dead_letter_after_max_attempts(bus).await;
+    explicit_dead_letter(bus).await;
+    stale_receipts_are_refused(bus).await;
+    same_key_is_delivered_in_order_one_at_a_time(bus).await;
+    concurrent_consumers_never_share_a_claim(bus).await;
+    bad_topics_are_refused(bus).await;
+}
+
+pub async fn publish_claim_ack(bus: &dyn Bus) {
+    let topic = topic("basic");
+    bus.publish(&topic, vec![message("a"), message("b"), message("c")]).await.expect("publish");
+    let got = claim_n(bus, &topic, 3, LONG, Duration::from_secs(10)).await;
+    let payloads: HashSet<_> = got.iter().map(|d| d.payload.clone()).collect();
+    assert_eq!(payloads.len(), 3, "all three messages delivered once: {got:?}");
+    assert!(got.iter().all(|d| d.attempt == 1));
+    for delivery in &got {
+        bus.ack(delivery).await.expect("ack");
+    }
+    assert!(bus.claim(&topic, 10, LONG).await.expect("claim").is_empty(), "acked messages are gone");
+    let depth = bus.depth(&topic).await.expect("depth");
+    assert_eq!((depth.visible, depth.in_flight, depth.dead), (0, 0, 0));
+}
+
+pub async fn in_flight_messages_are_invisible_then_redelivered(bus: &dyn Bus) {
+    let topic = topic("visibility");
+    bus.publish(&topic, vec![message("x")]).await.expect("publish");
+    let first = claim_n(bus, &topic, 1, SHORT, Duration::from_secs(10)).await;
+    assert_eq!(first.len(), 1);
+    assert!(bus.claim(&topic, 1, SHORT).await.expect("claim").is_empty(), "in-flight message must be invisible");
+    assert_eq!(bus.depth(&topic).await.expect("depth").in_flight, 1);
+    let second = claim_n(bus, &topic, 1, LONG, Duration::from_secs(10)).await;
+    assert_eq!(second.len(), 1, "message comes back after the visibility timeout");
+    assert_eq!(second[0].payload, first[0].payload);
+    assert_eq!(second[0].attempt, 2);
+    assert_ne!(second[0].receipt, first[0].receipt);
+    bus.ack(&second[0]).await.expect("ack");
+}
+
+pub async fn nack_and_extend(bus: &dyn Bus) {
+    let topic = topic("nack");
+    bus.publish(&topic, vec![message("n")]).await.expect("publish");
+    let first = claim_n(bus, &topic, 1, LONG, Duration::from_secs(10)).await;
+    bus.nack(&first[0], Duration::ZERO).await.expect("nack");
+    let again = claim_n(bus, &topic, 1, SHORT, Duration::from_secs(10)).await;
+    assert_eq!(again.len(), 1, "nacked message is redelivered");
+    bus.extend(&again[0], LONG).await.expect("extend");
+    tokio::time::sleep(SHORT * 2).await;
+    assert!(bus.claim(&topic, 1, LONG).await.expect("claim").is_empty(), "extended message stays invisible");
+    bus.ack(&again[0]).await.expect("ack after extend");
+}
+
+pub async fn dead_letter_after_max_attempts(bus: &dyn Bus) {
+    let topic = topic("poison");
+    bus.publish(&topic, vec![message("poison")]).await.expect("publish");
+    for attempt in 1..=MAX_ATTEMPTS {
+        let got = claim_n(bus, &topic, 1, LONG, Duration::from_secs(10)).await;
+        assert_eq!(got.len(), 1, "attempt {attempt} delivered");
+        assert_eq!(got[0].attempt, attempt);
+        bus.nack(&got[0], Duration::ZERO).await.expect("nack");
+    }
+    tokio::time::sleep(SHORT).await;
+    assert!(bus.claim(&topic, 1, LONG).await.expect("claim").is_empty(), "no delivery beyond max_attempts");
+    let dead = bus.dead_letters(&topic, 10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(&dead[0].payload[..], b"poison");
+    assert!(!dead[0].reason.is_empty());
+    assert_eq!(bus.depth(&topic).await.expect("depth").dead, 1);
+}
+
+pub async fn explicit_dead_letter(bus: &dyn Bus) {
+    let topic = topic("malformed");
+    bus.publish(&topic, vec![message("{not json")]).await.expect("publish");
+    let got = claim_n(bus, &topic, 1, LONG, Duration::from_secs(10)).await;
+    bus.dead_letter(&got[0], "malformed envelope").await.expect("dead-letter");
+    let dead = bus.dead_letters(&topic, 10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "malformed envelope");
+    assert!(bus.claim(&topic, 1, LONG).await.expect("claim").is_empty());
+}
+
+pub async fn stale_receipts_are_refused(bus: &dyn Bus) {
+    let topic = topic("stale");
+    bus.publish(&topic, vec![message("s")]).await.expect("publish");
+    let first = claim_n(bus, &topic, 1, SHORT, Duration::from_secs(10)).await;
+    let second = claim_n(bus, &topic, 1, LONG, Duration::from_secs(10)).await;
+    assert_eq!(second.len(), 1);
+    let stale = bus.ack(&first[0]).await.expect_err("stale ack must fail");
+    assert_eq!(stale.kind, BusErrorKind::StaleReceipt);
+    bus.ack(&second[0]).await.expect("current receipt acks");
+    let twice = bus.ack(&second[0]).await.expect_err("double ack must fail");
+    assert_eq!(twice.kind, BusErrorKind::StaleReceipt);
+}
+
+pub async fn same_key_is_delivered_in_order_one_at_a_time(bus: &dyn Bus) {
+    let topic = topic("ordered");
+    bus.publish(&topic, vec![keyed("shard-a", "a1"), keyed("shard-b", "b1"), keyed("shard-a", "a2"), keyed("shard-a", "a3")])
+        .await
+        .expect("publish");
+    let mut seen_a = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen_a.len() < 3 && tokio::time::Instant::now() < deadline {
+        let batch = bus.claim(&topic, 10, LONG).await.expect("claim");
+        let a_in_batch = batch.iter().filter(|d| d.key.as_deref() == Some("shard-a")).count();
+        assert!(a_in_batch <= 1, "two messages of one key in flight at once: {batch:?}");
+        for delivery in batch {
+            if delivery.key.as_deref() == Some("shard-a") {
+                seen_a.push(String::from_utf8_lossy(&delivery.payload).into_owned());
+            }
+            bus.ack(&delivery).await.expect("ack");
+        }
+        if seen_a.len() < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(seen_a, vec!["a1", "a2", "a3"]);
+}
+
+pub async fn concurrent_consumers_never_share_a_claim(bus: &dyn Bus) {
+    let topic = topic("compete");
+    let total = 60;
+    bus.publish(&topic, (0..total).map(|i| message(&format!("m{i}"))).collect()).await.expect("publish");
+    let consumers = (0..4).map(|_| async {
+        let mut mine = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let batch = bus.claim(&topic, 5, LONG).await.expect("claim");
+            if batch.is_empty() {
+                if tokio::time::Instant::now() > deadline || bus.depth(&topic).await.map(|d| d.visible == 0).unwrap_or(true) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            for delivery in batch {
+                mine.push(delivery.payload.clone());
+                bus.ack(&delivery).await.expect("ack");
+            }
+        }
+        mine
+    });
+    let all: Vec<Bytes> = futures::future::join_all(consumers).await.into_iter().flatten().collect();
+    let unique: HashSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), total, "each message delivered exactly once to exactly one consumer");
+    assert_eq!(unique.len(), total);
+}
+
+pub async fn bad_topics_are_refused(bus: &dyn Bus) {
+    for bad in ["", "UPPER", "has space", &"x".repeat(65)] {
+        let error = bus.publish(bad, vec![message("x")]).await.expect_err("bad topic");
+        assert_eq!(error.kind, BusErrorKind::InvalidInput);
+    }
+}
