@@ -315,6 +315,19 @@ impl ShardAddr {
         Ok(ShardAddr { epoch, granularity, time_bucket, n_bits, bucket })
     }
 
+    /// The half-open UTC interval `[start, end)` of `created_at` values this address
+    /// covers. `end` is clamped to `Timestamp::MAX` for the last bucket.
+    pub fn time_range(&self) -> (Timestamp, Timestamp) {
+        let to_timestamp = |instant: Option<OffsetDateTime>| {
+            instant
+                .and_then(|i| i64::try_from(i.unix_timestamp_nanos() / 1000).ok())
+                .and_then(|micros| Timestamp::from_micros(micros).ok())
+        };
+        let start = to_timestamp(self.granularity.bucket_start(self.time_bucket)).unwrap_or(Timestamp::MIN);
+        let end = to_timestamp(self.granularity.bucket_start(self.time_bucket.saturating_add(1))).unwrap_or(Timestamp::MAX);
+        (start, end)
+    }
+
     /// Object-key prefix, e.g. `e1/d2026-11-24/n04-a/`. Always ends in `/`.
     pub fn key_prefix(&self) -> String {
         format!("e{}/{}/n{:02}-{}/", self.epoch, self.time_label(), self.n_bits, self.bucket_hex())
@@ -557,6 +570,16 @@ mod tests {
         }
         assert!(ShardAddr::from_segment_key("e1/d2026-11-24/n04-a/g1.vera").is_err());
         assert!(ShardAddr::from_segment_key("e1/d2026-11-24/n04-a/g000001.vera").is_ok());
+    }
+
+    #[test]
+    fn time_range_covers_the_bucket() {
+        let addr = locate_shard("u", ts("2026-11-24T13:00:00Z"), 2).unwrap();
+        assert_eq!(addr.time_range(), (ts("2026-11-24T00:00:00Z"), ts("2026-11-25T00:00:00Z")));
+        let month = RoutingEpoch::new(2, TimeGranularity::Month, 0).unwrap().locate("u", ts("2026-12-31T23:00:00Z")).unwrap();
+        assert_eq!(month.time_range(), (ts("2026-12-01T00:00:00Z"), ts("2027-01-01T00:00:00Z")));
+        let last = locate_shard("u", Timestamp::MAX, 0).unwrap();
+        assert_eq!(last.time_range().1, Timestamp::MAX);
     }
 
     #[test]

@@ -280,3 +280,21 @@ proptest! {
         prop_assert_eq!(write(&reversed, &settings).unwrap(), bytes);
     }
 }
+
+#[test]
+fn retain_gives_the_same_bytes_as_writing_only_the_kept_files() {
+    let files = mixed_files(160);
+    let settings = SegmentSettings::new(addr(), 0);
+    let kept: Vec<TestFile> = files.iter().filter(|f| f.uid.ends_with(['1', '3', '5', '7'])).cloned().collect();
+    let expected = write(&kept, &settings).unwrap();
+    let mut writer = SegmentWriter::new(settings.clone(), Cursor::new(Vec::new())).unwrap();
+    for file in &files {
+        writer
+            .add(FileInput { uid: &file.uid, created_at: file.created_at, content_type: file.content_type.as_deref(), bytes: &file.bytes })
+            .unwrap();
+    }
+    writer.retain(|uid| uid.ends_with(['1', '3', '5', '7']));
+    let mut out = Vec::new();
+    writer.finish(&mut out).unwrap();
+    assert_eq!(out, expected);
+}

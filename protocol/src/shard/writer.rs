@@ -13,7 +13,7 @@
 //! zstd dictionary may be trained on a deterministic sample of them: the candidates with
 //! the smallest content hashes that fit the sample budget.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use crate::compress::{self, Codec, CompressionPolicy, DictionaryCompressor, PolicyError, Prepared};
@@ -192,9 +192,6 @@ pub struct SegmentWriter<S> {
     pending: Vec<PendingFile>,
     content_types: Vec<String>,
     content_type_ids: HashMap<String, u16>,
-    dictionary_samples: BTreeMap<Hash, Vec<u8>>,
-    dictionary_sample_bytes: usize,
-    dictionary_candidates: usize,
 }
 
 impl<S: Read + Write + Seek> SegmentWriter<S> {
@@ -211,9 +208,6 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
             pending: Vec::new(),
             content_types: Vec::new(),
             content_type_ids: HashMap::new(),
-            dictionary_samples: BTreeMap::new(),
-            dictionary_sample_bytes: 0,
-            dictionary_candidates: 0,
         })
     }
 
@@ -244,10 +238,7 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
         let content_type = self.intern_content_type(file.content_type)?;
         let (codec, bytes) = match file.prepared {
             Prepared::Final { codec, stored } => (Some(codec), stored),
-            Prepared::DictionaryCandidate { raw } => {
-                self.offer_dictionary_sample(file.content_hash, &raw);
-                (None, raw)
-            }
+            Prepared::DictionaryCandidate { raw } => (None, raw),
         };
         let spill_offset = self.spill_len;
         self.spill.seek(SeekFrom::Start(spill_offset))?;
@@ -279,22 +270,11 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
         Ok(id)
     }
 
-    /// Keeps the candidates with the smallest content hashes that fit the budget. The
-    /// result is the same whatever order candidates arrive in.
-    fn offer_dictionary_sample(&mut self, content_hash: Hash, raw: &[u8]) {
-        self.dictionary_candidates += 1;
-        let budget = self.settings.policy.dictionary.sample_budget_bytes;
-        if raw.len() > budget || self.dictionary_samples.contains_key(&content_hash) {
-            return;
-        }
-        self.dictionary_samples.insert(content_hash, raw.to_vec());
-        self.dictionary_sample_bytes += raw.len();
-        while self.dictionary_sample_bytes > budget {
-            match self.dictionary_samples.pop_last() {
-                Some((_, evicted)) => self.dictionary_sample_bytes -= evicted.len(),
-                None => break,
-            }
-        }
+    /// Drops every pending file whose uid fails `keep`. The result is exactly what a
+    /// writer given only the kept files would produce. Workers use it to leave out files
+    /// an earlier attempt already stored.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.pending.retain(|file| keep(&file.uid));
     }
 
     /// Sorts, compresses the held-back files, and writes the whole segment to `sink`.
@@ -307,7 +287,7 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
             return Err(WriteError::DuplicateUid { uid: pair[0].uid.to_string() });
         }
         let policy = self.settings.policy.clone();
-        let dictionary = self.train_dictionary(&policy);
+        let dictionary = self.train_dictionary(&policy)?;
         let mut dictionary_compressor = match &dictionary {
             Some(bytes) => Some(DictionaryCompressor::new(&policy, bytes)?),
             None => None,
@@ -418,12 +398,36 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
         })
     }
 
-    fn train_dictionary(&self, policy: &CompressionPolicy) -> Option<Vec<u8>> {
-        if self.dictionary_candidates < policy.dictionary.min_files {
-            return None;
+    /// Trains on the candidates with the smallest content hashes that fit the sample
+    /// budget, read back from the spill in ascending hash order: the same set of files
+    /// always yields the same samples, whatever order they arrived in.
+    fn train_dictionary(&mut self, policy: &CompressionPolicy) -> Result<Option<Vec<u8>>, WriteError> {
+        let mut candidates: Vec<&PendingFile> = self.pending.iter().filter(|file| file.codec.is_none()).collect();
+        if candidates.len() < policy.dictionary.min_files {
+            return Ok(None);
         }
-        let samples: Vec<&[u8]> = self.dictionary_samples.values().map(Vec::as_slice).collect();
-        compress::train_dictionary(policy, &samples)
+        candidates.sort_by(|a, b| a.content_hash.cmp(&b.content_hash));
+        candidates.dedup_by(|a, b| a.content_hash == b.content_hash);
+        let budget = policy.dictionary.sample_budget_bytes;
+        let mut chosen = Vec::new();
+        let mut used = 0usize;
+        for candidate in candidates {
+            let len = candidate.spill_len as usize;
+            if used + len > budget {
+                break;
+            }
+            used += len;
+            chosen.push((candidate.spill_offset, len));
+        }
+        let mut samples = Vec::with_capacity(chosen.len());
+        for (offset, len) in chosen {
+            let mut sample = vec![0u8; len];
+            self.spill.seek(SeekFrom::Start(offset))?;
+            self.spill.read_exact(&mut sample)?;
+            samples.push(sample);
+        }
+        let sample_refs: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
+        Ok(compress::train_dictionary(policy, &sample_refs))
     }
 }
 
