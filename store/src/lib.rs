@@ -18,6 +18,7 @@ pub mod counting;
 pub mod error;
 pub mod flaky;
 pub mod local;
+pub mod shards;
 pub mod types;
 
 use std::ops::Range;

@@ -270,6 +270,17 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
         Ok(id)
     }
 
+    /// Sets the generation written into the header at `finish`. Nothing before `finish`
+    /// depends on it, so a caller may pick the generation after adding the files.
+    pub fn set_generation(&mut self, generation: u32) {
+        self.settings.generation = generation;
+    }
+
+    /// The files added so far: uid and content hash, in arrival order.
+    pub fn pending_files(&self) -> impl Iterator<Item = (&str, &Hash)> {
+        self.pending.iter().map(|file| (&*file.uid, &file.content_hash))
+    }
+
     /// Drops every pending file whose uid fails `keep`. The result is exactly what a
     /// writer given only the kept files would produce. Workers use it to leave out files
     /// an earlier attempt already stored.
@@ -406,7 +417,7 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
         if candidates.len() < policy.dictionary.min_files {
             return Ok(None);
         }
-        candidates.sort_by(|a, b| a.content_hash.cmp(&b.content_hash));
+        candidates.sort_by_key(|file| file.content_hash);
         candidates.dedup_by(|a, b| a.content_hash == b.content_hash);
         let budget = policy.dictionary.sample_budget_bytes;
         let mut chosen = Vec::new();

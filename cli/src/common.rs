@@ -1,0 +1,179 @@
+//! Shared options and component wiring for every subcommand.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use vera_bus::sqlite::SqliteBus;
+use vera_protocol::compress::{CompressionMode, CompressionPolicy};
+use vera_protocol::routing::{RoutingEpoch, RoutingTable};
+use vera_source::sqlite::SqliteSource;
+use vera_source::{PayloadKind, SourceMapping};
+use vera_store::counting::CountingStore;
+use vera_store::local::LocalStore;
+use vera_store::shards::ShardStore;
+use vera_store::{LockMode, ObjectStore};
+use vera_worker::{RetentionPolicy, WorkerSettings};
+
+/// Where the embedded deployment keeps its state.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Directory holding the local WORM store (`store/`) and the embedded bus (`bus.sqlite`).
+    #[arg(long, env = "VERA_DATA_DIR", default_value = "vera-data")]
+    pub data_dir: PathBuf,
+    /// Hash bits of routing epoch 1 (2^n addresses per day). Must match what packed the data.
+    #[arg(long, env = "VERA_N_BITS", default_value_t = 2)]
+    pub n_bits: u8,
+}
+
+impl StoreArgs {
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
+    pub fn bus_path(&self) -> PathBuf {
+        self.data_dir.join("bus.sqlite")
+    }
+
+    pub fn routing(&self) -> anyhow::Result<RoutingTable> {
+        let table = RoutingTable::single(RoutingEpoch::v1(self.n_bits)?);
+        table.validate()?;
+        Ok(table)
+    }
+
+    pub fn local_store(&self) -> anyhow::Result<LocalStore> {
+        std::fs::create_dir_all(&self.data_dir)?;
+        Ok(LocalStore::open(self.store_dir())?)
+    }
+
+    pub fn counting_store(&self) -> anyhow::Result<Arc<CountingStore<LocalStore>>> {
+        Ok(Arc::new(CountingStore::new(self.local_store()?)))
+    }
+
+    pub fn shards(&self, store: Arc<dyn ObjectStore>) -> ShardStore {
+        ShardStore::new(store)
+    }
+
+    pub async fn bus(&self, max_attempts: u32) -> anyhow::Result<Arc<SqliteBus>> {
+        std::fs::create_dir_all(&self.data_dir)?;
+        Ok(Arc::new(SqliteBus::open(self.bus_path(), max_attempts).await?))
+    }
+}
+
+/// The source table and its column mapping.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// SQLite database holding the files to pack.
+    #[arg(long, env = "VERA_SOURCE_DB")]
+    pub source_db: Option<PathBuf>,
+    /// Name of this source (tasks carry it; the watermark object is per source).
+    #[arg(long, default_value = "demo")]
+    pub source_name: String,
+    #[arg(long, default_value = "files")]
+    pub table: String,
+    #[arg(long, default_value = "uid")]
+    pub uid_column: String,
+    /// Column with RFC 3339 text or integer microseconds since the Unix epoch.
+    #[arg(long, default_value = "created_at")]
+    pub created_at_column: String,
+    #[arg(long, default_value = "payload")]
+    pub payload_column: String,
+    /// The payload column holds file paths instead of bytes; relative paths resolve here.
+    #[arg(long)]
+    pub payload_paths_under: Option<PathBuf>,
+    /// Column with the MIME type; sniffed from magic bytes when empty.
+    #[arg(long, default_value = "content_type")]
+    pub content_type_column: String,
+    /// Monotonically increasing column the producer scans by.
+    #[arg(long, default_value = "id")]
+    pub watermark_column: String,
+}
+
+impl SourceArgs {
+    pub fn mapping(&self) -> SourceMapping {
+        SourceMapping {
+            table: self.table.clone(),
+            uid_column: self.uid_column.clone(),
+            created_at_column: self.created_at_column.clone(),
+            payload_column: self.payload_column.clone(),
+            payload: match &self.payload_paths_under {
+                Some(dir) => PayloadKind::Path { base_dir: Some(dir.clone()) },
+                None => PayloadKind::Inline,
+            },
+            content_type_column: (!self.content_type_column.is_empty()).then(|| self.content_type_column.clone()),
+            watermark_column: self.watermark_column.clone(),
+        }
+    }
+
+    pub async fn open(&self, default_db: Option<PathBuf>) -> anyhow::Result<Arc<SqliteSource>> {
+        let path = self
+            .source_db
+            .clone()
+            .or(default_db)
+            .ok_or_else(|| anyhow::anyhow!("--source-db is required (or set VERA_SOURCE_DB)"))?;
+        if !path.exists() {
+            anyhow::bail!("source database {} does not exist", path.display());
+        }
+        Ok(Arc::new(SqliteSource::open(&self.source_name, &path, self.mapping()).await?))
+    }
+}
+
+/// Worker tuning.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Largest file accepted; bigger rows are rejected and reported.
+    #[arg(long, default_value_t = 512 * 1024)]
+    pub max_file_bytes: u64,
+    /// `ratio` (zstd + dictionaries), `speed` (lz4) or `off`.
+    #[arg(long, default_value = "ratio", value_parser = parse_mode)]
+    pub compression: CompressionMode,
+    /// Object Lock retention in days past each segment's day; 0 writes without a lock.
+    #[arg(long, default_value_t = 2555)]
+    pub retain_days: u32,
+    /// Lock mode for sealed segments.
+    #[arg(long, default_value = "compliance", value_parser = parse_lock_mode)]
+    pub lock_mode: LockMode,
+    /// Seconds a claimed task stays invisible to other workers (extended while working).
+    #[arg(long, default_value_t = 120)]
+    pub visibility_timeout_seconds: u64,
+    /// Deliveries before a task is dead-lettered.
+    #[arg(long, default_value_t = 5)]
+    pub max_attempts: u32,
+}
+
+fn parse_mode(text: &str) -> Result<CompressionMode, String> {
+    match text {
+        "ratio" => Ok(CompressionMode::Ratio),
+        "speed" => Ok(CompressionMode::Speed),
+        "off" => Ok(CompressionMode::Off),
+        other => Err(format!("unknown compression mode {other:?} (ratio, speed, off)")),
+    }
+}
+
+fn parse_lock_mode(text: &str) -> Result<LockMode, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "compliance" => Ok(LockMode::Compliance),
+        "governance" => Ok(LockMode::Governance),
+        other => Err(format!("unknown lock mode {other:?} (compliance, governance)")),
+    }
+}
+
+impl WorkerArgs {
+    pub fn settings(&self) -> anyhow::Result<WorkerSettings> {
+        let settings = WorkerSettings {
+            visibility_timeout_seconds: self.visibility_timeout_seconds,
+            max_file_bytes: self.max_file_bytes,
+            compression: CompressionPolicy { mode: self.compression, ..CompressionPolicy::default() },
+            retention: (self.retain_days > 0).then_some(RetentionPolicy { mode: self.lock_mode, retain_days: self.retain_days }),
+            ..WorkerSettings::default()
+        };
+        settings.validate().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(settings)
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level.
+pub fn init_tracing(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

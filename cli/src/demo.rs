@@ -1,0 +1,287 @@
+//! `vera demo`: the whole embedded pipeline on one machine, no servers.
+//!
+//! Generates a corpus into SQLite, runs the producer and N workers over the embedded bus
+//! into the local WORM store, reads every file back through the two-call read path and
+//! checks it against the source, then prints a one-line summary (or JSON).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures::{StreamExt, TryStreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use vera_bus::{topics, Bus};
+use vera_producer::{run_producer, ProducerSettings, RunMode};
+use vera_source::Source;
+use vera_store::ObjectStore;
+use vera_worker::rows::validate_row;
+use vera_worker::{run_worker, WorkerStats};
+
+use crate::common::{SourceArgs, StoreArgs, WorkerArgs};
+use crate::generate::{generate, CorpusSpec};
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Files to generate.
+    #[arg(long, default_value_t = 100_000)]
+    pub files: u64,
+    /// Days the corpus's created_at spreads over.
+    #[arg(long, default_value_t = 7)]
+    pub days: u32,
+    /// Pack workers sharing the bus.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Rows per producer slot (one PackTask each).
+    #[arg(long, default_value_t = 25_000)]
+    pub slot_rows: u64,
+    /// Inline payload bytes per slot.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub slot_bytes: u64,
+    /// Corpus random seed.
+    #[arg(long, default_value_t = 20_261_124)]
+    pub seed: u64,
+    /// Print a JSON object instead of the one-line summary.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DemoSummary {
+    pub files: u64,
+    pub rows: u64,
+    pub rejected: u64,
+    pub segments: u64,
+    pub bytes_in: u64,
+    pub bytes_stored: u64,
+    pub elapsed_seconds: f64,
+    pub files_per_minute: f64,
+    pub input_mb_per_second: f64,
+    pub verified: u64,
+    pub mismatched: u64,
+    pub missing: u64,
+    pub store_puts: u64,
+    pub store_gets_during_read_back: u64,
+    pub files_per_put: f64,
+    pub generate_seconds: f64,
+    pub read_back_seconds: f64,
+    pub workers: usize,
+    pub dead_lettered: u64,
+}
+
+fn bar(len: u64, message: &'static str, hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
+    let data_dir = &args.store.data_dir;
+    std::fs::create_dir_all(data_dir)?;
+    // A demo run starts from nothing: old store, bus and corpus are removed.
+    for stale in [args.store.store_dir(), data_dir.join("source.sqlite")] {
+        if stale.is_dir() {
+            std::fs::remove_dir_all(&stale)?;
+        }
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(data_dir.join(format!("bus.sqlite{suffix}")));
+    }
+    let source_path = data_dir.join("source.sqlite");
+
+    let generation_started = Instant::now();
+    let spec = CorpusSpec { files: args.files, days: args.days, seed: args.seed, ..CorpusSpec::default() };
+    let progress = bar(args.files, "generating", args.json);
+    let corpus = generate(&source_path, &spec, &progress).await?;
+    progress.finish_and_clear();
+    let generate_seconds = generation_started.elapsed().as_secs_f64();
+    tracing::info!(rows = corpus.rows, bytes = corpus.payload_bytes, seconds = generate_seconds, "corpus generated");
+
+    let source_args = SourceArgs {
+        source_db: Some(source_path.clone()),
+        source_name: "demo".into(),
+        table: "files".into(),
+        uid_column: "uid".into(),
+        created_at_column: "created_at".into(),
+        payload_column: "payload".into(),
+        payload_paths_under: None,
+        content_type_column: "content_type".into(),
+        watermark_column: "id".into(),
+    };
+    let source = source_args.open(None).await?;
+    let store = args.store.counting_store()?;
+    let counts = store.counts();
+    let store_dyn: Arc<dyn ObjectStore> = store.clone();
+    let bus = args.store.bus(args.worker.max_attempts).await?;
+    let bus_dyn: Arc<dyn Bus> = bus.clone();
+    let routing = args.store.routing()?;
+    let worker_settings = args.worker.settings()?;
+
+    let shutdown = CancellationToken::new();
+    let mut workers = Vec::new();
+    for index in 0..args.workers.max(1) {
+        let (bus, source, shards, settings, token) = (
+            Arc::clone(&bus_dyn),
+            Arc::clone(&source) as Arc<dyn Source>,
+            args.store.shards(Arc::clone(&store_dyn)),
+            worker_settings.clone(),
+            shutdown.child_token(),
+        );
+        workers.push(tokio::spawn(async move { run_worker(&format!("worker-{index}"), bus, source, shards, settings, token).await }));
+    }
+    let producer_settings = ProducerSettings {
+        max_rows_per_slot: args.slot_rows,
+        max_bytes_per_slot: args.slot_bytes,
+        start_after: i64::MIN,
+        poll_interval_millis: 500,
+        routing: routing.clone(),
+    };
+    let producer = tokio::spawn(run_producer(
+        Arc::clone(&source) as Arc<dyn Source>,
+        Arc::clone(&store_dyn),
+        Arc::clone(&bus_dyn),
+        producer_settings,
+        RunMode::Drain,
+        shutdown.child_token(),
+    ));
+    let expected_slots = args.files.div_ceil(args.slot_rows.max(1));
+    let progress = bar(expected_slots, "packing", args.json);
+    let producer_report = loop {
+        let depth = bus.depth(topics::PACK).await?;
+        let published = expected_slots.saturating_sub(depth.visible + depth.in_flight);
+        progress.set_position(published.min(expected_slots));
+        if producer.is_finished() && depth.visible == 0 && depth.in_flight == 0 {
+            break producer.await??;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    progress.finish_and_clear();
+    shutdown.cancel();
+    let mut stats = WorkerStats::default();
+    for worker in workers {
+        let one = worker.await?;
+        stats.rows += one.rows;
+        stats.files_packed += one.files_packed;
+        stats.already_stored += one.already_stored;
+        stats.rejected += one.rejected;
+        stats.segments_written += one.segments_written;
+        stats.bytes_in += one.bytes_in;
+        stats.bytes_stored += one.bytes_stored;
+        stats.dead_lettered += one.dead_lettered;
+        stats.last_sealed_at = stats.last_sealed_at.max(one.last_sealed_at);
+    }
+    let pack_started = producer_report.first_read_at.unwrap_or_else(Instant::now);
+    let elapsed = stats.last_sealed_at.map_or(Duration::ZERO, |end| end.saturating_duration_since(pack_started));
+    let store_puts = counts.snapshot().puts;
+
+    // Read every file back through the read path and compare with the source.
+    let read_started = Instant::now();
+    let gets_before = counts.snapshot().gets;
+    let shards = args.store.shards(Arc::clone(&store_dyn));
+    let progress = bar(corpus.rows, "reading back", args.json);
+    let everything = vera_protocol::message::Slot { after: i64::MIN, up_to: i64::MAX, rows: 0, bytes: 0 };
+    let mut seen = HashSet::new();
+    let max_file_bytes = worker_settings.max_file_bytes;
+    let expected = source.read_slot(everything).try_filter_map(|row| {
+        let valid = validate_row(row, max_file_bytes, &mut seen).ok();
+        async move { Ok(valid) }
+    });
+    let outcomes: Vec<Result<ReadOutcome, anyhow::Error>> = expected
+        .map(|row| {
+            let (shards, routing, progress) = (&shards, &routing, &progress);
+            async move {
+                let row = row?;
+                progress.inc(1);
+                let expected_hash = blake3::hash(&row.bytes);
+                Ok(match shards.read_file(routing, &row.uid, row.created_at).await {
+                    Ok(read) if blake3::hash(&read.bytes) == expected_hash => ReadOutcome::Verified,
+                    Ok(_) => ReadOutcome::Mismatched,
+                    Err(error) if error.is_not_found() => ReadOutcome::Missing,
+                    Err(error) => {
+                        tracing::error!(uid = %row.uid, error = %error, "read back failed");
+                        ReadOutcome::Mismatched
+                    }
+                })
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    progress.finish_and_clear();
+    let (mut verified, mut mismatched, mut missing) = (0u64, 0u64, 0u64);
+    for outcome in outcomes {
+        match outcome? {
+            ReadOutcome::Verified => verified += 1,
+            ReadOutcome::Mismatched => mismatched += 1,
+            ReadOutcome::Missing => missing += 1,
+        }
+    }
+    let elapsed_seconds = elapsed.as_secs_f64();
+    let per_second = |value: u64| if elapsed_seconds > 0.0 { value as f64 / elapsed_seconds } else { 0.0 };
+    Ok(DemoSummary {
+        files: stats.files_packed,
+        rows: stats.rows,
+        rejected: stats.rejected,
+        segments: stats.segments_written,
+        bytes_in: stats.bytes_in,
+        bytes_stored: stats.bytes_stored,
+        elapsed_seconds,
+        files_per_minute: per_second(stats.files_packed) * 60.0,
+        input_mb_per_second: per_second(stats.bytes_in) / 1e6,
+        verified,
+        mismatched,
+        missing,
+        store_puts,
+        store_gets_during_read_back: counts.snapshot().gets - gets_before,
+        files_per_put: if store_puts > 0 { stats.files_packed as f64 / store_puts as f64 } else { 0.0 },
+        generate_seconds,
+        read_back_seconds: read_started.elapsed().as_secs_f64(),
+        workers: args.workers,
+        dead_lettered: stats.dead_lettered,
+    })
+}
+
+enum ReadOutcome {
+    Verified,
+    Mismatched,
+    Missing,
+}
+
+impl DemoSummary {
+    pub fn one_line(&self) -> String {
+        format!(
+            "packed {} files ({:.1} MB) into {} segments in {:.1}s: {:.0} files/min, {:.0} MB/s in, {:.2}x smaller, {} store PUTs ({:.0} files/PUT); read back and verified {}/{} files; {} rows rejected",
+            self.files,
+            self.bytes_in as f64 / 1e6,
+            self.segments,
+            self.elapsed_seconds,
+            self.files_per_minute,
+            self.input_mb_per_second,
+            if self.bytes_stored > 0 { self.bytes_in as f64 / self.bytes_stored as f64 } else { 0.0 },
+            self.store_puts,
+            self.files_per_put,
+            self.verified,
+            self.files,
+            self.rejected
+        )
+    }
+
+    /// True when every packed file came back intact and nothing is missing.
+    pub fn ok(&self) -> bool {
+        self.mismatched == 0 && self.missing == 0 && self.verified == self.files && self.dead_lettered == 0
+    }
+}

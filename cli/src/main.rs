@@ -1,0 +1,116 @@
+//! `vera`: the command line for the embedded deployment. Thin: parse, build, run.
+
+mod common;
+mod demo;
+mod generate;
+mod inspect;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "vera", version, about = "VERA packs billions of small files into immutable .vera shards", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a corpus, pack it with the producer and N workers into the local WORM
+    /// store, read every file back and check it. No servers needed.
+    Demo(demo::DemoArgs),
+    /// Generate a realistic mixed corpus into a SQLite database.
+    Generate(run::GenerateArgs),
+    /// Run the watermark producer: publish one PackTask per slot of source rows.
+    Producer(run::ProducerArgs),
+    /// Run a pack worker: claim PackTasks and write segments.
+    Worker(run::WorkerCommandArgs),
+    /// Read one file by uid and created_at (two calls at most: index, then range).
+    Get(inspect::GetArgs),
+    /// Re-read every segment and check every hash.
+    Verify(inspect::InspectArgs),
+    /// Figures on the store: segments, files, compression, segments per address.
+    Stats(inspect::InspectArgs),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    match command {
+        Command::Demo(args) => {
+            common::init_tracing("warn");
+            let json = args.json;
+            let summary = demo::run(args).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!("{}", summary.one_line());
+            }
+            Ok(if summary.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Generate(args) => {
+            common::init_tracing("info");
+            run::generate(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Producer(args) => {
+            common::init_tracing("info");
+            run::producer(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker(args) => {
+            common::init_tracing("info");
+            run::worker(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get(args) => {
+            common::init_tracing("warn");
+            inspect::get(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => {
+            common::init_tracing("warn");
+            let json = args.json;
+            let report = inspect::verify(args).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} of {} segments verified, {} files, {:.1} MB; {} failures",
+                    report.segments_ok,
+                    report.segments,
+                    report.files,
+                    report.raw_bytes as f64 / 1e6,
+                    report.failures.len()
+                );
+                for failure in &report.failures {
+                    println!("  FAILED {failure}");
+                }
+            }
+            Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Stats(args) => {
+            common::init_tracing("warn");
+            let json = args.json;
+            let report = inspect::stats(args).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report:#?}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The producer's watermark object, changed only by compare-and-swap.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use vera_protocol::message::Slot;
+use vera_store::{ObjectStore, PutOptions, StoreErrorKind};
+
+use crate::ProducerError;
+
+pub const WATERMARK_FORMAT: &str = "vera.watermark";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkState {
+    pub format: String,
+    pub version: u16,
+    pub source: String,
+    /// Every row with a watermark `<= committed` is in a published slot.
+    pub committed: i64,
+    /// A slot claimed but perhaps not yet published.
+    pub pending: Option<Slot>,
+}
+
+pub struct WatermarkStore {
+    store: Arc<dyn ObjectStore>,
+    source: String,
+    key: String,
+}
+
+impl WatermarkStore {
+    pub fn new(store: Arc<dyn ObjectStore>, source: &str) -> Self {
+        WatermarkStore { store, source: source.to_owned(), key: format!("control/watermarks/{source}.json") }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Current state and ETag; creates the object (create-if-absent) on first use.
+    pub async fn load_or_create(&self, start_after: i64) -> Result<(WatermarkState, String), ProducerError> {
+        loop {
+            match self.store.get(&self.key).await {
+                Ok(found) => {
+                    let state: WatermarkState =
+                        serde_json::from_slice(&found.body).map_err(|e| ProducerError::Watermark(e.to_string()))?;
+                    if state.format != WATERMARK_FORMAT || state.version != 1 || state.source != self.source {
+                        return Err(ProducerError::Watermark(format!("unexpected format/version/source in {}", self.key)));
+                    }
+                    if let Some(slot) = state.pending
+                        && (slot.after != state.committed || slot.up_to < slot.after)
+                    {
+                        return Err(ProducerError::Watermark("pending slot does not start at the committed watermark".into()));
+                    }
+                    return Ok((state, found.meta.etag));
+                }
+                Err(error) if error.kind == StoreErrorKind::NotFound => {
+                    let initial = WatermarkState {
+                        format: WATERMARK_FORMAT.into(),
+                        version: 1,
+                        source: self.source.clone(),
+                        committed: start_after,
+                        pending: None,
+                    };
+                    match self.store.put(&self.key, encode(&initial), PutOptions::create()).await {
+                        Ok(outcome) => return Ok((initial, outcome.etag)),
+                        Err(error) if error.kind == StoreErrorKind::AlreadyExists => continue,
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// CAS: `Some(new etag)` on success, `None` if someone else changed it first.
+    pub async fn save(&self, state: &WatermarkState, etag: &str) -> Result<Option<String>, ProducerError> {
+        match self.store.put(&self.key, encode(state), PutOptions::update(etag)).await {
+            Ok(outcome) => Ok(Some(outcome.etag)),
+            Err(error) if error.kind == StoreErrorKind::Precondition => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+fn encode(state: &WatermarkState) -> Bytes {
+    Bytes::from(serde_json::to_vec(state).unwrap_or_default())
+}

@@ -1,0 +1,166 @@
+//! Segments on an object store: discovery, index loading and the two-call read path.
+//!
+//! Segments under an address are named by generation (`g000000.vera`, `g000001.vera`,
+//! …), so a reader probes generation 0 first, then 1, and stops at the first missing key
+//! — no LIST. An index costs one suffix GET (two if it outgrew the suffix) and is cached;
+//! a file then costs one range GET.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use vera_protocol::routing::{RoutingTable, ShardAddr};
+use vera_protocol::shard::{ReadError, ReadLimits, SegmentIndex, SuffixOpen};
+use vera_protocol::Timestamp;
+
+use crate::{ObjectStore, StoreError, StoreErrorKind};
+
+/// Default suffix read: footer plus, usually, the whole index region.
+pub const DEFAULT_SUFFIX_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("object store request failed")]
+    Store(#[from] StoreError),
+    #[error("segment {key} is unreadable")]
+    Segment { key: String, source: ReadError },
+    #[error("file {uid:?} not found under {prefix}")]
+    NotFound { uid: String, prefix: String },
+    #[error("cannot route file {uid:?}")]
+    Routing { uid: String, source: vera_protocol::RoutingError },
+}
+
+impl ShardError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ShardError::NotFound { .. })
+    }
+}
+
+/// A file read back through the two-call path.
+#[derive(Debug, Clone)]
+pub struct FileRead {
+    pub bytes: Vec<u8>,
+    pub content_type: String,
+    pub key: String,
+    pub content_hash: [u8; 32],
+}
+
+/// Reads segments from a store, caching parsed indexes by key. Segments are immutable, so
+/// a cached index never goes stale; only its absence can (a new generation appears).
+#[derive(Clone)]
+pub struct ShardStore {
+    store: Arc<dyn ObjectStore>,
+    suffix_bytes: u64,
+    limits: ReadLimits,
+    indexes: Arc<Mutex<HashMap<String, Arc<SegmentIndex>>>>,
+}
+
+impl ShardStore {
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        ShardStore {
+            store,
+            suffix_bytes: DEFAULT_SUFFIX_BYTES,
+            limits: ReadLimits::default(),
+            indexes: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn with_suffix_bytes(mut self, suffix_bytes: u64) -> Self {
+        self.suffix_bytes = suffix_bytes.max(256);
+        self
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn limits(&self) -> &ReadLimits {
+        &self.limits
+    }
+
+    /// Existing segments under an address, by generation (one LIST).
+    pub async fn segments(&self, addr: &ShardAddr) -> Result<Vec<(u32, String)>, ShardError> {
+        let mut segments: Vec<(u32, String)> = self
+            .store
+            .list(&addr.key_prefix())
+            .await?
+            .into_iter()
+            .filter_map(|meta| match ShardAddr::from_segment_key(&meta.key) {
+                Ok((found, generation)) if found == *addr => Some((generation, meta.key)),
+                _ => None,
+            })
+            .collect();
+        segments.sort();
+        Ok(segments)
+    }
+
+    /// The parsed, verified index of a segment: from the cache, or with one suffix GET
+    /// (plus one range GET if the index outgrew the suffix).
+    pub async fn index(&self, key: &str) -> Result<Arc<SegmentIndex>, ShardError> {
+        if let Some(index) = self.cached(key) {
+            return Ok(index);
+        }
+        let (suffix, object_len) = self.store.get_suffix(key, self.suffix_bytes).await?;
+        let segment_error = |source| ShardError::Segment { key: key.to_owned(), source };
+        let index = match SegmentIndex::open_suffix(&suffix, object_len, &self.limits).map_err(segment_error)? {
+            SuffixOpen::Ready(index) => *index,
+            SuffixOpen::NeedMore { start } => {
+                let tail = self.store.get_range(key, start..object_len).await?;
+                match SegmentIndex::open_suffix(&tail, object_len, &self.limits).map_err(segment_error)? {
+                    SuffixOpen::Ready(index) => *index,
+                    SuffixOpen::NeedMore { .. } => {
+                        return Err(ShardError::Segment {
+                            key: key.to_owned(),
+                            source: ReadError::Corrupt { reason: "index region moved between reads" },
+                        });
+                    }
+                }
+            }
+        };
+        let index = Arc::new(index);
+        if let Ok(mut cache) = self.indexes.lock() {
+            cache.insert(key.to_owned(), Arc::clone(&index));
+        }
+        Ok(index)
+    }
+
+    fn cached(&self, key: &str) -> Option<Arc<SegmentIndex>> {
+        self.indexes.lock().ok()?.get(key).cloned()
+    }
+
+    /// Forgets a cached index (after a repack or in tests).
+    pub fn forget(&self, key: &str) {
+        if let Ok(mut cache) = self.indexes.lock() {
+            cache.remove(key);
+        }
+    }
+
+    /// Locates, fetches, decodes and verifies one file.
+    pub async fn read_file(&self, routing: &RoutingTable, uid: &str, created_at: Timestamp) -> Result<FileRead, ShardError> {
+        let addr = routing.locate(uid, created_at).map_err(|source| ShardError::Routing { uid: uid.to_owned(), source })?;
+        let mut generation = 0u32;
+        loop {
+            let key = addr.segment_key(generation);
+            let index = match self.index(&key).await {
+                Ok(index) => index,
+                Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => {
+                    return Err(ShardError::NotFound { uid: uid.to_owned(), prefix: addr.key_prefix() });
+                }
+                Err(other) => return Err(other),
+            };
+            if let Some(file) = index.find(uid) {
+                let range = file.entry.record_range();
+                let record = self.store.get_range(&key, range).await?;
+                let bytes = index
+                    .decode(file, &record, &self.limits)
+                    .map_err(|source| ShardError::Segment { key: key.clone(), source })?;
+                return Ok(FileRead {
+                    bytes,
+                    content_type: file.content_type.to_owned(),
+                    key,
+                    content_hash: file.entry.content_hash,
+                });
+            }
+            generation = generation.checked_add(1).ok_or_else(|| ShardError::NotFound { uid: uid.to_owned(), prefix: addr.key_prefix() })?;
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! Packing one `PackTask`.
+//!
+//! 1. Stream the slot's rows; validate each (rejections are collected, never fatal);
+//!    route it with the task's routing table; hash and compress batches of files on the
+//!    rayon pool (off the async executor); add them to one streaming `SegmentWriter` per
+//!    shard address, spilling payloads to unnamed temp files.
+//! 2. Per address, look at the segments already stored there. A file already stored
+//!    with the same content hash is left out (an earlier attempt of this task, or a
+//!    re-ingested duplicate, stored it); the same uid with *different* content is
+//!    rejected as a duplicate. Retrying a task therefore writes nothing twice.
+//! 3. Seal what is left as the next generation and write it create-if-absent with Object
+//!    Lock retention. If another worker claimed that generation first, check whether it
+//!    stored exactly our files (a concurrent delivery of the same task: success) or
+//!    something else (take the next generation).
+//!
+//! A crash anywhere leaves either nothing or complete, verified, immutable segments, and
+//! the redelivered task converges on the same result.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use rayon::prelude::*;
+use serde::Serialize;
+use vera_protocol::merkle::Hash;
+use vera_protocol::message::PackTask;
+use vera_protocol::routing::ShardAddr;
+use vera_protocol::shard::{FileInput, Header, PreparedFile, SegmentSettings, SegmentWriter, WriteError, HEADER_LEN};
+use vera_protocol::Timestamp;
+use vera_source::{Source, SourceError};
+use vera_store::shards::{ShardError, ShardStore};
+use vera_store::{ObjectStore, PutOptions, Retention, StoreError, StoreErrorKind};
+
+use crate::rows::{validate_row, RejectReason, Rejection, ValidRow};
+use crate::settings::WorkerSettings;
+
+/// Object metadata key holding the segment's BLAKE3 (hex).
+pub const META_OBJECT_HASH: &str = "vera-object-blake3";
+/// Object metadata key holding the task that wrote the segment.
+pub const META_TASK: &str = "vera-task";
+/// How many generations a task may skip past concurrent writers before giving up.
+const MAX_GENERATION_ATTEMPTS: u32 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("task is invalid: {0}")]
+    InvalidTask(String),
+    #[error("source failed")]
+    Source(#[from] SourceError),
+    #[error("object store failed")]
+    Store(#[from] StoreError),
+    #[error("reading stored segments failed")]
+    Shard(#[from] ShardError),
+    #[error("building a segment failed")]
+    Write(#[from] WriteError),
+    #[error("spill i/o failed")]
+    Io(#[from] std::io::Error),
+    #[error("concurrent writers overlap at {prefix}; the task will be retried")]
+    Conflict { prefix: String },
+    #[error("background work failed: {0}")]
+    Join(String),
+}
+
+impl PackError {
+    /// True when retrying the same task can never succeed.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            PackError::InvalidTask(_) => true,
+            PackError::Store(error) => matches!(error.kind, StoreErrorKind::Config | StoreErrorKind::InvalidInput),
+            _ => false,
+        }
+    }
+}
+
+/// A segment holding files of this task, for the `ShardSealed` event and the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SealedInfo {
+    pub addr: ShardAddr,
+    pub generation: u32,
+    pub key: String,
+    pub version_id: Option<String>,
+    pub object_hash: Hash,
+    pub merkle_root: Hash,
+    pub files: u64,
+    pub raw_bytes: u64,
+    pub object_bytes: u64,
+    pub retain_until: Option<Timestamp>,
+    /// False when an earlier attempt (or a concurrent one) wrote it.
+    pub written_now: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PackReport {
+    pub task_id: String,
+    pub rows: u64,
+    /// Files written in segments by this attempt.
+    pub packed_files: u64,
+    /// Files found already stored with identical content.
+    pub already_stored: u64,
+    pub bytes_in: u64,
+    pub rejected: Vec<Rejection>,
+    pub segments: Vec<SealedInfo>,
+}
+
+/// Accumulated state while streaming a slot; moved to and from the blocking pool.
+struct SlotState {
+    writers: HashMap<ShardAddr, SegmentWriter<File>>,
+    seen: HashSet<String>,
+    rejected: Vec<Rejection>,
+    rows: u64,
+    bytes_in: u64,
+}
+
+/// Packs one task. Safe to run twice, concurrently or after a crash.
+pub async fn pack_task(
+    task: &PackTask,
+    source: &dyn Source,
+    shards: &ShardStore,
+    settings: &WorkerSettings,
+) -> Result<PackReport, PackError> {
+    if task.source != source.name() {
+        return Err(PackError::InvalidTask(format!("task is for source {:?}, worker reads {:?}", task.source, source.name())));
+    }
+    task.routing.validate().map_err(|e| PackError::InvalidTask(e.to_string()))?;
+    let settings = Arc::new(settings.clone());
+    let task_arc = Arc::new(task.clone());
+    let mut state = SlotState { writers: HashMap::new(), seen: HashSet::new(), rejected: Vec::new(), rows: 0, bytes_in: 0 };
+    let mut rows = source.read_slot(task.slot);
+    let mut batch = Vec::with_capacity(settings.batch_rows);
+    loop {
+        let next = rows.try_next().await?;
+        let done = next.is_none();
+        if let Some(row) = next {
+            batch.push(row);
+        }
+        if batch.len() >= settings.batch_rows || (done && !batch.is_empty()) {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(settings.batch_rows));
+            let (settings, task) = (Arc::clone(&settings), Arc::clone(&task_arc));
+            state = tokio::task::spawn_blocking(move || add_batch(state, full, &task, &settings))
+                .await
+                .map_err(|e| PackError::Join(e.to_string()))??;
+        }
+        if done {
+            break;
+        }
+    }
+    drop(rows);
+
+    let mut report = PackReport { task_id: task.task_id.clone(), rows: state.rows, bytes_in: state.bytes_in, ..PackReport::default() };
+    let mut rejected = state.rejected;
+    let mut writers: Vec<(ShardAddr, SegmentWriter<File>)> = state.writers.into_iter().collect();
+    writers.sort_by_key(|(addr, _)| *addr);
+    let outcomes: Vec<Result<AddressOutcome, PackError>> = futures::stream::iter(writers)
+        .map(|(addr, writer)| seal_address(task, addr, writer, shards, Arc::clone(&settings)))
+        .buffer_unordered(settings.put_concurrency)
+        .collect()
+        .await;
+    for outcome in outcomes {
+        let outcome = outcome?;
+        report.packed_files += outcome.packed_files;
+        report.already_stored += outcome.already_stored;
+        rejected.extend(outcome.rejected);
+        report.segments.extend(outcome.segments);
+    }
+    rejected.sort_by(|a, b| (a.watermark, &a.uid).cmp(&(b.watermark, &b.uid)));
+    report.segments.sort_by(|a, b| a.key.cmp(&b.key));
+    if !rejected.is_empty() {
+        write_rejects_report(shards.store().as_ref(), &task.task_id, &rejected).await?;
+    }
+    report.rejected = rejected;
+    Ok(report)
+}
+
+fn add_batch(mut state: SlotState, batch: Vec<vera_source::SourceRow>, task: &PackTask, settings: &WorkerSettings) -> Result<SlotState, PackError> {
+    let mut routed: Vec<(ValidRow, ShardAddr)> = Vec::with_capacity(batch.len());
+    for row in batch {
+        state.rows += 1;
+        match validate_row(row, settings.max_file_bytes, &mut state.seen) {
+            Ok(valid) => match task.routing.locate(&valid.uid, valid.created_at) {
+                Ok(addr) => {
+                    state.bytes_in += valid.bytes.len() as u64;
+                    routed.push((valid, addr));
+                }
+                Err(error) => {
+                    state.rejected.push(Rejection {
+                        watermark: valid.watermark,
+                        uid: Some(valid.uid),
+                        reason: RejectReason::UnroutableUid,
+                        detail: error.to_string(),
+                    });
+                }
+            },
+            Err(rejection) => {
+                tracing::warn!(watermark = rejection.watermark, uid = ?rejection.uid, reason = ?rejection.reason, detail = %rejection.detail, "row rejected");
+                state.rejected.push(rejection);
+            }
+        }
+    }
+    let segment_settings = |addr: ShardAddr| SegmentSettings {
+        addr,
+        generation: 0,
+        policy: settings.compression.clone(),
+        max_file_bytes: settings.max_file_bytes,
+    };
+    let prepared: Vec<(ShardAddr, Result<PreparedFile, WriteError>)> = routed
+        .par_iter()
+        .map(|(row, addr)| {
+            let settings = segment_settings(*addr);
+            let input = FileInput { uid: &row.uid, created_at: row.created_at, content_type: row.content_type.as_deref(), bytes: &row.bytes };
+            let result = match PreparedFile::prepare(&settings, input) {
+                // A malformed content type in the source must not lose the file: sniff instead.
+                Err(WriteError::BadContentType { .. }) => PreparedFile::prepare(&settings, FileInput { content_type: None, ..input }),
+                other => other,
+            };
+            (*addr, result)
+        })
+        .collect();
+    for (addr, result) in prepared {
+        let file = result?;
+        let writer = match state.writers.entry(addr) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let spill = match &settings.spill_dir {
+                    Some(dir) => tempfile::tempfile_in(dir)?,
+                    None => tempfile::tempfile()?,
+                };
+                entry.insert(SegmentWriter::new(segment_settings(addr), spill)?)
+            }
+        };
+        writer.add_prepared(file)?;
+    }
+    Ok(state)
+}
+
+struct AddressOutcome {
+    packed_files: u64,
+    already_stored: u64,
+    rejected: Vec<Rejection>,
+    segments: Vec<SealedInfo>,
+}
+
+/// Leaves out files already stored under `addr`; returns the keys that hold them.
+async fn drop_stored_files(
+    addr: &ShardAddr,
+    writer: &mut SegmentWriter<File>,
+    shards: &ShardStore,
+    rejected: &mut Vec<Rejection>,
+) -> Result<(Vec<(u32, String)>, BTreeMap<String, u64>), PackError> {
+    let existing = shards.segments(addr).await?;
+    let mut holders: BTreeMap<String, u64> = BTreeMap::new();
+    let mut drop: HashSet<String> = HashSet::new();
+    for (_, key) in &existing {
+        let index = shards.index(key).await?;
+        for (uid, hash) in writer.pending_files() {
+            let Some(found) = index.find(uid) else { continue };
+            if found.entry.content_hash == *hash {
+                *holders.entry(key.clone()).or_default() += 1;
+            } else {
+                rejected.push(Rejection {
+                    watermark: 0,
+                    uid: Some(uid.to_owned()),
+                    reason: RejectReason::DuplicateUid,
+                    detail: format!("uid already stored in {key} with different content"),
+                });
+            }
+            drop.insert(uid.to_owned());
+        }
+    }
+    if !drop.is_empty() {
+        writer.retain(|uid| !drop.contains(uid));
+    }
+    Ok((existing, holders))
+}
+
+async fn seal_address(
+    task: &PackTask,
+    addr: ShardAddr,
+    mut writer: SegmentWriter<File>,
+    shards: &ShardStore,
+    settings: Arc<WorkerSettings>,
+) -> Result<AddressOutcome, PackError> {
+    let mut rejected = Vec::new();
+    let (existing, holders) = drop_stored_files(&addr, &mut writer, shards, &mut rejected).await?;
+    let already_stored: u64 = holders.values().sum();
+    let mut segments = Vec::new();
+    for key in holders.keys() {
+        segments.push(describe_existing(shards, key).await?);
+    }
+    if writer.file_count() == 0 {
+        return Ok(AddressOutcome { packed_files: 0, already_stored, rejected, segments });
+    }
+    let our_files: HashMap<String, Hash> = writer.pending_files().map(|(uid, hash)| (uid.to_owned(), *hash)).collect();
+    let mut generation = existing.last().map_or(0, |(generation, _)| generation + 1);
+    writer.set_generation(generation);
+    let (sealed, mut bytes) = tokio::task::spawn_blocking(move || -> Result<_, PackError> {
+        let mut out = BufWriter::new(tempfile::tempfile()?);
+        let sealed = writer.finish(&mut out)?;
+        let mut file = out.into_inner().map_err(|e| e.into_error())?;
+        file.seek(SeekFrom::Start(0))?;
+        let mut bytes = Vec::with_capacity(sealed.object_len as usize);
+        file.read_to_end(&mut bytes)?;
+        Ok((sealed, bytes))
+    })
+    .await
+    .map_err(|e| PackError::Join(e.to_string()))??;
+    let retention = settings.retention.as_ref().map(|policy| policy.retention_for(&addr));
+    for _ in 0..MAX_GENERATION_ATTEMPTS {
+        let key = addr.segment_key(generation);
+        let object_hash = *blake3::hash(&bytes).as_bytes();
+        let mut options = PutOptions::create()
+            .with_metadata(META_OBJECT_HASH, vera_protocol::hex::encode(&object_hash))
+            .with_metadata(META_TASK, task.task_id.clone());
+        options.retention = retention;
+        match shards.store().put(&key, Bytes::from(bytes.clone()), options).await {
+            Ok(outcome) => {
+                tracing::info!(key = %key, files = sealed.files, bytes = bytes.len(), "segment sealed");
+                segments.push(SealedInfo {
+                    addr,
+                    generation,
+                    key,
+                    version_id: outcome.version_id,
+                    object_hash,
+                    merkle_root: sealed.footer.merkle_root,
+                    files: sealed.files,
+                    raw_bytes: sealed.raw_bytes,
+                    object_bytes: bytes.len() as u64,
+                    retain_until: retention.map(|r: Retention| r.retain_until),
+                    written_now: true,
+                });
+                return Ok(AddressOutcome { packed_files: sealed.files, already_stored, rejected, segments });
+            }
+            Err(error) if error.kind == StoreErrorKind::AlreadyExists => {
+                // Someone took this generation. Is it our content (a concurrent delivery)?
+                let index = shards.index(&key).await?;
+                let ours = our_files.iter().filter(|(uid, hash)| index.find(uid).is_some_and(|f| f.entry.content_hash == **hash)).count();
+                if ours == our_files.len() && index.len() == our_files.len() {
+                    segments.push(describe_existing(shards, &key).await?);
+                    return Ok(AddressOutcome { packed_files: 0, already_stored: already_stored + ours as u64, rejected, segments });
+                }
+                if ours > 0 {
+                    return Err(PackError::Conflict { prefix: addr.key_prefix() });
+                }
+                generation += 1;
+                bytes[..HEADER_LEN].copy_from_slice(&Header { addr, generation }.encode());
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(PackError::Conflict { prefix: addr.key_prefix() })
+}
+
+/// Describes a segment already in the store (for re-emitting its `ShardSealed`).
+async fn describe_existing(shards: &ShardStore, key: &str) -> Result<SealedInfo, PackError> {
+    let (addr, generation) = ShardAddr::from_segment_key(key).map_err(|e| PackError::InvalidTask(e.to_string()))?;
+    let meta = shards.store().head(key).await?;
+    let index = shards.index(key).await?;
+    let object_hash = meta
+        .metadata
+        .get(META_OBJECT_HASH)
+        .and_then(|hex| vera_protocol::hex::decode(hex))
+        .ok_or_else(|| StoreError::new(StoreErrorKind::Corrupt, key, "segment has no object hash metadata"))?;
+    Ok(SealedInfo {
+        addr,
+        generation,
+        key: key.to_owned(),
+        version_id: meta.version_id,
+        object_hash,
+        merkle_root: index.footer().merkle_root,
+        files: index.len() as u64,
+        raw_bytes: index.files().map(|f| u64::from(f.entry.raw_len)).sum(),
+        object_bytes: meta.len,
+        retain_until: meta.retention.map(|r| r.retain_until),
+        written_now: false,
+    })
+}
+
+/// Key of a task's rejects report.
+pub fn rejects_report_key(task_id: &str) -> String {
+    format!("reports/rejects/{}.json", task_id.replace(['/', ':'], "_"))
+}
+
+async fn write_rejects_report(store: &dyn ObjectStore, task_id: &str, rejected: &[Rejection]) -> Result<(), PackError> {
+    #[derive(Serialize)]
+    struct Report<'a> {
+        task_id: &'a str,
+        rejected: &'a [Rejection],
+    }
+    let body = serde_json::to_vec(&Report { task_id, rejected }).map_err(|e| PackError::Join(e.to_string()))?;
+    match store.put(&rejects_report_key(task_id), Bytes::from(body), PutOptions::create()).await {
+        Ok(_) => Ok(()),
+        // The same task wrote the same report before.
+        Err(error) if error.kind == StoreErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
