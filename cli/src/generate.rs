@@ -108,14 +108,14 @@ fn size_range(kind: Kind) -> (usize, usize, usize) {
     match kind {
         Kind::Receipt => (200, 4096, 4096),
         Kind::CallRecord => (200, 1500, 8 * 1024),
-        Kind::Xml => (1024, 12 * 1024, 96 * 1024),
-        Kind::Csv => (512, 16 * 1024, 256 * 1024),
-        Kind::Log => (512, 24 * 1024, 256 * 1024),
-        Kind::Pdf => (8 * 1024, 48 * 1024, MAX_FILE),
-        Kind::Jpeg => (8 * 1024, 60 * 1024, MAX_FILE),
-        Kind::Png => (2 * 1024, 30 * 1024, MAX_FILE),
-        Kind::Gzip => (1024, 20 * 1024, MAX_FILE),
-        Kind::Zip => (2 * 1024, 40 * 1024, MAX_FILE),
+        Kind::Xml => (1024, 24 * 1024, 128 * 1024),
+        Kind::Csv => (512, 32 * 1024, 256 * 1024),
+        Kind::Log => (512, 48 * 1024, 256 * 1024),
+        Kind::Pdf => (8 * 1024, 96 * 1024, MAX_FILE),
+        Kind::Jpeg => (8 * 1024, 112 * 1024, MAX_FILE),
+        Kind::Png => (2 * 1024, 48 * 1024, MAX_FILE),
+        Kind::Gzip => (1024, 48 * 1024, MAX_FILE),
+        Kind::Zip => (2 * 1024, 64 * 1024, MAX_FILE),
     }
 }
 
