@@ -1,0 +1,213 @@
+//! Worker idempotency and failure handling: packing a task twice, two workers on one
+//! task at once, a flaky store, and poison messages.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::ConnectOptions;
+use tokio_util::sync::CancellationToken;
+use vera_bus::sqlite::SqliteBus;
+use vera_bus::{topics, Bus, Outgoing};
+use vera_protocol::message::{Envelope, Message, PackTask, Slot};
+use vera_protocol::routing::{RoutingEpoch, RoutingTable};
+use vera_protocol::Timestamp;
+use vera_source::sqlite::SqliteSource;
+use vera_source::{Source, SourceMapping};
+use vera_store::flaky::FlakyStore;
+use vera_store::local::LocalStore;
+use vera_store::shards::ShardStore;
+use vera_store::ObjectStore;
+use vera_worker::{pack_task, run_worker, WorkerSettings};
+
+const ROWS: i64 = 600;
+
+fn payload(id: i64) -> Vec<u8> {
+    if id % 3 == 0 {
+        format!("{{\"id\":{id},\"kind\":\"receipt\",\"amount\":{}}}", id * 7).into_bytes()
+    } else {
+        (0..(id * 37 % 5000) as usize).map(|i| (i * i % 251) as u8).collect()
+    }
+}
+
+fn created_at(id: i64) -> String {
+    format!("2026-11-{:02}T10:00:00Z", 20 + id % 3)
+}
+
+async fn source(dir: &std::path::Path) -> Arc<dyn Source> {
+    let path = dir.join("src.sqlite");
+    let mut connection = SqliteConnectOptions::new().filename(&path).create_if_missing(true).connect().await.unwrap();
+    sqlx::raw_sql("CREATE TABLE files (id INTEGER PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload BLOB)")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    for id in 1..=ROWS {
+        sqlx::query("INSERT INTO files VALUES (?, ?, ?, NULL, ?)")
+            .bind(id)
+            .bind(format!("u{id:05}"))
+            .bind(created_at(id))
+            .bind(payload(id))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    Arc::new(SqliteSource::open("demo", &path, SourceMapping::demo()).await.unwrap())
+}
+
+fn task() -> PackTask {
+    let slot = Slot { after: 0, up_to: ROWS, rows: ROWS as u64, bytes: 0 };
+    PackTask { task_id: format!("demo:0-{ROWS}"), source: "demo".into(), slot, routing: routing() }
+}
+
+fn routing() -> RoutingTable {
+    RoutingTable::single(RoutingEpoch::v1(1).unwrap())
+}
+
+fn settings() -> WorkerSettings {
+    WorkerSettings { retention: None, visibility_timeout_seconds: 5, retry_delay_seconds: 0, ..WorkerSettings::default() }
+}
+
+/// uid → number of segments holding it, plus all object bytes by key.
+async fn inventory(store: &LocalStore) -> (HashMap<String, usize>, HashMap<String, Bytes>) {
+    let shards = ShardStore::new(Arc::new(store.clone()));
+    let (mut uids, mut objects) = (HashMap::new(), HashMap::new());
+    for meta in store.list("e1/").await.unwrap() {
+        for file in shards.index(&meta.key).await.unwrap().files() {
+            *uids.entry(file.uid.to_owned()).or_default() += 1;
+        }
+        objects.insert(meta.key.clone(), store.get(&meta.key).await.unwrap().body);
+    }
+    (uids, objects)
+}
+
+async fn assert_every_row_reads_back(store: &LocalStore) {
+    let shards = ShardStore::new(Arc::new(store.clone()));
+    for id in 1..=ROWS {
+        let read = shards.read_file(&routing(), &format!("u{id:05}"), Timestamp::parse(&created_at(id)).unwrap()).await.unwrap();
+        assert_eq!(read.bytes, payload(id), "u{id:05}");
+    }
+}
+
+#[tokio::test]
+async fn packing_a_task_twice_writes_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = source(dir.path()).await;
+    let store = LocalStore::open(dir.path().join("store")).unwrap();
+    let shards = ShardStore::new(Arc::new(store.clone()));
+    let first = pack_task(&task(), source.as_ref(), &shards, &settings()).await.unwrap();
+    assert_eq!(first.packed_files, ROWS as u64);
+    assert_eq!(first.segments.len(), 6, "3 days x 2 buckets");
+    let (uids, objects) = inventory(&store).await;
+    let second = pack_task(&task(), source.as_ref(), &ShardStore::new(Arc::new(store.clone())), &settings()).await.unwrap();
+    assert_eq!((second.packed_files, second.already_stored), (0, ROWS as u64));
+    assert!(second.segments.iter().all(|s| !s.written_now));
+    let (uids_after, objects_after) = inventory(&store).await;
+    assert_eq!(uids_after, uids);
+    assert_eq!(objects_after, objects, "a second run must leave the store byte-identical");
+    assert!(uids.values().all(|&n| n == 1));
+    assert_every_row_reads_back(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_the_same_task_at_once_store_each_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = source(dir.path()).await;
+    let store = LocalStore::open(dir.path().join("store")).unwrap();
+    let (task, settings_a, settings_b) = (task(), settings(), settings());
+    let (shards_a, shards_b) = (ShardStore::new(Arc::new(store.clone())), ShardStore::new(Arc::new(store.clone())));
+    let (a, b) = tokio::join!(
+        pack_task(&task, source.as_ref(), &shards_a, &settings_a),
+        pack_task(&task, source.as_ref(), &shards_b, &settings_b),
+    );
+    // One of them may lose a race and ask for a retry; a retry must then converge.
+    let retried = match (a, b) {
+        (Ok(_), Ok(_)) => false,
+        _ => {
+            pack_task(&task, source.as_ref(), &ShardStore::new(Arc::new(store.clone())), &settings()).await.unwrap();
+            true
+        }
+    };
+    eprintln!("retried: {retried}");
+    let (uids, _) = inventory(&store).await;
+    assert_eq!(uids.len(), ROWS as usize);
+    assert!(uids.values().all(|&n| n == 1), "a file stored twice");
+    assert_every_row_reads_back(&store).await;
+}
+
+#[tokio::test]
+async fn a_flaky_store_only_delays_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = source(dir.path()).await;
+    let store = LocalStore::open(dir.path().join("store")).unwrap();
+    let seed: u64 = std::env::var("VERA_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("flaky worker seed: {seed}");
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(attempts < 200, "never converged");
+        let flaky: Arc<dyn ObjectStore> = Arc::new(FlakyStore::new(store.clone(), seed.wrapping_add(attempts), 0.1));
+        if pack_task(&task(), source.as_ref(), &ShardStore::new(flaky), &settings()).await.is_ok() {
+            break;
+        }
+    }
+    let (uids, _) = inventory(&store).await;
+    assert_eq!(uids.len(), ROWS as usize);
+    assert!(uids.values().all(|&n| n == 1));
+    assert_every_row_reads_back(&store).await;
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_and_good_ones_acked_with_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = source(dir.path()).await;
+    let store = LocalStore::open(dir.path().join("store")).unwrap();
+    let bus = Arc::new(SqliteBus::open(dir.path().join("bus.sqlite"), 3).await.unwrap());
+    let now = Timestamp::parse("2026-11-24T10:00:00Z").unwrap();
+    let mut wrong_source = task();
+    wrong_source.source = "other".into();
+    wrong_source.task_id = "other:0-600".into();
+    let messages = vec![
+        Bytes::from_static(b"not json at all"),
+        Bytes::from(Envelope::new("m-wrong", now, Message::PackTask(wrong_source)).encode()),
+        Bytes::from(Envelope::new("m-good", now, Message::PackTask(task())).encode()),
+    ];
+    bus.publish(topics::PACK, messages.into_iter().map(|payload| Outgoing { key: None, payload }).collect()).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(run_worker(
+        "w-test",
+        bus.clone() as Arc<dyn Bus>,
+        source,
+        ShardStore::new(Arc::new(store.clone())),
+        settings(),
+        shutdown.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let depth = bus.depth(topics::PACK).await.unwrap();
+        if depth.visible == 0 && depth.in_flight == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "queue never drained: {depth:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    let stats = worker.await.unwrap();
+    assert_eq!((stats.tasks_done, stats.dead_lettered), (1, 2));
+    let dead = bus.dead_letters(topics::PACK, 10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(dead.iter().any(|d| d.reason.contains("undecodable")));
+    assert!(dead.iter().any(|d| d.reason.contains("never succeed")));
+    // ShardSealed per segment on the events topic, keyed by address; PACK audit events.
+    let events = bus.claim(topics::EVENTS, 100, Duration::from_secs(60)).await.unwrap();
+    let audits = bus.claim(topics::AUDIT, 100, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(events.len(), 6);
+    assert_eq!(audits.len(), 6);
+    for event in &events {
+        let envelope = Envelope::decode(&event.payload).unwrap();
+        let Message::ShardSealed(sealed) = envelope.message else { panic!("not ShardSealed") };
+        assert_eq!(event.key.as_deref(), Some(sealed.addr.key_prefix().as_str()));
+        assert!(store.head(&sealed.key).await.is_ok(), "event names a segment that exists");
+    }
+}
