@@ -27,7 +27,13 @@ fn keyed(key: &str, text: &str) -> Outgoing {
 }
 
 /// Claims until `want` messages arrive or `patience` passes.
-async fn claim_n(bus: &dyn Bus, topic: &str, want: usize, visibility: Duration, patience: Duration) -> Vec<crate::Delivery> {
+async fn claim_n(
+    bus: &dyn Bus,
+    topic: &str,
+    want: usize,
+    visibility: Duration,
+    patience: Duration,
+) -> Vec<crate::Delivery> {
     let deadline = tokio::time::Instant::now() + patience;
     let mut got = Vec::new();
     while got.len() < want && tokio::time::Instant::now() < deadline {
@@ -139,9 +145,12 @@ pub async fn stale_receipts_are_refused(bus: &dyn Bus) {
 
 pub async fn same_key_is_delivered_in_order_one_at_a_time(bus: &dyn Bus) {
     let topic = topic("ordered");
-    bus.publish(&topic, vec![keyed("shard-a", "a1"), keyed("shard-b", "b1"), keyed("shard-a", "a2"), keyed("shard-a", "a3")])
-        .await
-        .expect("publish");
+    bus.publish(
+        &topic,
+        vec![keyed("shard-a", "a1"), keyed("shard-b", "b1"), keyed("shard-a", "a2"), keyed("shard-a", "a3")],
+    )
+    .await
+    .expect("publish");
     let mut seen_a = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while seen_a.len() < 3 && tokio::time::Instant::now() < deadline {
@@ -171,7 +180,9 @@ pub async fn concurrent_consumers_never_share_a_claim(bus: &dyn Bus) {
         loop {
             let batch = bus.claim(&topic, 5, LONG).await.expect("claim");
             if batch.is_empty() {
-                if tokio::time::Instant::now() > deadline || bus.depth(&topic).await.map(|d| d.visible == 0).unwrap_or(true) {
+                if tokio::time::Instant::now() > deadline
+                    || bus.depth(&topic).await.map(|d| d.visible == 0).unwrap_or(true)
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

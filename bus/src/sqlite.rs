@@ -19,7 +19,7 @@ use bytes::Bytes;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use crate::{validate_topic, Bus, BusError, BusErrorKind, DeadLetter, Delivery, Outgoing, QueueDepth};
+use crate::{Bus, BusError, BusErrorKind, DeadLetter, Delivery, Outgoing, QueueDepth, validate_topic};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS messages (
@@ -82,11 +82,7 @@ impl SqliteBus {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(db_error("open"))?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(db_error("open"))?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(db_error("create schema"))?;
         Ok(SqliteBus { pool, max_attempts })
     }
@@ -98,7 +94,13 @@ impl SqliteBus {
             .map_err(|_| BusError::new(BusErrorKind::InvalidInput, "not a message id of this bus"))
     }
 
-    async fn update_with_receipt(&self, delivery: &Delivery, sql: &str, value: i64, what: &str) -> Result<(), BusError> {
+    async fn update_with_receipt(
+        &self,
+        delivery: &Delivery,
+        sql: &str,
+        value: i64,
+        what: &str,
+    ) -> Result<(), BusError> {
         let seq = Self::seq_of(delivery)?;
         let result = sqlx::query(sql)
             .bind(value)
@@ -230,13 +232,14 @@ impl Bus for SqliteBus {
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
         let seq = Self::seq_of(delivery)?;
         let reason: String = reason.chars().take(1000).collect();
-        let result = sqlx::query("UPDATE messages SET dead = 1, dead_reason = ? WHERE seq = ? AND receipt = ? AND dead = 0")
-            .bind(reason)
-            .bind(seq)
-            .bind(&delivery.receipt)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error("dead-letter"))?;
+        let result =
+            sqlx::query("UPDATE messages SET dead = 1, dead_reason = ? WHERE seq = ? AND receipt = ? AND dead = 0")
+                .bind(reason)
+                .bind(seq)
+                .bind(&delivery.receipt)
+                .execute(&self.pool)
+                .await
+                .map_err(db_error("dead-letter"))?;
         if result.rows_affected() == 0 {
             return Err(BusError::new(BusErrorKind::StaleReceipt, "dead-letter: receipt is no longer current"));
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use vera_bus::sqlite::SqliteBus;
-use vera_bus::{conformance, Bus, Outgoing};
+use vera_bus::{Bus, Outgoing, conformance};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_bus_passes_conformance() {

@@ -164,7 +164,8 @@ impl WorkerArgs {
             visibility_timeout_seconds: self.visibility_timeout_seconds,
             max_file_bytes: self.max_file_bytes,
             compression: CompressionPolicy { mode: self.compression, ..CompressionPolicy::default() },
-            retention: (self.retain_days > 0).then_some(RetentionPolicy { mode: self.lock_mode, retain_days: self.retain_days }),
+            retention: (self.retain_days > 0)
+                .then_some(RetentionPolicy { mode: self.lock_mode, retain_days: self.retain_days }),
             ..WorkerSettings::default()
         };
         settings.validate().map_err(|e| anyhow::anyhow!(e))?;
@@ -174,6 +175,7 @@ impl WorkerArgs {
 
 /// Logs to stderr; `RUST_LOG` overrides the default level.
 pub fn init_tracing(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

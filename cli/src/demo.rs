@@ -13,15 +13,15 @@ use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use vera_bus::{topics, Bus};
-use vera_producer::{run_producer, ProducerSettings, RunMode};
+use vera_bus::{Bus, topics};
+use vera_producer::{ProducerSettings, RunMode, run_producer};
 use vera_source::Source;
 use vera_store::ObjectStore;
 use vera_worker::rows::validate_row;
-use vera_worker::{run_worker, WorkerStats};
+use vera_worker::{WorkerStats, run_worker};
 
 use crate::common::{SourceArgs, StoreArgs, WorkerArgs};
-use crate::generate::{generate, CorpusSpec};
+use crate::generate::{CorpusSpec, generate};
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
@@ -141,7 +141,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
             worker_settings.clone(),
             shutdown.child_token(),
         );
-        workers.push(tokio::spawn(async move { run_worker(&format!("worker-{index}"), bus, source, shards, settings, token).await }));
+        workers.push(tokio::spawn(async move {
+            run_worker(&format!("worker-{index}"), bus, source, shards, settings, token).await
+        }));
     }
     let producer_settings = ProducerSettings {
         max_rows_per_slot: args.slot_rows,

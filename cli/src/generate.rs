@@ -129,7 +129,9 @@ fn content(rng: &mut SmallRng, kind: Kind, id: u64) -> (Vec<u8>, &'static str) {
         Kind::Csv => (csv(rng, len), "text/csv"),
         Kind::Log => (log_lines(rng, len), "text/plain"),
         Kind::Pdf => (pdf(rng, len), "application/pdf"),
-        Kind::Jpeg => (with_magic(rng, &[0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0], len), "image/jpeg"),
+        Kind::Jpeg => {
+            (with_magic(rng, &[0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0], len), "image/jpeg")
+        }
         Kind::Png => (with_magic(rng, &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A], len), "image/png"),
         Kind::Gzip => (with_magic(rng, &[0x1F, 0x8B, 0x08, 0x00], len), "application/gzip"),
         Kind::Zip => (with_magic(rng, b"PK\x03\x04", len), "application/zip"),
@@ -143,10 +145,29 @@ fn with_magic(rng: &mut SmallRng, magic: &[u8], len: usize) -> Vec<u8> {
     bytes
 }
 
-const STORES: &[&str] = &["Amsterdam Centraal", "Utrecht Hoog Catharijne", "Rotterdam Markthal", "Den Haag HS", "Eindhoven Strijp"];
+const STORES: &[&str] =
+    &["Amsterdam Centraal", "Utrecht Hoog Catharijne", "Rotterdam Markthal", "Den Haag HS", "Eindhoven Strijp"];
 const WORDS: &[&str] = &[
-    "account", "transfer", "invoice", "payment", "settlement", "customer", "reference", "balance", "statement", "approved",
-    "pending", "merchant", "terminal", "branch", "ledger", "period", "amount", "currency", "review", "archive",
+    "account",
+    "transfer",
+    "invoice",
+    "payment",
+    "settlement",
+    "customer",
+    "reference",
+    "balance",
+    "statement",
+    "approved",
+    "pending",
+    "merchant",
+    "terminal",
+    "branch",
+    "ledger",
+    "period",
+    "amount",
+    "currency",
+    "review",
+    "archive",
 ];
 
 fn receipt(rng: &mut SmallRng, id: u64) -> Vec<u8> {
@@ -199,7 +220,10 @@ fn call_records(rng: &mut SmallRng, len: usize) -> Vec<u8> {
 }
 
 fn xml_invoice(rng: &mut SmallRng, len: usize) -> Vec<u8> {
-    let mut out = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Invoice xmlns=\"urn:oasis:names:specification:ubl:schema:xsd:Invoice-2\"><ID>INV-{:010}</ID>", rng.gen_range(0..10_000_000_000u64));
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Invoice xmlns=\"urn:oasis:names:specification:ubl:schema:xsd:Invoice-2\"><ID>INV-{:010}</ID>",
+        rng.gen_range(0..10_000_000_000u64)
+    );
     while out.len() < len {
         out.push_str(&format!(
             "<InvoiceLine><ID>{}</ID><InvoicedQuantity unitCode=\"EA\">{}</InvoicedQuantity><LineExtensionAmount currencyID=\"EUR\">{}.{:02}</LineExtensionAmount><Item><Name>{} {}</Name></Item></InvoiceLine>\n",
@@ -263,7 +287,15 @@ fn pdf(rng: &mut SmallRng, len: usize) -> Vec<u8> {
     out.extend_from_slice(b"3 0 obj << /Length 0 >> stream\nBT /F1 10 Tf 72 720 Td\n");
     while out.len() < text_len {
         out.extend_from_slice(
-            format!("({} {} {} {}.{:02} EUR) Tj T*\n", WORDS[rng.gen_range(0..WORDS.len())], WORDS[rng.gen_range(0..WORDS.len())], rng.gen_range(0..1_000_000), rng.gen_range(0..100_000), rng.gen_range(0..100)).as_bytes(),
+            format!(
+                "({} {} {} {}.{:02} EUR) Tj T*\n",
+                WORDS[rng.gen_range(0..WORDS.len())],
+                WORDS[rng.gen_range(0..WORDS.len())],
+                rng.gen_range(0..1_000_000),
+                rng.gen_range(0..100_000),
+                rng.gen_range(0..100)
+            )
+            .as_bytes(),
         );
     }
     out.extend_from_slice(b"ET\nendstream endobj\n4 0 obj << /Subtype /Image /Filter /DCTDecode >> stream\n");
@@ -276,7 +308,11 @@ fn pdf(rng: &mut SmallRng, len: usize) -> Vec<u8> {
 }
 
 /// Writes the corpus to a fresh SQLite database at `path`.
-pub async fn generate(path: &Path, spec: &CorpusSpec, progress: &indicatif::ProgressBar) -> anyhow::Result<CorpusSummary> {
+pub async fn generate(
+    path: &Path,
+    spec: &CorpusSpec,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<CorpusSummary> {
     if path.exists() {
         std::fs::remove_file(path)?;
     }
@@ -287,13 +323,16 @@ pub async fn generate(path: &Path, spec: &CorpusSpec, progress: &indicatif::Prog
         .synchronous(SqliteSynchronous::Normal)
         .connect()
         .await?;
-    sqlx::raw_sql("CREATE TABLE files (id INTEGER PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload BLOB)")
-        .execute(&mut connection)
-        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE files (id INTEGER PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload BLOB)",
+    )
+    .execute(&mut connection)
+    .await?;
     let mut rng = SmallRng::seed_from_u64(spec.seed);
     let mut summary = CorpusSummary::default();
     let seconds_per_row = (f64::from(spec.days) * 86_400.0) / spec.files.max(1) as f64;
-    let bad_every = if spec.bad_rows_per_kind == 0 { u64::MAX } else { (spec.files / (spec.bad_rows_per_kind * 4 + 1)).max(2) };
+    let bad_every =
+        if spec.bad_rows_per_kind == 0 { u64::MAX } else { (spec.files / (spec.bad_rows_per_kind * 4 + 1)).max(2) };
     let mut bad_kind = 0u64;
     let mut last_good = (String::new(), String::new());
     let mut transaction = connection.begin().await?;
@@ -314,7 +353,11 @@ pub async fn generate(path: &Path, spec: &CorpusSpec, progress: &indicatif::Prog
                 1 => (uid, "2026-13-45 25:61".to_owned(), Some(payload)),
                 2 => (uid, created_at, Some(with_magic(&mut rng, b"\x89PNG\r\n\x1a\n", spec.oversized_bytes))),
                 // Same uid and created_at as an earlier row, different content.
-                _ => (last_good.0.clone(), last_good.1.clone(), Some(b"a different payload for a duplicate uid".to_vec())),
+                _ => (
+                    last_good.0.clone(),
+                    last_good.1.clone(),
+                    Some(b"a different payload for a duplicate uid".to_vec()),
+                ),
             }
         } else {
             summary.good_rows += 1;
@@ -343,5 +386,7 @@ pub async fn generate(path: &Path, spec: &CorpusSpec, progress: &indicatif::Prog
 }
 
 fn format_rfc3339(unix_seconds: i64) -> String {
-    vera_protocol::Timestamp::from_unix_seconds(unix_seconds).map(|t| t.to_rfc3339()).unwrap_or_else(|_| "invalid".into())
+    vera_protocol::Timestamp::from_unix_seconds(unix_seconds)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_else(|_| "invalid".into())
 }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use clap::Args;
 use serde::Serialize;
+use vera_protocol::Timestamp;
 use vera_protocol::compress::Codec;
 use vera_protocol::routing::ShardAddr;
 use vera_protocol::shard::verify_segment;
-use vera_protocol::Timestamp;
 use vera_store::ObjectStore;
 
 use crate::common::StoreArgs;
@@ -76,7 +76,9 @@ pub async fn verify(args: InspectArgs) -> anyhow::Result<VerifyReport> {
             Ok(segment) => {
                 let recorded = meta.metadata.get(vera_worker::pack::META_OBJECT_HASH);
                 if recorded.is_some_and(|hex| *hex != vera_protocol::hex::encode(&segment.object_hash)) {
-                    report.failures.push(format!("{}: object hash differs from the hash recorded at write time", meta.key));
+                    report
+                        .failures
+                        .push(format!("{}: object hash differs from the hash recorded at write time", meta.key));
                     continue;
                 }
                 report.segments_ok += 1;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;
-use vera_bus::{topics, Bus};
-use vera_producer::{run_producer, ProducerSettings, RunMode};
+use vera_bus::{Bus, topics};
+use vera_producer::{ProducerSettings, RunMode, run_producer};
 use vera_source::Source;
 use vera_store::ObjectStore;
 
@@ -31,7 +31,13 @@ pub struct GenerateArgs {
 }
 
 pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
-    let spec = CorpusSpec { files: args.files, days: args.days, seed: args.seed, bad_rows_per_kind: args.bad_rows_per_kind, ..CorpusSpec::default() };
+    let spec = CorpusSpec {
+        files: args.files,
+        days: args.days,
+        seed: args.seed,
+        bad_rows_per_kind: args.bad_rows_per_kind,
+        ..CorpusSpec::default()
+    };
     let progress = indicatif::ProgressBar::new(args.files);
     let summary = crate::generate::generate(&args.db, &spec, &progress).await?;
     progress.finish_and_clear();

@@ -19,22 +19,11 @@ fn vera() -> Command {
 }
 
 fn common_args(data_dir: &Path, source: &Path) -> Vec<String> {
-    vec![
-        "--data-dir".into(),
-        data_dir.display().to_string(),
-        "--source-db".into(),
-        source.display().to_string(),
-    ]
+    vec!["--data-dir".into(), data_dir.display().to_string(), "--source-db".into(), source.display().to_string()]
 }
 
 fn spawn(args: &[String]) -> Child {
-    vera()
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn vera")
+    vera().args(args).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn vera")
 }
 
 fn kill9(child: &mut Child) {
@@ -53,7 +42,17 @@ fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     let data_dir = dir.path().join("data");
 
     let status = vera()
-        .args(["generate", "--db", &source.display().to_string(), "--files", "3000", "--days", "3", "--bad-rows-per-kind", "2"])
+        .args([
+            "generate",
+            "--db",
+            &source.display().to_string(),
+            "--files",
+            "3000",
+            "--days",
+            "3",
+            "--bad-rows-per-kind",
+            "2",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -170,7 +169,8 @@ fn source_rows(path: &Path) -> Vec<Row> {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         use sqlx::{ConnectOptions, Row as _};
-        let mut connection = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true).connect().await.unwrap();
+        let mut connection =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true).connect().await.unwrap();
         sqlx::query("SELECT uid, created_at, payload FROM files ORDER BY id")
             .fetch_all(&mut connection)
             .await

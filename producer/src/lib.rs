@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use vera_bus::{topics, Bus, BusError, Outgoing};
+use vera_bus::{Bus, BusError, Outgoing, topics};
 use vera_protocol::message::{Envelope, Message, PackTask, Slot};
 use vera_protocol::routing::RoutingTable;
 use vera_source::{Source, SourceError};
@@ -151,8 +151,15 @@ async fn lost_race(report: &mut ProducerReport) {
     tokio::time::sleep(Duration::from_millis(100 + jitter)).await;
 }
 
-async fn publish(bus: &dyn Bus, source: &str, slot: &Slot, routing: &RoutingTable, now: vera_protocol::Timestamp) -> Result<(), ProducerError> {
-    let task = PackTask { task_id: task_id(source, slot), source: source.to_owned(), slot: *slot, routing: routing.clone() };
+async fn publish(
+    bus: &dyn Bus,
+    source: &str,
+    slot: &Slot,
+    routing: &RoutingTable,
+    now: vera_protocol::Timestamp,
+) -> Result<(), ProducerError> {
+    let task =
+        PackTask { task_id: task_id(source, slot), source: source.to_owned(), slot: *slot, routing: routing.clone() };
     let envelope = Envelope::new(format!("pack/{}", task.task_id), now, Message::PackTask(task));
     tracing::info!(after = slot.after, up_to = slot.up_to, rows = slot.rows, "publishing slot");
     bus.publish(topics::PACK, vec![Outgoing { key: None, payload: Bytes::from(envelope.encode()) }]).await?;

@@ -46,12 +46,17 @@ impl WatermarkStore {
                     let state: WatermarkState =
                         serde_json::from_slice(&found.body).map_err(|e| ProducerError::Watermark(e.to_string()))?;
                     if state.format != WATERMARK_FORMAT || state.version != 1 || state.source != self.source {
-                        return Err(ProducerError::Watermark(format!("unexpected format/version/source in {}", self.key)));
+                        return Err(ProducerError::Watermark(format!(
+                            "unexpected format/version/source in {}",
+                            self.key
+                        )));
                     }
                     if let Some(slot) = state.pending
                         && (slot.after != state.committed || slot.up_to < slot.after)
                     {
-                        return Err(ProducerError::Watermark("pending slot does not start at the committed watermark".into()));
+                        return Err(ProducerError::Watermark(
+                            "pending slot does not start at the committed watermark".into(),
+                        ));
                     }
                     return Ok((state, found.meta.etag));
                 }

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::ConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
 use tokio_util::sync::CancellationToken;
 use vera_bus::sqlite::SqliteBus;
-use vera_bus::{topics, Bus};
-use vera_producer::{run_producer, ProducerSettings, RunMode, WatermarkStore};
+use vera_bus::{Bus, topics};
+use vera_producer::{ProducerSettings, RunMode, WatermarkStore, run_producer};
 use vera_protocol::message::{Envelope, Message, PackTask, Slot};
 use vera_protocol::routing::{RoutingEpoch, RoutingTable};
 use vera_source::sqlite::SqliteSource;
@@ -24,10 +24,12 @@ const ROWS: i64 = 1000;
 async fn source(dir: &std::path::Path) -> Arc<dyn Source> {
     let path = dir.join("src.sqlite");
     let mut connection = SqliteConnectOptions::new().filename(&path).create_if_missing(true).connect().await.unwrap();
-    sqlx::raw_sql("CREATE TABLE files (id INTEGER PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload BLOB)")
-        .execute(&mut connection)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE files (id INTEGER PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload BLOB)",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
     for id in 1..=ROWS {
         sqlx::query("INSERT INTO files VALUES (?, ?, '2026-11-24T10:00:00Z', NULL, ?)")
             .bind(id * 3) // gaps in the watermark are normal
@@ -92,8 +94,16 @@ async fn drains_in_slots_that_tile_the_source() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(dir.path().join("store")).unwrap());
     let bus = Arc::new(SqliteBus::open(dir.path().join("bus.sqlite"), 5).await.unwrap());
-    let report =
-        run_producer(source(dir.path()).await, store, bus.clone(), settings(), RunMode::Drain, CancellationToken::new()).await.unwrap();
+    let report = run_producer(
+        source(dir.path()).await,
+        store,
+        bus.clone(),
+        settings(),
+        RunMode::Drain,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.slots_published, 16);
     assert_eq!(report.final_watermark, ROWS * 3);
     let tasks = published_tasks(bus.as_ref()).await;
@@ -111,9 +121,15 @@ async fn resumes_a_pending_slot_left_by_a_crash() {
     let (mut state, etag) = watermarks.load_or_create(0).await.unwrap();
     state.pending = Some(Slot { after: 0, up_to: 30, rows: 10, bytes: 1000 });
     watermarks.save(&state, &etag).await.unwrap().unwrap();
-    run_producer(source(dir.path()).await, store, bus.clone(), settings(), RunMode::Drain, CancellationToken::new()).await.unwrap();
+    run_producer(source(dir.path()).await, store, bus.clone(), settings(), RunMode::Drain, CancellationToken::new())
+        .await
+        .unwrap();
     let tasks = published_tasks(bus.as_ref()).await;
-    assert_eq!(tasks[0].slot, Slot { after: 0, up_to: 30, rows: 10, bytes: 1000 }, "the pending slot goes first, unchanged");
+    assert_eq!(
+        tasks[0].slot,
+        Slot { after: 0, up_to: 30, rows: 10, bytes: 1000 },
+        "the pending slot goes first, unchanged"
+    );
     assert_tiles(&tasks);
 }
 
@@ -131,7 +147,9 @@ async fn flaky_store_faults_never_skip_or_overlap_slots() {
         runs += 1;
         assert!(runs < 500, "producer never finished");
         let flaky: Arc<dyn ObjectStore> = Arc::new(FlakyStore::new(local.clone(), seed.wrapping_add(runs), 0.15));
-        let outcome = run_producer(Arc::clone(&source), flaky, bus.clone(), settings(), RunMode::Drain, CancellationToken::new()).await;
+        let outcome =
+            run_producer(Arc::clone(&source), flaky, bus.clone(), settings(), RunMode::Drain, CancellationToken::new())
+                .await;
         if outcome.is_ok() {
             break;
         }
@@ -146,8 +164,22 @@ async fn two_producers_racing_do_not_corrupt_the_watermark() {
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(dir.path().join("store")).unwrap());
     let bus = Arc::new(SqliteBus::open(dir.path().join("bus.sqlite"), 5).await.unwrap());
     let source = source(dir.path()).await;
-    let first = tokio::spawn(run_producer(Arc::clone(&source), Arc::clone(&store), bus.clone(), settings(), RunMode::Drain, CancellationToken::new()));
-    let second = tokio::spawn(run_producer(Arc::clone(&source), Arc::clone(&store), bus.clone(), settings(), RunMode::Drain, CancellationToken::new()));
+    let first = tokio::spawn(run_producer(
+        Arc::clone(&source),
+        Arc::clone(&store),
+        bus.clone(),
+        settings(),
+        RunMode::Drain,
+        CancellationToken::new(),
+    ));
+    let second = tokio::spawn(run_producer(
+        Arc::clone(&source),
+        Arc::clone(&store),
+        bus.clone(),
+        settings(),
+        RunMode::Drain,
+        CancellationToken::new(),
+    ));
     let (first, second) = (first.await.unwrap().unwrap(), second.await.unwrap().unwrap());
     eprintln!("cas conflicts: {} + {}", first.cas_conflicts, second.cas_conflicts);
     assert_tiles(&published_tasks(bus.as_ref()).await);
@@ -160,9 +192,20 @@ async fn two_producers_racing_do_not_corrupt_the_watermark() {
 async fn a_corrupt_watermark_object_is_an_error_not_a_restart_from_zero() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(dir.path().join("store")).unwrap());
-    store.put("control/watermarks/demo.json", Bytes::from_static(b"{\"committed\":"), PutOptions::create()).await.unwrap();
+    store
+        .put("control/watermarks/demo.json", Bytes::from_static(b"{\"committed\":"), PutOptions::create())
+        .await
+        .unwrap();
     let bus = Arc::new(SqliteBus::open(dir.path().join("bus.sqlite"), 5).await.unwrap());
-    let outcome = run_producer(source(dir.path()).await, store, bus.clone(), settings(), RunMode::Drain, CancellationToken::new()).await;
+    let outcome = run_producer(
+        source(dir.path()).await,
+        store,
+        bus.clone(),
+        settings(),
+        RunMode::Drain,
+        CancellationToken::new(),
+    )
+    .await;
     assert!(matches!(outcome, Err(vera_producer::ProducerError::Watermark(_))));
     assert!(published_tasks(bus.as_ref()).await.is_empty());
 }

@@ -324,7 +324,8 @@ impl ShardAddr {
                 .and_then(|micros| Timestamp::from_micros(micros).ok())
         };
         let start = to_timestamp(self.granularity.bucket_start(self.time_bucket)).unwrap_or(Timestamp::MIN);
-        let end = to_timestamp(self.granularity.bucket_start(self.time_bucket.saturating_add(1))).unwrap_or(Timestamp::MAX);
+        let end =
+            to_timestamp(self.granularity.bucket_start(self.time_bucket.saturating_add(1))).unwrap_or(Timestamp::MAX);
         (start, end)
     }
 
@@ -576,7 +577,8 @@ mod tests {
     fn time_range_covers_the_bucket() {
         let addr = locate_shard("u", ts("2026-11-24T13:00:00Z"), 2).unwrap();
         assert_eq!(addr.time_range(), (ts("2026-11-24T00:00:00Z"), ts("2026-11-25T00:00:00Z")));
-        let month = RoutingEpoch::new(2, TimeGranularity::Month, 0).unwrap().locate("u", ts("2026-12-31T23:00:00Z")).unwrap();
+        let month =
+            RoutingEpoch::new(2, TimeGranularity::Month, 0).unwrap().locate("u", ts("2026-12-31T23:00:00Z")).unwrap();
         assert_eq!(month.time_range(), (ts("2026-12-01T00:00:00Z"), ts("2027-01-01T00:00:00Z")));
         let last = locate_shard("u", Timestamp::MAX, 0).unwrap();
         assert_eq!(last.time_range().1, Timestamp::MAX);

@@ -290,7 +290,12 @@ fn retain_gives_the_same_bytes_as_writing_only_the_kept_files() {
     let mut writer = SegmentWriter::new(settings.clone(), Cursor::new(Vec::new())).unwrap();
     for file in &files {
         writer
-            .add(FileInput { uid: &file.uid, created_at: file.created_at, content_type: file.content_type.as_deref(), bytes: &file.bytes })
+            .add(FileInput {
+                uid: &file.uid,
+                created_at: file.created_at,
+                content_type: file.content_type.as_deref(),
+                bytes: &file.bytes,
+            })
             .unwrap();
     }
     writer.retain(|uid| uid.ends_with(['1', '3', '5', '7']));

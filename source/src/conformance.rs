@@ -8,10 +8,14 @@ use crate::{RowPayload, Source, SourceMapping};
 
 /// Table `files (id, uid, created_at, content_type, payload)` with an integer `id`
 /// watermark, text columns and a binary payload.
-pub const FIXTURE_DDL_NOTE: &str = "files(id integer primary key, uid text, created_at text, content_type text, payload blob)";
+pub const FIXTURE_DDL_NOTE: &str =
+    "files(id integer primary key, uid text, created_at text, content_type text, payload blob)";
 
-/// `(id, uid, created_at, content_type, payload)`, bad rows included.
-pub const FIXTURE: &[(i64, Option<&str>, Option<&str>, Option<&str>, Option<&[u8]>)] = &[
+/// `(id, uid, created_at, content_type, payload)` of one fixture row.
+pub type FixtureRow = (i64, Option<&'static str>, Option<&'static str>, Option<&'static str>, Option<&'static [u8]>);
+
+/// The fixture rows, bad ones included.
+pub const FIXTURE: &[FixtureRow] = &[
     (1, Some("a"), Some("2026-11-24T10:00:00Z"), Some("text/plain"), Some(b"hi")),
     (2, Some("b"), Some("not a date"), None, Some(b"\x00")),
     (3, Some("c"), Some("1795514400000000"), Some("application/json"), None),

@@ -27,7 +27,8 @@ impl SqliteSource {
             .map_err(|e| SourceError::Config(format!("invalid sqlite path: {e}")))?
             .read_only(true)
             .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(SourceError::Query)?;
+        let pool =
+            SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(SourceError::Query)?;
         Ok(SqliteSource { name: name.to_owned(), pool, mapping })
     }
 
@@ -63,7 +64,8 @@ impl Source for SqliteSource {
             w = m.watermark_column,
             t = m.table
         );
-        let mut rows = sqlx::query(&sql).bind(after).bind(i64::try_from(max_rows.max(1)).unwrap_or(i64::MAX)).fetch(&self.pool);
+        let mut rows =
+            sqlx::query(&sql).bind(after).bind(i64::try_from(max_rows.max(1)).unwrap_or(i64::MAX)).fetch(&self.pool);
         let mut slot: Option<Slot> = None;
         while let Some(row) = rows.next().await {
             let row = row.map_err(SourceError::Query)?;
@@ -103,7 +105,10 @@ impl Source for SqliteSource {
     }
 }
 
-fn convert_row(row: &sqlx::sqlite::SqliteRow, base_dir: Option<&Option<std::path::PathBuf>>) -> Result<SourceRow, SourceError> {
+fn convert_row(
+    row: &sqlx::sqlite::SqliteRow,
+    base_dir: Option<&Option<std::path::PathBuf>>,
+) -> Result<SourceRow, SourceError> {
     let payload = match base_dir {
         None => match row.try_get::<Option<Vec<u8>>, _>("payload").map_err(SourceError::Query)? {
             Some(bytes) => RowPayload::Inline(bytes),

@@ -43,7 +43,11 @@ pub async fn run_all(store: &dyn ObjectStore, time: &dyn TimeControl) {
 pub async fn create_if_absent(store: &dyn ObjectStore, prefix: &str) {
     let key = format!("{prefix}/create/a.bin");
     let first = store.put(&key, Bytes::from_static(b"first"), PutOptions::create()).await.expect("first create");
-    expect_kind(store.put(&key, Bytes::from_static(b"second"), PutOptions::create()).await, StoreErrorKind::AlreadyExists, "second create");
+    expect_kind(
+        store.put(&key, Bytes::from_static(b"second"), PutOptions::create()).await,
+        StoreErrorKind::AlreadyExists,
+        "second create",
+    );
     let got = store.get(&key).await.expect("get");
     assert_eq!(&got.body[..], b"first", "create-if-absent must not overwrite");
     assert_eq!(got.meta.etag, first.etag);
@@ -61,11 +65,22 @@ pub async fn create_if_absent(store: &dyn ObjectStore, prefix: &str) {
 
 pub async fn compare_and_swap(store: &dyn ObjectStore, prefix: &str) {
     let key = format!("{prefix}/cas/watermark.json");
-    expect_kind(store.put(&key, Bytes::from_static(b"v0"), PutOptions::update("\"nope\"")).await, StoreErrorKind::Precondition, "update of missing key");
+    expect_kind(
+        store.put(&key, Bytes::from_static(b"v0"), PutOptions::update("\"nope\"")).await,
+        StoreErrorKind::Precondition,
+        "update of missing key",
+    );
     let v1 = store.put(&key, Bytes::from_static(b"v1"), PutOptions::create()).await.expect("create");
-    let v2 = store.put(&key, Bytes::from_static(b"v2"), PutOptions::update(v1.etag.clone())).await.expect("cas with current etag");
+    let v2 = store
+        .put(&key, Bytes::from_static(b"v2"), PutOptions::update(v1.etag.clone()))
+        .await
+        .expect("cas with current etag");
     assert_ne!(v1.etag, v2.etag, "etag must change with content");
-    expect_kind(store.put(&key, Bytes::from_static(b"v3"), PutOptions::update(v1.etag)).await, StoreErrorKind::Precondition, "cas with stale etag");
+    expect_kind(
+        store.put(&key, Bytes::from_static(b"v3"), PutOptions::update(v1.etag)).await,
+        StoreErrorKind::Precondition,
+        "cas with stale etag",
+    );
     assert_eq!(&store.get(&key).await.expect("get").body[..], b"v2");
     store.put(&key, Bytes::from_static(b"v4"), PutOptions::overwrite()).await.expect("overwrite of unlocked object");
     assert_eq!(&store.get(&key).await.expect("get").body[..], b"v4");
@@ -106,11 +121,21 @@ pub async fn retention_and_legal_hold(store: &dyn ObjectStore, prefix: &str, tim
     let key = format!("{prefix}/lock/segment.vera");
     let until = later(time.now(), Duration::from_secs(3600));
     let retention = Retention { mode: LockMode::Compliance, retain_until: until };
-    store.put(&key, Bytes::from_static(b"sealed"), PutOptions::create().with_retention(retention)).await.expect("locked put");
+    store
+        .put(&key, Bytes::from_static(b"sealed"), PutOptions::create().with_retention(retention))
+        .await
+        .expect("locked put");
     let head = store.head(&key).await.expect("head");
-    assert_eq!(head.retention.map(|r| (r.mode, r.retain_until.as_micros() / 1_000_000)), Some((LockMode::Compliance, until.as_micros() / 1_000_000)));
+    assert_eq!(
+        head.retention.map(|r| (r.mode, r.retain_until.as_micros() / 1_000_000)),
+        Some((LockMode::Compliance, until.as_micros() / 1_000_000))
+    );
     expect_kind(store.delete(&key).await, StoreErrorKind::Locked, "delete under retention");
-    expect_kind(store.put(&key, Bytes::from_static(b"x"), PutOptions::overwrite()).await, StoreErrorKind::Locked, "overwrite under retention");
+    expect_kind(
+        store.put(&key, Bytes::from_static(b"x"), PutOptions::overwrite()).await,
+        StoreErrorKind::Locked,
+        "overwrite under retention",
+    );
     let shorter = Retention { mode: LockMode::Compliance, retain_until: later(time.now(), Duration::from_secs(60)) };
     expect_kind(store.set_retention(&key, shorter).await, StoreErrorKind::Locked, "shorten compliance retention");
     let longer = Retention { mode: LockMode::Compliance, retain_until: later(time.now(), Duration::from_secs(7200)) };

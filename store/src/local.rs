@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::types::{GetOutcome, LockMode, ObjectMeta, PutMode, PutOptions, PutOutcome, Retention};
-use crate::{validate_key, ObjectStore};
+use crate::{ObjectStore, validate_key};
 
 const OBJECT_MAGIC: &[u8; 8] = b"VERALOBJ";
 const MAX_HEADER_LEN: u32 = 1024 * 1024;
@@ -117,7 +117,12 @@ impl Inner {
     /// Takes the key's cross-process mutex; released when the file is dropped.
     fn mutex(&self, key: &str) -> Result<File, StoreError> {
         let path = self.root.join("mutex").join(blake3::hash(key.as_bytes()).to_hex().as_str());
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(|e| StoreError::io(key, e))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| StoreError::io(key, e))?;
         file.lock().map_err(|e| StoreError::io(key, e))?;
         Ok(file)
     }
@@ -129,10 +134,16 @@ impl Inner {
         Ok((path, file))
     }
 
-    fn write_object_temp(&self, key: &str, body: &[u8], metadata: &std::collections::BTreeMap<String, String>) -> Result<(PathBuf, String), StoreError> {
+    fn write_object_temp(
+        &self,
+        key: &str,
+        body: &[u8],
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(PathBuf, String), StoreError> {
         let etag = format!("\"{}\"", &blake3::hash(body).to_hex()[..32]);
         let header = ObjectHeader { etag: etag.clone(), metadata: metadata.clone() };
-        let header_json = serde_json::to_vec(&header).map_err(|e| StoreError::new(StoreErrorKind::Other, key, "header encoding failed").with_source(e))?;
+        let header_json = serde_json::to_vec(&header)
+            .map_err(|e| StoreError::new(StoreErrorKind::Other, key, "header encoding failed").with_source(e))?;
         let (path, mut file) = self.temp_file(key)?;
         let write = |file: &mut File| -> std::io::Result<()> {
             file.write_all(OBJECT_MAGIC)?;
@@ -161,7 +172,8 @@ impl Inner {
         }
         let mut header_json = vec![0u8; header_len as usize];
         file.read_exact(&mut header_json).map_err(|_| corrupt("object header truncated"))?;
-        let header: ObjectHeader = serde_json::from_slice(&header_json).map_err(|_| corrupt("object header is not valid"))?;
+        let header: ObjectHeader =
+            serde_json::from_slice(&header_json).map_err(|_| corrupt("object header is not valid"))?;
         Ok((header, 12 + u64::from(header_len)))
     }
 
@@ -193,7 +205,8 @@ impl Inner {
                 _ => Ok(()),
             };
         }
-        let bytes = serde_json::to_vec(state).map_err(|e| StoreError::new(StoreErrorKind::Other, key, "lock encoding failed").with_source(e))?;
+        let bytes = serde_json::to_vec(state)
+            .map_err(|e| StoreError::new(StoreErrorKind::Other, key, "lock encoding failed").with_source(e))?;
         let (temp, mut file) = self.temp_file(key)?;
         file.write_all(&bytes).and_then(|_| file.sync_all()).map_err(|e| StoreError::io(key, e))?;
         self.ensure_parent(key, &path)?;

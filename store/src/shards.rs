@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use vera_protocol::Timestamp;
 use vera_protocol::routing::{RoutingTable, ShardAddr};
 use vera_protocol::shard::{ReadError, ReadLimits, SegmentIndex, SuffixOpen};
-use vera_protocol::Timestamp;
 
 use crate::{ObjectStore, StoreError, StoreErrorKind};
 
@@ -135,8 +135,14 @@ impl ShardStore {
     }
 
     /// Locates, fetches, decodes and verifies one file.
-    pub async fn read_file(&self, routing: &RoutingTable, uid: &str, created_at: Timestamp) -> Result<FileRead, ShardError> {
-        let addr = routing.locate(uid, created_at).map_err(|source| ShardError::Routing { uid: uid.to_owned(), source })?;
+    pub async fn read_file(
+        &self,
+        routing: &RoutingTable,
+        uid: &str,
+        created_at: Timestamp,
+    ) -> Result<FileRead, ShardError> {
+        let addr =
+            routing.locate(uid, created_at).map_err(|source| ShardError::Routing { uid: uid.to_owned(), source })?;
         let mut generation = 0u32;
         loop {
             let key = addr.segment_key(generation);
@@ -160,7 +166,9 @@ impl ShardStore {
                     content_hash: file.entry.content_hash,
                 });
             }
-            generation = generation.checked_add(1).ok_or_else(|| ShardError::NotFound { uid: uid.to_owned(), prefix: addr.key_prefix() })?;
+            generation = generation
+                .checked_add(1)
+                .ok_or_else(|| ShardError::NotFound { uid: uid.to_owned(), prefix: addr.key_prefix() })?;
         }
     }
 }

@@ -15,6 +15,6 @@ pub mod rows;
 pub mod run;
 pub mod settings;
 
-pub use pack::{pack_task, PackError, PackReport, SealedInfo};
-pub use run::{run_worker, WorkerStats};
+pub use pack::{PackError, PackReport, SealedInfo, pack_task};
+pub use run::{WorkerStats, run_worker};
 pub use settings::{RetentionPolicy, WorkerSettings};

@@ -25,16 +25,16 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use rayon::prelude::*;
 use serde::Serialize;
+use vera_protocol::Timestamp;
 use vera_protocol::merkle::Hash;
 use vera_protocol::message::PackTask;
 use vera_protocol::routing::ShardAddr;
-use vera_protocol::shard::{FileInput, Header, PreparedFile, SegmentSettings, SegmentWriter, WriteError, HEADER_LEN};
-use vera_protocol::Timestamp;
+use vera_protocol::shard::{FileInput, HEADER_LEN, Header, PreparedFile, SegmentSettings, SegmentWriter, WriteError};
 use vera_source::{Source, SourceError};
 use vera_store::shards::{ShardError, ShardStore};
 use vera_store::{ObjectStore, PutOptions, Retention, StoreError, StoreErrorKind};
 
-use crate::rows::{validate_row, RejectReason, Rejection, ValidRow};
+use crate::rows::{RejectReason, Rejection, ValidRow, validate_row};
 use crate::settings::WorkerSettings;
 
 /// Object metadata key holding the segment's BLAKE3 (hex).
@@ -122,12 +122,17 @@ pub async fn pack_task(
     settings: &WorkerSettings,
 ) -> Result<PackReport, PackError> {
     if task.source != source.name() {
-        return Err(PackError::InvalidTask(format!("task is for source {:?}, worker reads {:?}", task.source, source.name())));
+        return Err(PackError::InvalidTask(format!(
+            "task is for source {:?}, worker reads {:?}",
+            task.source,
+            source.name()
+        )));
     }
     task.routing.validate().map_err(|e| PackError::InvalidTask(e.to_string()))?;
     let settings = Arc::new(settings.clone());
     let task_arc = Arc::new(task.clone());
-    let mut state = SlotState { writers: HashMap::new(), seen: HashSet::new(), rejected: Vec::new(), rows: 0, bytes_in: 0 };
+    let mut state =
+        SlotState { writers: HashMap::new(), seen: HashSet::new(), rejected: Vec::new(), rows: 0, bytes_in: 0 };
     let mut rows = source.read_slot(task.slot);
     let mut batch = Vec::with_capacity(settings.batch_rows);
     loop {
@@ -149,7 +154,12 @@ pub async fn pack_task(
     }
     drop(rows);
 
-    let mut report = PackReport { task_id: task.task_id.clone(), rows: state.rows, bytes_in: state.bytes_in, ..PackReport::default() };
+    let mut report = PackReport {
+        task_id: task.task_id.clone(),
+        rows: state.rows,
+        bytes_in: state.bytes_in,
+        ..PackReport::default()
+    };
     let mut rejected = state.rejected;
     let mut writers: Vec<(ShardAddr, SegmentWriter<File>)> = state.writers.into_iter().collect();
     writers.sort_by_key(|(addr, _)| *addr);
@@ -174,7 +184,12 @@ pub async fn pack_task(
     Ok(report)
 }
 
-fn add_batch(mut state: SlotState, batch: Vec<vera_source::SourceRow>, task: &PackTask, settings: &WorkerSettings) -> Result<SlotState, PackError> {
+fn add_batch(
+    mut state: SlotState,
+    batch: Vec<vera_source::SourceRow>,
+    task: &PackTask,
+    settings: &WorkerSettings,
+) -> Result<SlotState, PackError> {
     let mut routed: Vec<(ValidRow, ShardAddr)> = Vec::with_capacity(batch.len());
     for row in batch {
         state.rows += 1;
@@ -209,10 +224,17 @@ fn add_batch(mut state: SlotState, batch: Vec<vera_source::SourceRow>, task: &Pa
         .par_iter()
         .map(|(row, addr)| {
             let settings = segment_settings(*addr);
-            let input = FileInput { uid: &row.uid, created_at: row.created_at, content_type: row.content_type.as_deref(), bytes: &row.bytes };
+            let input = FileInput {
+                uid: &row.uid,
+                created_at: row.created_at,
+                content_type: row.content_type.as_deref(),
+                bytes: &row.bytes,
+            };
             let result = match PreparedFile::prepare(&settings, input) {
                 // A malformed content type in the source must not lose the file: sniff instead.
-                Err(WriteError::BadContentType { .. }) => PreparedFile::prepare(&settings, FileInput { content_type: None, ..input }),
+                Err(WriteError::BadContentType { .. }) => {
+                    PreparedFile::prepare(&settings, FileInput { content_type: None, ..input })
+                }
                 other => other,
             };
             (*addr, result)
@@ -335,10 +357,18 @@ async fn seal_address(
             Err(error) if error.kind == StoreErrorKind::AlreadyExists => {
                 // Someone took this generation. Is it our content (a concurrent delivery)?
                 let index = shards.index(&key).await?;
-                let ours = our_files.iter().filter(|(uid, hash)| index.find(uid).is_some_and(|f| f.entry.content_hash == **hash)).count();
+                let ours = our_files
+                    .iter()
+                    .filter(|(uid, hash)| index.find(uid).is_some_and(|f| f.entry.content_hash == **hash))
+                    .count();
                 if ours == our_files.len() && index.len() == our_files.len() {
                     segments.push(describe_existing(shards, &key).await?);
-                    return Ok(AddressOutcome { packed_files: 0, already_stored: already_stored + ours as u64, rejected, segments });
+                    return Ok(AddressOutcome {
+                        packed_files: 0,
+                        already_stored: already_stored + ours as u64,
+                        rejected,
+                        segments,
+                    });
                 }
                 if ours > 0 {
                     return Err(PackError::Conflict { prefix: addr.key_prefix() });

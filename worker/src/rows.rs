@@ -6,8 +6,8 @@
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
-use vera_protocol::routing::validate_uid;
 use vera_protocol::Timestamp;
+use vera_protocol::routing::validate_uid;
 use vera_source::{RowPayload, SourceRow};
 
 /// Why a row was not packed.
@@ -48,7 +48,8 @@ pub struct ValidRow {
 /// Validates one row and loads its payload. Blocking (reads files): call from a blocking
 /// context. `seen` holds the uids already accepted in this slot.
 pub fn validate_row(row: SourceRow, max_file_bytes: u64, seen: &mut HashSet<String>) -> Result<ValidRow, Rejection> {
-    let reject = |uid: Option<String>, reason, detail: String| Rejection { watermark: row.watermark, uid, reason, detail };
+    let reject =
+        |uid: Option<String>, reason, detail: String| Rejection { watermark: row.watermark, uid, reason, detail };
     let Some(uid) = row.uid.clone() else {
         return Err(reject(None, RejectReason::MissingUid, "uid is NULL".into()));
     };
@@ -147,10 +148,12 @@ mod tests {
         let big = dir.join("big.bin");
         std::fs::write(&big, vec![1u8; 100]).unwrap();
         let mut seen = HashSet::new();
-        let rejection = validate_row(row(Some("b"), Some("2026-11-24T10:00:00Z"), RowPayload::Path(big.clone())), 50, &mut seen)
-            .unwrap_err();
+        let rejection =
+            validate_row(row(Some("b"), Some("2026-11-24T10:00:00Z"), RowPayload::Path(big.clone())), 50, &mut seen)
+                .unwrap_err();
         assert_eq!(rejection.reason, RejectReason::TooLarge);
-        let accepted = validate_row(row(Some("b"), Some("2026-11-24T10:00:00Z"), RowPayload::Path(big)), 100, &mut seen).unwrap();
+        let accepted =
+            validate_row(row(Some("b"), Some("2026-11-24T10:00:00Z"), RowPayload::Path(big)), 100, &mut seen).unwrap();
         assert_eq!(accepted.bytes.len(), 100);
         let _ = std::fs::remove_dir_all(dir);
     }

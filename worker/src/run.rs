@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use vera_bus::{topics, Bus, Delivery, Outgoing};
+use vera_bus::{Bus, Delivery, Outgoing, topics};
 use vera_protocol::message::{AuditAction, AuditEvent, AuditOutcome, Envelope, Message, ShardSealed};
 use vera_source::Source;
 use vera_store::shards::ShardStore;
 use vera_store::{Clock, SystemClock};
 
-use crate::pack::{pack_task, PackReport};
+use crate::pack::{PackReport, pack_task};
 use crate::settings::WorkerSettings;
 
 /// What one worker did, for summaries and tests.
@@ -96,7 +96,13 @@ async fn handle(
     let task = match Envelope::decode(&delivery.payload) {
         Ok(Envelope { message: Message::PackTask(task), .. }) => task,
         Ok(other) => {
-            dead_letter(bus, delivery, &format!("pack topic carried a {:?} message", message_type(&other.message)), stats).await;
+            dead_letter(
+                bus,
+                delivery,
+                &format!("pack topic carried a {:?} message", message_type(&other.message)),
+                stats,
+            )
+            .await;
             return;
         }
         Err(error) => {
@@ -200,7 +206,12 @@ fn spawn_heartbeat(bus: Arc<dyn Bus>, delivery: Delivery, visibility: Duration) 
     token
 }
 
-async fn publish_events(bus: &dyn Bus, worker_id: &str, report: &PackReport, clock: &dyn Clock) -> Result<(), vera_bus::BusError> {
+async fn publish_events(
+    bus: &dyn Bus,
+    worker_id: &str,
+    report: &PackReport,
+    clock: &dyn Clock,
+) -> Result<(), vera_bus::BusError> {
     let now = clock.now();
     let mut events = Vec::new();
     let mut audits = Vec::new();

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use vera_protocol::Timestamp;
 use vera_protocol::compress::CompressionPolicy;
 use vera_protocol::routing::ShardAddr;
-use vera_protocol::Timestamp;
 use vera_store::{LockMode, Retention};
 
 /// Object Lock retention for sealed segments: `retain_days` past the end of the

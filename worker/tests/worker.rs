@@ -6,21 +6,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::ConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
 use tokio_util::sync::CancellationToken;
 use vera_bus::sqlite::SqliteBus;
-use vera_bus::{topics, Bus, Outgoing};
+use vera_bus::{Bus, Outgoing, topics};
+use vera_protocol::Timestamp;
 use vera_protocol::message::{Envelope, Message, PackTask, Slot};
 use vera_protocol::routing::{RoutingEpoch, RoutingTable};
-use vera_protocol::Timestamp;
 use vera_source::sqlite::SqliteSource;
 use vera_source::{Source, SourceMapping};
+use vera_store::ObjectStore;
 use vera_store::flaky::FlakyStore;
 use vera_store::local::LocalStore;
 use vera_store::shards::ShardStore;
-use vera_store::ObjectStore;
-use vera_worker::{pack_task, run_worker, WorkerSettings};
+use vera_worker::{WorkerSettings, pack_task, run_worker};
 
 const ROWS: i64 = 600;
 
@@ -39,10 +39,12 @@ fn created_at(id: i64) -> String {
 async fn source(dir: &std::path::Path) -> Arc<dyn Source> {
     let path = dir.join("src.sqlite");
     let mut connection = SqliteConnectOptions::new().filename(&path).create_if_missing(true).connect().await.unwrap();
-    sqlx::raw_sql("CREATE TABLE files (id INTEGER PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload BLOB)")
-        .execute(&mut connection)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE files (id INTEGER PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload BLOB)",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
     for id in 1..=ROWS {
         sqlx::query("INSERT INTO files VALUES (?, ?, ?, NULL, ?)")
             .bind(id)
@@ -66,7 +68,12 @@ fn routing() -> RoutingTable {
 }
 
 fn settings() -> WorkerSettings {
-    WorkerSettings { retention: None, visibility_timeout_seconds: 5, retry_delay_seconds: 0, ..WorkerSettings::default() }
+    WorkerSettings {
+        retention: None,
+        visibility_timeout_seconds: 5,
+        retry_delay_seconds: 0,
+        ..WorkerSettings::default()
+    }
 }
 
 /// uid → number of segments holding it, plus all object bytes by key.
@@ -85,7 +92,10 @@ async fn inventory(store: &LocalStore) -> (HashMap<String, usize>, HashMap<Strin
 async fn assert_every_row_reads_back(store: &LocalStore) {
     let shards = ShardStore::new(Arc::new(store.clone()));
     for id in 1..=ROWS {
-        let read = shards.read_file(&routing(), &format!("u{id:05}"), Timestamp::parse(&created_at(id)).unwrap()).await.unwrap();
+        let read = shards
+            .read_file(&routing(), &format!("u{id:05}"), Timestamp::parse(&created_at(id)).unwrap())
+            .await
+            .unwrap();
         assert_eq!(read.bytes, payload(id), "u{id:05}");
     }
 }
@@ -100,7 +110,8 @@ async fn packing_a_task_twice_writes_nothing_new() {
     assert_eq!(first.packed_files, ROWS as u64);
     assert_eq!(first.segments.len(), 6, "3 days x 2 buckets");
     let (uids, objects) = inventory(&store).await;
-    let second = pack_task(&task(), source.as_ref(), &ShardStore::new(Arc::new(store.clone())), &settings()).await.unwrap();
+    let second =
+        pack_task(&task(), source.as_ref(), &ShardStore::new(Arc::new(store.clone())), &settings()).await.unwrap();
     assert_eq!((second.packed_files, second.already_stored), (0, ROWS as u64));
     assert!(second.segments.iter().all(|s| !s.written_now));
     let (uids_after, objects_after) = inventory(&store).await;
@@ -173,7 +184,9 @@ async fn poison_messages_are_dead_lettered_and_good_ones_acked_with_events() {
         Bytes::from(Envelope::new("m-wrong", now, Message::PackTask(wrong_source)).encode()),
         Bytes::from(Envelope::new("m-good", now, Message::PackTask(task())).encode()),
     ];
-    bus.publish(topics::PACK, messages.into_iter().map(|payload| Outgoing { key: None, payload }).collect()).await.unwrap();
+    bus.publish(topics::PACK, messages.into_iter().map(|payload| Outgoing { key: None, payload }).collect())
+        .await
+        .unwrap();
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(run_worker(
         "w-test",
