@@ -280,18 +280,37 @@ pub fn compress_plain(policy: &CompressionPolicy, raw: &[u8]) -> Option<(Codec, 
     let (codec, stored) = match policy.mode {
         CompressionMode::Off => return None,
         CompressionMode::Speed => (Codec::Lz4, lz4_flex::block::compress(raw)),
-        CompressionMode::Ratio => (Codec::Zstd, zstd::bulk::compress(raw, policy.zstd_level).ok()?),
+        CompressionMode::Ratio => (Codec::Zstd, zstd_compress(raw, policy.zstd_level)?),
     };
     policy.worth_keeping(raw.len(), stored.len()).then_some((codec, stored))
+}
+
+thread_local! {
+    /// One zstd context per thread and level: creating a context costs about as much as
+    /// compressing a 16 KiB file, and the output is identical either way.
+    static ZSTD_CONTEXTS: std::cell::RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// zstd with a reused per-thread context; `None` only if zstd itself fails.
+fn zstd_compress(raw: &[u8], level: i32) -> Option<Vec<u8>> {
+    ZSTD_CONTEXTS.with(|contexts| {
+        let mut contexts = contexts.try_borrow_mut().ok()?;
+        if !contexts.iter().any(|(l, _)| *l == level) {
+            contexts.push((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, compressor) = contexts.iter_mut().find(|(l, _)| *l == level)?;
+        compressor.compress(raw).ok()
+    })
 }
 
 fn sample_pays(policy: &CompressionPolicy, sample: &[u8]) -> bool {
     let compressed_len = match policy.mode {
         CompressionMode::Off => return false,
         CompressionMode::Speed => lz4_flex::block::compress(sample).len(),
-        CompressionMode::Ratio => match zstd::bulk::compress(sample, 1) {
-            Ok(compressed) => compressed.len(),
-            Err(_) => return false,
+        CompressionMode::Ratio => match zstd_compress(sample, 1) {
+            Some(compressed) => compressed.len(),
+            None => return false,
         },
     };
     policy.worth_keeping(sample.len(), compressed_len)

@@ -329,9 +329,9 @@ async fn seal_address(
     .await
     .map_err(|e| PackError::Join(e.to_string()))??;
     let retention = settings.retention.as_ref().map(|policy| policy.retention_for(&addr));
+    let mut object_hash = sealed.object_hash;
     for _ in 0..MAX_GENERATION_ATTEMPTS {
         let key = addr.segment_key(generation);
-        let object_hash = *blake3::hash(&bytes).as_bytes();
         let mut options = PutOptions::create()
             .with_metadata(META_OBJECT_HASH, vera_protocol::hex::encode(&object_hash))
             .with_metadata(META_TASK, task.task_id.clone());
@@ -375,6 +375,7 @@ async fn seal_address(
                 }
                 generation += 1;
                 bytes[..HEADER_LEN].copy_from_slice(&Header { addr, generation }.encode());
+                object_hash = *blake3::hash(&bytes).as_bytes();
             }
             Err(error) => return Err(error.into()),
         }

@@ -105,7 +105,9 @@ pub struct Footer {
     pub entry_count: u64,
     pub data_len: u64,
     pub index_checksum: Hash,
-    /// BLAKE3 over the DATA region bytes exactly as stored.
+    /// BLAKE3 over the concatenated BLAKE3 digests of every stored payload, in index
+    /// order (for a raw payload that digest is its content hash, so it costs nothing).
+    /// Together with the per-record trailer check it covers every DATA byte.
     pub data_checksum: Hash,
     pub merkle_root: Hash,
 }

@@ -468,7 +468,9 @@ pub fn verify_segment<R: Read + Seek>(
             return Err(ReadError::Corrupt { reason: "object shorter than its index says" });
         }
         object_hasher.update(&record);
-        data_hasher.update(&record);
+        let stored = &record[..file.entry.stored_len as usize];
+        let stored_hash = if file.entry.codec == Codec::Raw { file.entry.content_hash } else { *blake3::hash(stored).as_bytes() };
+        data_hasher.update(&stored_hash);
         let decoded = index.decode(file, &record, limits)?;
         raw_bytes += decoded.len() as u64;
     }

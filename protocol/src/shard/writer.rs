@@ -339,8 +339,9 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
             let data_offset = out.position();
             out.write_all(&stored)?;
             out.write_all(&file.content_hash)?;
-            data_hasher.update(&stored);
-            data_hasher.update(&file.content_hash);
+            // Raw payloads are the content itself: their hash is already known.
+            let stored_hash = if codec == Codec::Raw { file.content_hash } else { *blake3::hash(&stored).as_bytes() };
+            data_hasher.update(&stored_hash);
             let stored_len =
                 u32::try_from(stored.len()).map_err(|_| WriteError::LimitExceeded { what: "file size" })?;
             let uid_offset =
