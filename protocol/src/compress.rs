@@ -73,7 +73,8 @@ pub struct CompressionPolicy {
     pub zstd_level: i32,
     /// Keep a compressed form only if `stored <= raw * (1 - min_saving_ratio)`.
     pub min_saving_ratio: f64,
-    /// Bytes compressed as a trial before compressing a whole file.
+    /// Bytes compressed (at zstd level 1, or lz4 in speed mode) as a trial before
+    /// compressing a file larger than twice this.
     pub sample_bytes: usize,
     /// Files smaller than this are never worth compressing on their own.
     pub min_file_bytes: usize,
@@ -104,7 +105,7 @@ impl Default for CompressionPolicy {
             mode: CompressionMode::Ratio,
             zstd_level: 3,
             min_saving_ratio: 0.10,
-            sample_bytes: 16 * 1024,
+            sample_bytes: 4 * 1024,
             min_file_bytes: 64,
             dictionary: DictionaryPolicy::default(),
         }
@@ -266,7 +267,9 @@ pub fn prepare(policy: &CompressionPolicy, raw: &[u8]) -> Prepared {
     {
         return Prepared::DictionaryCandidate { raw: raw.to_vec() };
     }
-    if raw.len() > policy.sample_bytes && !sample_pays(policy, &raw[..policy.sample_bytes]) {
+    // Below twice the sample size, compressing the whole file costs about as much as the
+    // probe would; above it, a probe on the first `sample_bytes` decides.
+    if raw.len() > 2 * policy.sample_bytes && !sample_pays(policy, &raw[..policy.sample_bytes]) {
         return raw_final();
     }
     match compress_plain(policy, raw) {
