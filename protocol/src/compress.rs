@@ -257,24 +257,42 @@ pub enum Prepared {
 
 /// Applies steps 1–3 of the policy to one file. Pure and order-independent.
 pub fn prepare(policy: &CompressionPolicy, raw: &[u8]) -> Prepared {
-    let raw_final = || Prepared::Final { codec: Codec::Raw, stored: raw.to_vec() };
+    prepare_owned(policy, raw.to_vec())
+}
+
+/// [`prepare`] for a buffer the caller gives up: raw files keep it without a copy.
+pub fn prepare_owned(policy: &CompressionPolicy, raw: Vec<u8>) -> Prepared {
+    match decide(policy, &raw) {
+        Decision::Raw => Prepared::Final { codec: Codec::Raw, stored: raw },
+        Decision::Candidate => Prepared::DictionaryCandidate { raw },
+        Decision::Compressed(codec, stored) => Prepared::Final { codec, stored },
+    }
+}
+
+enum Decision {
+    Raw,
+    Candidate,
+    Compressed(Codec, Vec<u8>),
+}
+
+fn decide(policy: &CompressionPolicy, raw: &[u8]) -> Decision {
     if policy.mode == CompressionMode::Off || raw.len() < policy.min_file_bytes || is_precompressed(raw) {
-        return raw_final();
+        return Decision::Raw;
     }
     if policy.dictionaries_enabled()
         && raw.len() <= policy.dictionary.max_file_bytes
         && byte_entropy(raw) <= policy.dictionary.max_entropy_bits_per_byte
     {
-        return Prepared::DictionaryCandidate { raw: raw.to_vec() };
+        return Decision::Candidate;
     }
     // Below twice the sample size, compressing the whole file costs about as much as the
     // probe would; above it, a probe on the first `sample_bytes` decides.
     if raw.len() > 2 * policy.sample_bytes && !sample_pays(policy, &raw[..policy.sample_bytes]) {
-        return raw_final();
+        return Decision::Raw;
     }
     match compress_plain(policy, raw) {
-        Some((codec, stored)) => Prepared::Final { codec, stored },
-        None => raw_final(),
+        Some((codec, stored)) => Decision::Compressed(codec, stored),
+        None => Decision::Raw,
     }
 }
 

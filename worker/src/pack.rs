@@ -17,14 +17,13 @@
 //! the redelivered task converges on the same result.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use rayon::prelude::*;
 use serde::Serialize;
+use tempfile::SpooledTempFile;
 use vera_protocol::Timestamp;
 use vera_protocol::merkle::Hash;
 use vera_protocol::message::PackTask;
@@ -107,7 +106,7 @@ pub struct PackReport {
 
 /// Accumulated state while streaming a slot; moved to and from the blocking pool.
 struct SlotState {
-    writers: HashMap<ShardAddr, SegmentWriter<File>>,
+    writers: HashMap<ShardAddr, SegmentWriter<SpooledTempFile>>,
     seen: HashSet<String>,
     rejected: Vec<Rejection>,
     rows: u64,
@@ -131,10 +130,13 @@ pub async fn pack_task(
     task.routing.validate().map_err(|e| PackError::InvalidTask(e.to_string()))?;
     let settings = Arc::new(settings.clone());
     let task_arc = Arc::new(task.clone());
-    let mut state =
-        SlotState { writers: HashMap::new(), seen: HashSet::new(), rejected: Vec::new(), rows: 0, bytes_in: 0 };
+    let state = SlotState { writers: HashMap::new(), seen: HashSet::new(), rejected: Vec::new(), rows: 0, bytes_in: 0 };
     let mut rows = source.read_slot(task.slot);
     let mut batch = Vec::with_capacity(settings.batch_rows);
+    // One batch is hashed and compressed on the blocking pool while the next one is read
+    // from the source, so source I/O and CPU work overlap.
+    let mut in_flight: Option<tokio::task::JoinHandle<Result<SlotState, PackError>>> = None;
+    let mut idle_state = Some(state);
     loop {
         let next = rows.try_next().await?;
         let done = next.is_none();
@@ -143,15 +145,23 @@ pub async fn pack_task(
         }
         if batch.len() >= settings.batch_rows || (done && !batch.is_empty()) {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(settings.batch_rows));
+            let current = match (in_flight.take(), idle_state.take()) {
+                (Some(handle), _) => handle.await.map_err(|e| PackError::Join(e.to_string()))??,
+                (None, Some(state)) => state,
+                (None, None) => return Err(PackError::Join("slot state lost".into())),
+            };
             let (settings, task) = (Arc::clone(&settings), Arc::clone(&task_arc));
-            state = tokio::task::spawn_blocking(move || add_batch(state, full, &task, &settings))
-                .await
-                .map_err(|e| PackError::Join(e.to_string()))??;
+            in_flight = Some(tokio::task::spawn_blocking(move || add_batch(current, full, &task, &settings)));
         }
         if done {
             break;
         }
     }
+    let state = match (in_flight.take(), idle_state.take()) {
+        (Some(handle), _) => handle.await.map_err(|e| PackError::Join(e.to_string()))??,
+        (None, Some(state)) => state,
+        (None, None) => return Err(PackError::Join("slot state lost".into())),
+    };
     drop(rows);
 
     let mut report = PackReport {
@@ -161,7 +171,7 @@ pub async fn pack_task(
         ..PackReport::default()
     };
     let mut rejected = state.rejected;
-    let mut writers: Vec<(ShardAddr, SegmentWriter<File>)> = state.writers.into_iter().collect();
+    let mut writers: Vec<(ShardAddr, SegmentWriter<SpooledTempFile>)> = state.writers.into_iter().collect();
     writers.sort_by_key(|(addr, _)| *addr);
     let outcomes: Vec<Result<AddressOutcome, PackError>> = futures::stream::iter(writers)
         .map(|(addr, writer)| seal_address(task, addr, writer, shards, Arc::clone(&settings)))
@@ -221,23 +231,19 @@ fn add_batch(
         max_file_bytes: settings.max_file_bytes,
     };
     let prepared: Vec<(ShardAddr, Result<PreparedFile, WriteError>)> = routed
-        .par_iter()
+        .into_par_iter()
         .map(|(row, addr)| {
-            let settings = segment_settings(*addr);
+            let settings = segment_settings(addr);
+            // A malformed content type in the source must not lose the file: sniff instead.
+            let content_type = row.content_type.filter(|c| vera_protocol::shard::writer::valid_content_type(c));
             let input = FileInput {
                 uid: &row.uid,
                 created_at: row.created_at,
-                content_type: row.content_type.as_deref(),
-                bytes: &row.bytes,
+                content_type: content_type.as_deref(),
+                bytes: &[],
             };
-            let result = match PreparedFile::prepare(&settings, input) {
-                // A malformed content type in the source must not lose the file: sniff instead.
-                Err(WriteError::BadContentType { .. }) => {
-                    PreparedFile::prepare(&settings, FileInput { content_type: None, ..input })
-                }
-                other => other,
-            };
-            (*addr, result)
+            let result = PreparedFile::prepare_owned(&settings, input, row.bytes);
+            (addr, result)
         })
         .collect();
     for (addr, result) in prepared {
@@ -245,9 +251,11 @@ fn add_batch(
         let writer = match state.writers.entry(addr) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::hash_map::Entry::Vacant(entry) => {
+                // In memory up to the threshold, then a temp file: most segments never
+                // touch the disk twice, and a huge one still cannot exhaust memory.
                 let spill = match &settings.spill_dir {
-                    Some(dir) => tempfile::tempfile_in(dir)?,
-                    None => tempfile::tempfile()?,
+                    Some(dir) => SpooledTempFile::new_in(settings.spill_memory_bytes, dir),
+                    None => SpooledTempFile::new(settings.spill_memory_bytes),
                 };
                 entry.insert(SegmentWriter::new(segment_settings(addr), spill)?)
             }
@@ -267,7 +275,7 @@ struct AddressOutcome {
 /// Leaves out files already stored under `addr`; returns the keys that hold them.
 async fn drop_stored_files(
     addr: &ShardAddr,
-    writer: &mut SegmentWriter<File>,
+    writer: &mut SegmentWriter<SpooledTempFile>,
     shards: &ShardStore,
     rejected: &mut Vec<Rejection>,
 ) -> Result<(Vec<(u32, String)>, BTreeMap<String, u64>), PackError> {
@@ -300,7 +308,7 @@ async fn drop_stored_files(
 async fn seal_address(
     task: &PackTask,
     addr: ShardAddr,
-    mut writer: SegmentWriter<File>,
+    mut writer: SegmentWriter<SpooledTempFile>,
     shards: &ShardStore,
     settings: Arc<WorkerSettings>,
 ) -> Result<AddressOutcome, PackError> {
@@ -317,13 +325,10 @@ async fn seal_address(
     let our_files: HashMap<String, Hash> = writer.pending_files().map(|(uid, hash)| (uid.to_owned(), *hash)).collect();
     let mut generation = existing.last().map_or(0, |(generation, _)| generation + 1);
     writer.set_generation(generation);
+    // The sealed segment is held in memory for the PUT (one segment per concurrent put).
     let (sealed, mut bytes) = tokio::task::spawn_blocking(move || -> Result<_, PackError> {
-        let mut out = BufWriter::new(tempfile::tempfile()?);
-        let sealed = writer.finish(&mut out)?;
-        let mut file = out.into_inner().map_err(|e| e.into_error())?;
-        file.seek(SeekFrom::Start(0))?;
-        let mut bytes = Vec::with_capacity(sealed.object_len as usize);
-        file.read_to_end(&mut bytes)?;
+        let mut bytes = Vec::with_capacity(usize::try_from(writer.spilled_bytes()).unwrap_or(0) + 64 * 1024);
+        let sealed = writer.finish(&mut bytes)?;
         Ok((sealed, bytes))
     })
     .await

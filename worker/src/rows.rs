@@ -48,31 +48,31 @@ pub struct ValidRow {
 /// Validates one row and loads its payload. Blocking (reads files): call from a blocking
 /// context. `seen` holds the uids already accepted in this slot.
 pub fn validate_row(row: SourceRow, max_file_bytes: u64, seen: &mut HashSet<String>) -> Result<ValidRow, Rejection> {
-    let reject =
-        |uid: Option<String>, reason, detail: String| Rejection { watermark: row.watermark, uid, reason, detail };
-    let Some(uid) = row.uid.clone() else {
+    let SourceRow { watermark, uid, created_at, content_type, payload } = row;
+    let reject = |uid: Option<String>, reason, detail: String| Rejection { watermark, uid, reason, detail };
+    let Some(uid) = uid else {
         return Err(reject(None, RejectReason::MissingUid, "uid is NULL".into()));
     };
     if let Err(error) = validate_uid(&uid) {
         let shown = uid.chars().take(64).collect();
         return Err(reject(Some(shown), RejectReason::InvalidUid, error.to_string()));
     }
-    let created_at = match row.created_at.as_deref().map(Timestamp::parse) {
+    let created_at = match created_at.as_deref().map(Timestamp::parse) {
         Some(Ok(created_at)) => created_at,
         Some(Err(error)) => return Err(reject(Some(uid), RejectReason::UnparseableCreatedAt, error.to_string())),
         None => return Err(reject(Some(uid), RejectReason::UnparseableCreatedAt, "created_at is NULL".into())),
     };
-    let bytes = match &row.payload {
+    let bytes = match payload {
         RowPayload::Null => return Err(reject(Some(uid), RejectReason::NullPayload, "payload is NULL".into())),
         RowPayload::Inline(bytes) => {
             if bytes.len() as u64 > max_file_bytes {
                 let detail = format!("{} bytes, limit {max_file_bytes}", bytes.len());
                 return Err(reject(Some(uid), RejectReason::TooLarge, detail));
             }
-            bytes.clone()
+            bytes
         }
         RowPayload::Path(path) => {
-            let metadata = match std::fs::metadata(path) {
+            let metadata = match std::fs::metadata(&path) {
                 Ok(metadata) => metadata,
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                     return Err(reject(Some(uid), RejectReason::MissingFile, "payload path does not exist".into()));
@@ -86,7 +86,7 @@ pub fn validate_row(row: SourceRow, max_file_bytes: u64, seen: &mut HashSet<Stri
                 let detail = format!("{} bytes, limit {max_file_bytes}", metadata.len());
                 return Err(reject(Some(uid), RejectReason::TooLarge, detail));
             }
-            match std::fs::read(path) {
+            match std::fs::read(&path) {
                 Ok(bytes) if bytes.len() as u64 <= max_file_bytes => bytes,
                 Ok(bytes) => {
                     let detail = format!("{} bytes, limit {max_file_bytes}", bytes.len());
@@ -99,7 +99,7 @@ pub fn validate_row(row: SourceRow, max_file_bytes: u64, seen: &mut HashSet<Stri
     if !seen.insert(uid.clone()) {
         return Err(reject(Some(uid), RejectReason::DuplicateUid, "uid appears earlier in the same slot".into()));
     }
-    Ok(ValidRow { watermark: row.watermark, uid, created_at, content_type: row.content_type, bytes })
+    Ok(ValidRow { watermark, uid, created_at, content_type, bytes })
 }
 
 #[cfg(test)]

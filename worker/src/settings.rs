@@ -36,8 +36,11 @@ pub struct WorkerSettings {
     pub compression: CompressionPolicy,
     /// `None` writes segments without Object Lock (tests and throwaway demos only).
     pub retention: Option<RetentionPolicy>,
-    /// Where segment spill files go; the system temp dir if unset.
+    /// Where segment spill files go once a segment outgrows `spill_memory_bytes`; the
+    /// system temp dir if unset.
     pub spill_dir: Option<PathBuf>,
+    /// Payload bytes a segment keeps in memory before spilling to a temp file.
+    pub spill_memory_bytes: usize,
     /// Segments written to the store at once.
     pub put_concurrency: usize,
     /// Rows hashed and compressed per batch on the CPU pool.
@@ -54,6 +57,7 @@ impl Default for WorkerSettings {
             compression: CompressionPolicy::default(),
             retention: Some(RetentionPolicy { mode: LockMode::Compliance, retain_days: 7 * 365 }),
             spill_dir: None,
+            spill_memory_bytes: 64 * 1024 * 1024,
             put_concurrency: 4,
             batch_rows: 2048,
             retry_delay_seconds: 5,

@@ -469,7 +469,8 @@ pub fn verify_segment<R: Read + Seek>(
         }
         object_hasher.update(&record);
         let stored = &record[..file.entry.stored_len as usize];
-        let stored_hash = if file.entry.codec == Codec::Raw { file.entry.content_hash } else { *blake3::hash(stored).as_bytes() };
+        let stored_hash =
+            if file.entry.codec == Codec::Raw { file.entry.content_hash } else { *blake3::hash(stored).as_bytes() };
         data_hasher.update(&stored_hash);
         let decoded = index.decode(file, &record, limits)?;
         raw_bytes += decoded.len() as u64;

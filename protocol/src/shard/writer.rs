@@ -98,6 +98,25 @@ impl PreparedFile {
     /// Validates, hashes and compresses one file. Pure CPU work with no shared state,
     /// so callers may run it on a thread pool and feed the results to one writer.
     pub fn prepare(settings: &SegmentSettings, input: FileInput<'_>) -> Result<PreparedFile, WriteError> {
+        Self::prepare_cow(settings, input, std::borrow::Cow::Borrowed(input.bytes))
+    }
+
+    /// [`PreparedFile::prepare`] taking ownership of the bytes, which saves a copy of
+    /// every file stored raw. `input.bytes` is ignored; `bytes` is the content.
+    pub fn prepare_owned(
+        settings: &SegmentSettings,
+        input: FileInput<'_>,
+        bytes: Vec<u8>,
+    ) -> Result<PreparedFile, WriteError> {
+        Self::prepare_cow(settings, input, std::borrow::Cow::Owned(bytes))
+    }
+
+    fn prepare_cow(
+        settings: &SegmentSettings,
+        input: FileInput<'_>,
+        bytes: std::borrow::Cow<'_, [u8]>,
+    ) -> Result<PreparedFile, WriteError> {
+        let input = FileInput { bytes: &bytes, ..input };
         routing::validate_uid(input.uid)
             .map_err(|source| WriteError::InvalidUid { uid: truncate(input.uid), source })?;
         let len = input.bytes.len() as u64;
@@ -133,7 +152,7 @@ impl PreparedFile {
             content_type,
             raw_len,
             content_hash: *blake3::hash(input.bytes).as_bytes(),
-            prepared: compress::prepare(&settings.policy, input.bytes),
+            prepared: compress::prepare_owned(&settings.policy, bytes.into_owned()),
         })
     }
 
@@ -146,7 +165,8 @@ impl PreparedFile {
     }
 }
 
-fn valid_content_type(content_type: &str) -> bool {
+/// True for 1..=127 bytes of printable ASCII, the content types the index can hold.
+pub fn valid_content_type(content_type: &str) -> bool {
     !content_type.is_empty()
         && content_type.len() <= MAX_CONTENT_TYPE_LEN
         && content_type.bytes().all(|b| (0x21..=0x7E).contains(&b) || b == b' ')
