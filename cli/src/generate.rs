@@ -13,8 +13,7 @@ use std::path::Path;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::Connection;
 
 #[derive(Debug, Clone)]
 pub struct CorpusSpec {
@@ -316,18 +315,7 @@ pub async fn generate(
     if path.exists() {
         std::fs::remove_file(path)?;
     }
-    let mut connection = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .connect()
-        .await?;
-    sqlx::raw_sql(
-        "CREATE TABLE files (id INTEGER PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload BLOB)",
-    )
-    .execute(&mut connection)
-    .await?;
+    let mut connection = vera_source::sqlite::create_demo_database(path).await?;
     let mut rng = SmallRng::seed_from_u64(spec.seed);
     let mut summary = CorpusSummary::default();
     let seconds_per_row = (f64::from(spec.days) * 86_400.0) / spec.files.max(1) as f64;

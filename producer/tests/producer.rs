@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sqlx::ConnectOptions;
-use sqlx::sqlite::SqliteConnectOptions;
 use tokio_util::sync::CancellationToken;
 use vera_bus::sqlite::SqliteBus;
 use vera_bus::{Bus, topics};
@@ -23,13 +21,7 @@ const ROWS: i64 = 1000;
 
 async fn source(dir: &std::path::Path) -> Arc<dyn Source> {
     let path = dir.join("src.sqlite");
-    let mut connection = SqliteConnectOptions::new().filename(&path).create_if_missing(true).connect().await.unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE files (id INTEGER PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload BLOB)",
-    )
-    .execute(&mut connection)
-    .await
-    .unwrap();
+    let mut connection = vera_source::sqlite::create_demo_database(&path).await.unwrap();
     for id in 1..=ROWS {
         sqlx::query("INSERT INTO files VALUES (?, ?, '2026-11-24T10:00:00Z', NULL, ?)")
             .bind(id * 3) // gaps in the watermark are normal

@@ -133,3 +133,23 @@ fn convert_row(
         payload,
     })
 }
+
+/// The table [`SourceMapping::demo`] reads: the demo corpus and the tests use it.
+pub const DEMO_TABLE_DDL: &str =
+    "CREATE TABLE files (id INTEGER PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload BLOB)";
+
+/// Creates a SQLite database at `path` holding an empty demo table, and returns a
+/// connection to fill it with.
+pub async fn create_demo_database(path: &Path) -> Result<sqlx::SqliteConnection, SourceError> {
+    use sqlx::ConnectOptions;
+    let mut connection = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+        .connect()
+        .await
+        .map_err(SourceError::Query)?;
+    sqlx::raw_sql(DEMO_TABLE_DDL).execute(&mut connection).await.map_err(SourceError::Query)?;
+    Ok(connection)
+}

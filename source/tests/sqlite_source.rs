@@ -1,20 +1,14 @@
 //! The SQLite source plans slots by rows and bytes and streams raw rows, bad ones included.
-
-use futures::TryStreamExt;
 use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
+
+use futures::TryStreamExt;
 use vera_source::sqlite::SqliteSource;
 use vera_source::{PayloadKind, RowPayload, Source, SourceMapping, conformance};
 
 async fn fixture(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("src.sqlite");
-    let mut connection = SqliteConnectOptions::new().filename(&path).create_if_missing(true).connect().await.unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE files (id INTEGER PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload BLOB)",
-    )
-    .execute(&mut connection)
-    .await
-    .unwrap();
+    let mut connection = vera_source::sqlite::create_demo_database(&path).await.unwrap();
     for (id, uid, created_at, content_type, payload) in conformance::FIXTURE {
         sqlx::query("INSERT INTO files VALUES (?, ?, ?, ?, ?)")
             .bind(id)

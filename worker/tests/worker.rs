@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sqlx::ConnectOptions;
-use sqlx::sqlite::SqliteConnectOptions;
 use tokio_util::sync::CancellationToken;
 use vera_bus::sqlite::SqliteBus;
 use vera_bus::{Bus, Outgoing, topics};
@@ -38,13 +36,7 @@ fn created_at(id: i64) -> String {
 
 async fn source(dir: &std::path::Path) -> Arc<dyn Source> {
     let path = dir.join("src.sqlite");
-    let mut connection = SqliteConnectOptions::new().filename(&path).create_if_missing(true).connect().await.unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE files (id INTEGER PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload BLOB)",
-    )
-    .execute(&mut connection)
-    .await
-    .unwrap();
+    let mut connection = vera_source::sqlite::create_demo_database(&path).await.unwrap();
     for id in 1..=ROWS {
         sqlx::query("INSERT INTO files VALUES (?, ?, ?, NULL, ?)")
             .bind(id)
