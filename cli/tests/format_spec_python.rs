@@ -55,7 +55,10 @@ fn an_independent_python_reader_agrees_with_the_rust_writer() {
 fn the_python_reader_rejects_a_flipped_byte() {
     let dir = tempfile::tempdir().unwrap();
     demo(dir.path(), "ratio");
-    let segment = walk(&dir.path().join("store/objects")).into_iter().find(|p| p.extension().is_some_and(|e| e == "vera")).unwrap();
+    let segment = walk(&dir.path().join("store/objects"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "vera"))
+        .unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;

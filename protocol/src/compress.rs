@@ -574,3 +574,34 @@ mod tests {
         assert_eq!(bad.validate(), Err(PolicyError::SavingRatio(1.5)));
     }
 }
+
+#[cfg(test)]
+mod sniffing_tests {
+    use super::*;
+
+    /// The formats the policy promises to store raw, each by its real magic bytes.
+    #[test]
+    fn every_listed_compressed_format_is_recognised() {
+        let mut zip = b"PK\x03\x04".to_vec();
+        zip.extend([0u8; 26]);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("jpeg", vec![0xFF, 0xD8, 0xFF, 0xE0]),
+            ("png", b"\x89PNG\r\n\x1a\n".to_vec()),
+            ("gif", b"GIF89a".to_vec()),
+            ("webp", b"RIFF\x00\x00\x00\x00WEBPVP8 ".to_vec()),
+            ("mp4", b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom".to_vec()),
+            ("zip", zip),
+            ("gzip", vec![0x1F, 0x8B, 0x08]),
+            ("bzip2", b"BZh91AY&SY".to_vec()),
+            ("xz", vec![0xFD, b'7', b'z', b'X', b'Z', 0x00]),
+            ("zstd", vec![0x28, 0xB5, 0x2F, 0xFD]),
+            ("7z", vec![b'7', b'z', 0xBC, 0xAF, 0x27, 0x1C]),
+        ];
+        for (name, mut bytes) in cases {
+            bytes.extend(std::iter::repeat_n(b'a', 4096));
+            assert!(is_precompressed(&bytes), "{name} not recognised (sniffed {:?})", sniff_mime(&bytes));
+        }
+        assert!(!is_precompressed(b"%PDF-1.7\n plain text content"));
+        assert!(!is_precompressed(b"{\"json\": true}"));
+    }
+}
