@@ -11,7 +11,12 @@
 
 pub mod config;
 pub mod conformance;
+pub mod mysql;
+pub mod postgres;
+mod sql;
 pub mod sqlite;
+
+pub use sql::normalize_sql_timestamp;
 
 use std::path::PathBuf;
 

@@ -10,7 +10,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
 use vera_protocol::message::Slot;
 
-use crate::{PayloadKind, RowPayload, Source, SourceError, SourceMapping, SourceRow};
+use crate::sql::{self, Dialect};
+use crate::{Source, SourceError, SourceMapping, SourceRow};
 
 pub struct SqliteSource {
     name: String,
@@ -31,20 +32,6 @@ impl SqliteSource {
             SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(SourceError::Query)?;
         Ok(SqliteSource { name: name.to_owned(), pool, mapping })
     }
-
-    fn select_rows_sql(&self) -> String {
-        let m = &self.mapping;
-        let content_type = m.content_type_column.as_deref().map_or("NULL".to_owned(), |c| format!("\"{c}\""));
-        format!(
-            "SELECT \"{w}\" AS wm, CAST(\"{u}\" AS TEXT) AS uid, CAST(\"{c}\" AS TEXT) AS created_at, {content_type} AS content_type, \"{p}\" AS payload \
-             FROM \"{t}\" WHERE \"{w}\" > ? AND \"{w}\" <= ? ORDER BY \"{w}\"",
-            w = m.watermark_column,
-            u = m.uid_column,
-            c = m.created_at_column,
-            p = m.payload_column,
-            t = m.table
-        )
-    }
 }
 
 #[async_trait]
@@ -54,84 +41,35 @@ impl Source for SqliteSource {
     }
 
     async fn next_slot(&self, after: i64, max_rows: u64, max_bytes: u64) -> Result<Option<Slot>, SourceError> {
-        let m = &self.mapping;
-        let size = match m.payload {
-            PayloadKind::Inline => format!("COALESCE(length(\"{}\"), 0)", m.payload_column),
-            PayloadKind::Path { .. } => "0".to_owned(),
-        };
-        let sql = format!(
-            "SELECT \"{w}\" AS wm, {size} AS size FROM \"{t}\" WHERE \"{w}\" > ? ORDER BY \"{w}\" LIMIT ?",
-            w = m.watermark_column,
-            t = m.table
-        );
-        let mut rows =
-            sqlx::query(&sql).bind(after).bind(i64::try_from(max_rows.max(1)).unwrap_or(i64::MAX)).fetch(&self.pool);
-        let mut slot: Option<Slot> = None;
+        let sql = sql::next_slot_sql(Dialect::Sqlite, &self.mapping);
+        let limit = i64::try_from(max_rows.max(1)).unwrap_or(i64::MAX);
+        let mut rows = sqlx::query(&sql).bind(after).bind(limit).fetch(&self.pool);
+        let mut slot = None;
         while let Some(row) = rows.next().await {
             let row = row.map_err(SourceError::Query)?;
             let watermark: i64 = row.try_get("wm").map_err(SourceError::Query)?;
             let size = u64::try_from(row.try_get::<i64, _>("size").map_err(SourceError::Query)?).unwrap_or(0);
-            match &mut slot {
-                None => slot = Some(Slot { after, up_to: watermark, rows: 1, bytes: size }),
-                Some(current) => {
-                    if current.bytes.saturating_add(size) > max_bytes {
-                        break;
-                    }
-                    current.up_to = watermark;
-                    current.rows += 1;
-                    current.bytes += size;
-                }
+            if !sql::grow_slot(&mut slot, after, watermark, size, max_bytes) {
+                break;
             }
         }
         Ok(slot)
     }
 
     fn read_slot(&self, slot: Slot) -> BoxStream<'_, Result<SourceRow, SourceError>> {
-        let sql = self.select_rows_sql();
-        let base_dir = match &self.mapping.payload {
-            PayloadKind::Path { base_dir } => Some(base_dir.clone()),
-            PayloadKind::Inline => None,
-        };
+        let sql = sql::select_rows_sql(Dialect::Sqlite, &self.mapping);
+        let base_dir = sql::path_base(&self.mapping);
         let pool = self.pool.clone();
         // Rows stream straight from the cursor: memory holds one row at a time.
         async_stream::try_stream! {
             let mut rows = sqlx::query(&sql).bind(slot.after).bind(slot.up_to).fetch(&pool);
             while let Some(row) = rows.next().await {
                 let row = row.map_err(SourceError::Query)?;
-                yield convert_row(&row, base_dir.as_ref())?;
+                yield sql::convert_row(&row, base_dir.as_ref())?;
             }
         }
         .boxed()
     }
-}
-
-fn convert_row(
-    row: &sqlx::sqlite::SqliteRow,
-    base_dir: Option<&Option<std::path::PathBuf>>,
-) -> Result<SourceRow, SourceError> {
-    let payload = match base_dir {
-        None => match row.try_get::<Option<Vec<u8>>, _>("payload").map_err(SourceError::Query)? {
-            Some(bytes) => RowPayload::Inline(bytes),
-            None => RowPayload::Null,
-        },
-        Some(base) => match row.try_get::<Option<String>, _>("payload").map_err(SourceError::Query)? {
-            Some(path) => {
-                let path = std::path::PathBuf::from(path);
-                RowPayload::Path(match base {
-                    Some(dir) if path.is_relative() => dir.join(path),
-                    _ => path,
-                })
-            }
-            None => RowPayload::Null,
-        },
-    };
-    Ok(SourceRow {
-        watermark: row.try_get("wm").map_err(SourceError::Query)?,
-        uid: row.try_get("uid").map_err(SourceError::Query)?,
-        created_at: row.try_get("created_at").map_err(SourceError::Query)?,
-        content_type: row.try_get("content_type").map_err(SourceError::Query)?,
-        payload,
-    })
 }
 
 /// The table [`SourceMapping::demo`] reads: the demo corpus and the tests use it.
