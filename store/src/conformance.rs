@@ -11,10 +11,15 @@ use vera_protocol::Timestamp;
 
 use crate::{LockMode, ObjectStore, PutOptions, Retention, StoreError, StoreErrorKind};
 
-/// Lets the suite move the store's clock, where the backend allows it.
+/// Lets the suite move the store's clock, where the backend allows it. A real server's
+/// clock cannot be moved: its `advance` sleeps, and its `retention_unit` is short.
 pub trait TimeControl: Send + Sync {
     fn now(&self) -> Timestamp;
-    fn advance(&self, by: Duration);
+    fn advance(&self, by: Duration) -> impl std::future::Future<Output = ()> + Send;
+    /// The retention period the suite locks objects for.
+    fn retention_unit(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
 }
 
 fn later(now: Timestamp, by: Duration) -> Timestamp {
@@ -29,7 +34,7 @@ fn expect_kind<T: std::fmt::Debug>(result: Result<T, StoreError>, kind: StoreErr
 }
 
 /// Runs every check. `now` must be close to the store's own clock.
-pub async fn run_all(store: &dyn ObjectStore, time: &dyn TimeControl) {
+pub async fn run_all(store: &dyn ObjectStore, time: &impl TimeControl) {
     let prefix = format!("conformance-{:016x}", rand::random::<u64>());
     create_if_absent(store, &prefix).await;
     compare_and_swap(store, &prefix).await;
@@ -117,9 +122,10 @@ pub async fn list_by_prefix(store: &dyn ObjectStore, prefix: &str) {
     assert!(store.list(&format!("{prefix}/l/zzz/")).await.expect("empty list").is_empty());
 }
 
-pub async fn retention_and_legal_hold(store: &dyn ObjectStore, prefix: &str, time: &dyn TimeControl) {
+pub async fn retention_and_legal_hold(store: &dyn ObjectStore, prefix: &str, time: &impl TimeControl) {
     let key = format!("{prefix}/lock/segment.vera");
-    let until = later(time.now(), Duration::from_secs(3600));
+    let unit = time.retention_unit();
+    let until = later(time.now(), unit);
     let retention = Retention { mode: LockMode::Compliance, retain_until: until };
     store
         .put(&key, Bytes::from_static(b"sealed"), PutOptions::create().with_retention(retention))
@@ -136,9 +142,9 @@ pub async fn retention_and_legal_hold(store: &dyn ObjectStore, prefix: &str, tim
         StoreErrorKind::Locked,
         "overwrite under retention",
     );
-    let shorter = Retention { mode: LockMode::Compliance, retain_until: later(time.now(), Duration::from_secs(60)) };
+    let shorter = Retention { mode: LockMode::Compliance, retain_until: later(time.now(), unit / 60) };
     expect_kind(store.set_retention(&key, shorter).await, StoreErrorKind::Locked, "shorten compliance retention");
-    let longer = Retention { mode: LockMode::Compliance, retain_until: later(time.now(), Duration::from_secs(7200)) };
+    let longer = Retention { mode: LockMode::Compliance, retain_until: later(time.now(), unit * 2) };
     store.set_retention(&key, longer).await.expect("extend retention");
     assert_eq!(&store.get(&key).await.expect("still readable").body[..], b"sealed");
 
@@ -152,7 +158,7 @@ pub async fn retention_and_legal_hold(store: &dyn ObjectStore, prefix: &str, tim
     expect_kind(store.head(&held).await, StoreErrorKind::NotFound, "deleted object");
 
     // Expiry: once retention has passed, the object may go.
-    time.advance(Duration::from_secs(7201));
+    time.advance(unit * 2 + Duration::from_secs(2)).await;
     store.delete(&key).await.expect("delete after retention expired");
 }
 

@@ -17,7 +17,7 @@ impl TimeControl for Manual {
         self.0.now()
     }
 
-    fn advance(&self, by: Duration) {
+    async fn advance(&self, by: Duration) {
         let next = Timestamp::from_micros(self.0.now().as_micros() + by.as_micros() as i64).unwrap();
         self.0.set(next);
     }

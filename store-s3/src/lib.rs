@@ -1,0 +1,508 @@
+//! `S3Store`: the `ObjectStore` seam on S3 and S3-compatible servers (AWS, MinIO, Ceph).
+//!
+//! * Create-if-absent is `PutObject` with `If-None-Match: *`; compare-and-swap is
+//!   `If-Match: <etag>`.
+//! * Object Lock mode, retain-until and legal hold are set per object on the PUT, and
+//!   changed with `PutObjectRetention` / `PutObjectLegalHold`. VERA refuses to shorten or
+//!   weaken retention *itself*, from the state a HEAD returns, before asking the server:
+//!   some servers (moto) would allow it.
+//! * Deletes name the current version id, so Object Lock refuses them; a delete without
+//!   a version id would only add a delete marker, which VERA never does on purpose.
+//! * Lock state is read from `HeadObject` (moto answers `GetObjectRetention` with 500).
+//! * Credentials come from the standard AWS chain (environment, profile, SSO, IMDS);
+//!   `endpoint` and `force_path_style` serve MinIO and friends. The SDK retries 5xx,
+//!   SlowDown and timeouts with exponential backoff and jitter (standard retry mode).
+//!
+//! `ensure_bucket` is the setup step: it creates a bucket with Object Lock and a default
+//! retention, and refuses a bucket without Object Lock unless explicitly allowed.
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    DefaultRetention, ObjectLockConfiguration, ObjectLockEnabled, ObjectLockLegalHold, ObjectLockLegalHoldStatus,
+    ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode, ObjectLockRule,
+};
+use aws_smithy_types::DateTime;
+use bytes::Bytes;
+use vera_protocol::Timestamp;
+use vera_store::{
+    GetOutcome, LockMode, ObjectMeta, ObjectStore, PutMode, PutOptions, PutOutcome, Retention, StoreError,
+    StoreErrorKind, validate_key,
+};
+
+/// Where the bucket is and how to reach it. No credentials here: they come from the
+/// standard AWS chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub region: String,
+    /// e.g. `http://127.0.0.1:9000` for MinIO; `None` for AWS.
+    pub endpoint: Option<String>,
+    pub force_path_style: bool,
+    pub max_attempts: u32,
+}
+
+impl S3Settings {
+    pub fn new(bucket: impl Into<String>) -> Self {
+        S3Settings {
+            bucket: bucket.into(),
+            region: "us-east-1".into(),
+            endpoint: None,
+            force_path_style: false,
+            max_attempts: 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Store {
+    /// Builds a client from the standard AWS configuration chain plus `settings`.
+    pub async fn connect(settings: &S3Settings) -> Self {
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(settings.region.clone()))
+            .load()
+            .await;
+        Self::from_sdk_config(&shared, settings)
+    }
+
+    /// Builds a client from an existing SDK configuration (tests pass static credentials).
+    pub fn from_sdk_config(shared: &aws_config::SdkConfig, settings: &S3Settings) -> Self {
+        let mut builder = aws_sdk_s3::config::Builder::from(shared)
+            .force_path_style(settings.force_path_style)
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1)));
+        if let Some(endpoint) = &settings.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        S3Store { client: Client::from_conf(builder.build()), bucket: settings.bucket.clone() }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn refuse_if_locked(&self, key: &str) -> Result<(), StoreError> {
+        let head = match self.head_raw(key).await {
+            Ok(head) => head,
+            Err(error) if error.kind == StoreErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        if head.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On) {
+            return Err(StoreError::new(StoreErrorKind::Locked, key, "object is under legal hold"));
+        }
+        if let Some(retention) = lock_from_parts(head.object_lock_mode(), head.object_lock_retain_until_date())
+            && retention.retain_until > now()
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::Locked,
+                key,
+                format!("object is under {:?} retention until {}", retention.mode, retention.retain_until),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Current version id and lock state, from HEAD.
+    async fn head_raw(&self, key: &str) -> Result<aws_sdk_s3::operation::head_object::HeadObjectOutput, StoreError> {
+        self.client.head_object().bucket(&self.bucket).key(key).send().await.map_err(|e| map_error(key, e, Op::Read))
+    }
+}
+
+/// How the bucket should be set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketSetup {
+    /// Bucket default (mode, days) for objects put without their own retention. `None`
+    /// keeps Object Lock on with no default, so each object carries its own retention and
+    /// mutable objects (sidecars, watermarks) can share the bucket unlocked.
+    pub default_retention: Option<(LockMode, i32)>,
+    /// Accept an existing bucket without Object Lock (never for production data).
+    pub allow_without_object_lock: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketState {
+    Created,
+    ExistedWithObjectLock,
+    ExistedWithoutObjectLockAllowed,
+}
+
+/// Creates the bucket with Object Lock and a default retention, or checks an existing
+/// one. A bucket without Object Lock is refused with `Config` unless allowed.
+pub async fn ensure_bucket(store: &S3Store, setup: BucketSetup) -> Result<BucketState, StoreError> {
+    let bucket = store.bucket.as_str();
+    // HEAD first: in us-east-1, CreateBucket on a bucket you own answers 200, not an error.
+    let exists = match store.client.head_bucket().bucket(bucket).send().await {
+        Ok(_) => true,
+        Err(error) => {
+            let mapped = map_error(bucket, error, Op::Read);
+            if mapped.kind != StoreErrorKind::NotFound {
+                return Err(mapped);
+            }
+            false
+        }
+    };
+    if exists {
+        let configuration = store.client.get_object_lock_configuration().bucket(bucket).send().await;
+        let enabled = matches!(
+            configuration
+                .as_ref()
+                .ok()
+                .and_then(|c| c.object_lock_configuration())
+                .and_then(|c| c.object_lock_enabled()),
+            Some(ObjectLockEnabled::Enabled)
+        );
+        if enabled {
+            return Ok(BucketState::ExistedWithObjectLock);
+        }
+        if !setup.allow_without_object_lock {
+            return Err(StoreError::new(
+                StoreErrorKind::Config,
+                bucket,
+                "bucket exists without Object Lock; shards need WORM storage (pass the explicit override only for throwaway data)",
+            ));
+        }
+        return Ok(BucketState::ExistedWithoutObjectLockAllowed);
+    }
+    store
+        .client
+        .create_bucket()
+        .bucket(bucket)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .map_err(|e| map_error(bucket, e, Op::Write))?;
+    let state = BucketState::Created;
+    let Some((mode, days)) = setup.default_retention else {
+        return Ok(state);
+    };
+    let rule = ObjectLockRule::builder()
+        .default_retention(DefaultRetention::builder().mode(retention_mode(mode)).days(days).build())
+        .build();
+    let configuration =
+        ObjectLockConfiguration::builder().object_lock_enabled(ObjectLockEnabled::Enabled).rule(rule).build();
+    store
+        .client
+        .put_object_lock_configuration()
+        .bucket(bucket)
+        .object_lock_configuration(configuration)
+        .send()
+        .await
+        .map_err(|e| map_error(bucket, e, Op::Write))?;
+    Ok(state)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+    Create,
+    Update,
+    Delete,
+}
+
+fn map_error<E>(key: &str, error: SdkError<E, HttpResponse>, op: Op) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let (kind, message) = match &error {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or_default();
+            let kind = match (status, code, op) {
+                // If-Match on a missing key: the object to update is not there.
+                (404, _, Op::Update) => StoreErrorKind::Precondition,
+                (_, "NoSuchKey" | "NotFound" | "NoSuchBucket", _) | (404, _, _) => StoreErrorKind::NotFound,
+                (412, _, Op::Create) => StoreErrorKind::AlreadyExists,
+                (412, _, _) => StoreErrorKind::Precondition,
+                (409, _, Op::Create | Op::Update) => StoreErrorKind::Transient,
+                (403, "AccessDenied", Op::Delete | Op::Write | Op::Update) => StoreErrorKind::Locked,
+                (403, _, _) => StoreErrorKind::Config,
+                (400, "InvalidRequest" | "InvalidArgument", _) => StoreErrorKind::InvalidInput,
+                (500..=599, _, _) | (_, "SlowDown" | "RequestTimeout", _) => StoreErrorKind::Transient,
+                _ => StoreErrorKind::Other,
+            };
+            (kind, format!("s3 answered {status} {code}"))
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            (StoreErrorKind::Transient, "s3 request did not complete".to_owned())
+        }
+        _ => (StoreErrorKind::Other, "s3 request failed".to_owned()),
+    };
+    StoreError::new(kind, key, message).with_source(error)
+}
+
+fn now() -> Timestamp {
+    use vera_store::Clock;
+    vera_store::SystemClock.now()
+}
+
+fn retention_mode(mode: LockMode) -> ObjectLockRetentionMode {
+    match mode {
+        LockMode::Compliance => ObjectLockRetentionMode::Compliance,
+        LockMode::Governance => ObjectLockRetentionMode::Governance,
+    }
+}
+
+fn object_lock_mode(mode: LockMode) -> ObjectLockMode {
+    match mode {
+        LockMode::Compliance => ObjectLockMode::Compliance,
+        LockMode::Governance => ObjectLockMode::Governance,
+    }
+}
+
+fn to_datetime(timestamp: Timestamp) -> DateTime {
+    let micros = timestamp.as_micros();
+    // In range by construction: sub-second part is 0..1_000_000 us.
+    DateTime::from_secs_and_nanos(micros.div_euclid(1_000_000), (micros.rem_euclid(1_000_000) * 1000) as u32)
+}
+
+fn from_datetime(datetime: &DateTime) -> Option<Timestamp> {
+    let micros = datetime.secs().checked_mul(1_000_000)?.checked_add(i64::from(datetime.subsec_nanos() / 1000))?;
+    Timestamp::from_micros(micros).ok()
+}
+
+fn lock_from_parts(mode: Option<&ObjectLockMode>, until: Option<&DateTime>) -> Option<Retention> {
+    let mode = match mode? {
+        ObjectLockMode::Compliance => LockMode::Compliance,
+        ObjectLockMode::Governance => LockMode::Governance,
+        _ => return None,
+    };
+    Some(Retention { mode, retain_until: from_datetime(until?)? })
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn put(&self, key: &str, body: Bytes, options: PutOptions) -> Result<PutOutcome, StoreError> {
+        validate_key(key)?;
+        let mut request = self.client.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body));
+        let op = match &options.mode {
+            PutMode::Create => {
+                request = request.if_none_match("*");
+                Op::Create
+            }
+            PutMode::Update { etag } => {
+                request = request.if_match(etag);
+                Op::Update
+            }
+            PutMode::Overwrite => Op::Write,
+        };
+        if op != Op::Create {
+            // S3 would accept the PUT as a new version and keep the locked one; VERA's
+            // contract is stricter and the same on every backend: a locked key is never
+            // overwritten.
+            self.refuse_if_locked(key).await?;
+        }
+        if let Some(retention) = options.retention {
+            request = request
+                .object_lock_mode(object_lock_mode(retention.mode))
+                .object_lock_retain_until_date(to_datetime(retention.retain_until));
+        }
+        if options.legal_hold {
+            request = request.object_lock_legal_hold_status(ObjectLockLegalHoldStatus::On);
+        }
+        for (name, value) in &options.metadata {
+            request = request.metadata(name, value);
+        }
+        let output = request.send().await.map_err(|e| map_error(key, e, op))?;
+        Ok(PutOutcome {
+            etag: output.e_tag().unwrap_or_default().to_owned(),
+            version_id: output.version_id().map(str::to_owned),
+        })
+    }
+
+    async fn get(&self, key: &str) -> Result<GetOutcome, StoreError> {
+        validate_key(key)?;
+        let output = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| map_error(key, e, Op::Read))?;
+        let meta = ObjectMeta {
+            key: key.to_owned(),
+            len: u64::try_from(output.content_length().unwrap_or(0)).unwrap_or(0),
+            etag: output.e_tag().unwrap_or_default().to_owned(),
+            version_id: output.version_id().map(str::to_owned),
+            retention: lock_from_parts(output.object_lock_mode(), output.object_lock_retain_until_date()),
+            legal_hold: output.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On),
+            metadata: output.metadata().cloned().unwrap_or_default().into_iter().collect(),
+        };
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::new(StoreErrorKind::Transient, key, "s3 body read failed").with_source(e))?
+            .into_bytes();
+        Ok(GetOutcome { meta: ObjectMeta { len: body.len() as u64, ..meta }, body })
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        validate_key(key)?;
+        if range.start >= range.end {
+            if range.start == range.end {
+                return Ok(Bytes::new());
+            }
+            return Err(StoreError::new(StoreErrorKind::InvalidInput, key, "empty or inverted range"));
+        }
+        let header = format!("bytes={}-{}", range.start, range.end - 1);
+        let output = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(header)
+            .send()
+            .await
+            .map_err(|e| map_error(key, e, Op::Read))?;
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::new(StoreErrorKind::Transient, key, "s3 body read failed").with_source(e))?
+            .into_bytes();
+        if body.len() as u64 != range.end - range.start {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidInput,
+                key,
+                format!("range {}..{} not satisfiable: got {} bytes", range.start, range.end, body.len()),
+            ));
+        }
+        Ok(body)
+    }
+
+    async fn get_suffix(&self, key: &str, len: u64) -> Result<(Bytes, u64), StoreError> {
+        validate_key(key)?;
+        let output = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes=-{}", len.max(1)))
+            .send()
+            .await
+            .map_err(|e| map_error(key, e, Op::Read))?;
+        let total = output
+            .content_range()
+            .and_then(|range| range.rsplit('/').next())
+            .and_then(|total| total.parse::<u64>().ok());
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::new(StoreErrorKind::Transient, key, "s3 body read failed").with_source(e))?
+            .into_bytes();
+        // Without Content-Range the server sent the whole (short) object.
+        let total = total.unwrap_or(body.len() as u64);
+        Ok((body, total))
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        validate_key(key)?;
+        let output = self.head_raw(key).await?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            len: u64::try_from(output.content_length().unwrap_or(0)).unwrap_or(0),
+            etag: output.e_tag().unwrap_or_default().to_owned(),
+            version_id: output.version_id().map(str::to_owned),
+            retention: lock_from_parts(output.object_lock_mode(), output.object_lock_retain_until_date()),
+            legal_hold: output.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On),
+            metadata: output.metadata().cloned().unwrap_or_default().into_iter().collect(),
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        let mut metas = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| map_error(prefix, e, Op::Read))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                metas.push(ObjectMeta {
+                    key: key.to_owned(),
+                    len: u64::try_from(object.size().unwrap_or(0)).unwrap_or(0),
+                    etag: object.e_tag().unwrap_or_default().to_owned(),
+                    version_id: None,
+                    retention: None,
+                    legal_hold: false,
+                    metadata: Default::default(),
+                });
+            }
+        }
+        metas.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(metas)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        validate_key(key)?;
+        let head = match self.head_raw(key).await {
+            Ok(head) => head,
+            Err(error) if error.kind == StoreErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        let mut request = self.client.delete_object().bucket(&self.bucket).key(key);
+        if let Some(version) = head.version_id() {
+            request = request.version_id(version);
+        }
+        request.send().await.map_err(|e| map_error(key, e, Op::Delete))?;
+        Ok(())
+    }
+
+    async fn set_retention(&self, key: &str, retention: Retention) -> Result<(), StoreError> {
+        validate_key(key)?;
+        let head = self.head_raw(key).await?;
+        if let Some(current) = lock_from_parts(head.object_lock_mode(), head.object_lock_retain_until_date()) {
+            if current.mode == LockMode::Compliance && retention.mode == LockMode::Governance {
+                return Err(StoreError::new(StoreErrorKind::Locked, key, "cannot weaken COMPLIANCE retention"));
+            }
+            if retention.retain_until < current.retain_until {
+                return Err(StoreError::new(
+                    StoreErrorKind::Locked,
+                    key,
+                    format!("cannot shorten retention from {} to {}", current.retain_until, retention.retain_until),
+                ));
+            }
+        }
+        let lock = ObjectLockRetention::builder()
+            .mode(retention_mode(retention.mode))
+            .retain_until_date(to_datetime(retention.retain_until))
+            .build();
+        let mut request = self.client.put_object_retention().bucket(&self.bucket).key(key).retention(lock);
+        if let Some(version) = head.version_id() {
+            request = request.version_id(version);
+        }
+        request.send().await.map_err(|e| map_error(key, e, Op::Write))?;
+        Ok(())
+    }
+
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), StoreError> {
+        validate_key(key)?;
+        let head = self.head_raw(key).await?;
+        let status = if on { ObjectLockLegalHoldStatus::On } else { ObjectLockLegalHoldStatus::Off };
+        let mut request = self
+            .client
+            .put_object_legal_hold()
+            .bucket(&self.bucket)
+            .key(key)
+            .legal_hold(ObjectLockLegalHold::builder().status(status).build());
+        if let Some(version) = head.version_id() {
+            request = request.version_id(version);
+        }
+        request.send().await.map_err(|e| map_error(key, e, Op::Write))?;
+        Ok(())
+    }
+}
