@@ -64,7 +64,10 @@ pub struct VerifyReport {
 pub async fn verify(args: InspectArgs) -> anyhow::Result<VerifyReport> {
     let store = args.store.local_store()?;
     let mut report = VerifyReport::default();
-    for meta in store.list("").await?.into_iter().filter(|m| m.key.ends_with(".vera")) {
+    let segments: Vec<_> = store.list("").await?.into_iter().filter(|m| m.key.ends_with(".vera")).collect();
+    let progress = progress_bar(segments.len() as u64, "verifying", args.json);
+    for meta in segments {
+        progress.inc(1);
         report.segments += 1;
         let object = store.get(&meta.key).await?;
         let len = object.body.len() as u64;
@@ -88,7 +91,23 @@ pub async fn verify(args: InspectArgs) -> anyhow::Result<VerifyReport> {
             Err(error) => report.failures.push(format!("{}: {error}", meta.key)),
         }
     }
+    progress.finish_and_clear();
     Ok(report)
+}
+
+/// A bar on stderr for long walks over the store; hidden for `--json` output.
+fn progress_bar(len: u64, message: &'static str, hidden: bool) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} segments (eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -109,6 +128,34 @@ pub struct StatsReport {
     pub locked_segments: u64,
 }
 
+impl StatsReport {
+    /// Aligned `name: value` lines for people; `--json` gives the same figures for tools.
+    pub fn to_text(&self) -> String {
+        let mb = |bytes: u64| format!("{:.1} MB", bytes as f64 / 1e6);
+        let mut lines = vec![
+            ("segments", self.segments.to_string()),
+            ("shard addresses", self.addresses.to_string()),
+            ("files", self.files.to_string()),
+            ("raw bytes", mb(self.raw_bytes)),
+            ("stored bytes", mb(self.stored_bytes)),
+            ("compression ratio", format!("{:.2}x", self.compression_ratio)),
+            (
+                "segments per address",
+                format!("mean {:.2}, max {}", self.mean_segments_per_address, self.max_segments_per_address),
+            ),
+            ("files per segment", format!("{:.0}", self.mean_files_per_segment)),
+            ("segments with a dictionary", self.segments_with_dictionary.to_string()),
+            ("index bytes per file", format!("{:.1}", self.index_bytes_per_file)),
+            ("indexes over a 64 KiB suffix", self.indexes_over_64k_suffix.to_string()),
+            ("segments under Object Lock", self.locked_segments.to_string()),
+        ];
+        for (codec, count) in &self.files_by_codec {
+            lines.push(("files stored as", format!("{codec}: {count}")));
+        }
+        lines.iter().map(|(name, value)| format!("{name:>30}  {value}\n")).collect()
+    }
+}
+
 /// Figures on the store, from segment footers and indexes (one suffix read each).
 pub async fn stats(args: InspectArgs) -> anyhow::Result<StatsReport> {
     let store: Arc<dyn ObjectStore> = Arc::new(args.store.local_store()?);
@@ -116,7 +163,10 @@ pub async fn stats(args: InspectArgs) -> anyhow::Result<StatsReport> {
     let mut report = StatsReport::default();
     let mut per_address: BTreeMap<ShardAddr, u64> = BTreeMap::new();
     let mut index_bytes = 0u64;
-    for meta in store.list("").await?.into_iter().filter(|m| m.key.ends_with(".vera")) {
+    let segments: Vec<_> = store.list("").await?.into_iter().filter(|m| m.key.ends_with(".vera")).collect();
+    let progress = progress_bar(segments.len() as u64, "reading", args.json);
+    for meta in segments {
+        progress.inc(1);
         let Ok((addr, _)) = ShardAddr::from_segment_key(&meta.key) else { continue };
         let index = shards.index(&meta.key).await?;
         report.segments += 1;
@@ -139,6 +189,7 @@ pub async fn stats(args: InspectArgs) -> anyhow::Result<StatsReport> {
             *report.files_by_codec.entry(codec.to_owned()).or_default() += 1;
         }
     }
+    progress.finish_and_clear();
     report.addresses = per_address.len() as u64;
     report.max_segments_per_address = per_address.values().copied().max().unwrap_or(0);
     if report.addresses > 0 {

@@ -108,7 +108,7 @@ async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("{report:#?}");
+                print!("{}", report.to_text());
             }
             Ok(ExitCode::SUCCESS)
         }
