@@ -24,6 +24,18 @@ pub struct StoreArgs {
     /// Hash bits of routing epoch 1 (2^n addresses per day). Must match what packed the data.
     #[arg(long, env = "VERA_N_BITS", default_value_t = 2)]
     pub n_bits: u8,
+    /// Keep segments in this S3 bucket instead of the local store (a build with
+    /// `--features s3`). Credentials come from the standard AWS chain, never from flags.
+    #[arg(long, env = "VERA_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// S3 endpoint for MinIO, Ceph or moto, e.g. http://127.0.0.1:9000.
+    #[arg(long, env = "VERA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "VERA_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Path-style addressing (needed by MinIO and most non-AWS servers).
+    #[arg(long, env = "VERA_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
 }
 
 impl StoreArgs {
@@ -50,6 +62,34 @@ impl StoreArgs {
         Ok(Arc::new(CountingStore::new(self.local_store()?)))
     }
 
+    /// The configured object store: S3 when `--s3-bucket` is given, else the local one.
+    pub async fn object_store(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        match &self.s3_bucket {
+            None => Ok(Arc::new(self.local_store()?)),
+            Some(bucket) => self.s3_store(bucket).await,
+        }
+    }
+
+    #[cfg(feature = "s3")]
+    pub async fn s3_settings(&self, bucket: &str) -> vera_store_s3::S3Settings {
+        vera_store_s3::S3Settings {
+            region: self.s3_region.clone(),
+            endpoint: self.s3_endpoint.clone(),
+            force_path_style: self.s3_path_style,
+            ..vera_store_s3::S3Settings::new(bucket)
+        }
+    }
+
+    #[cfg(feature = "s3")]
+    async fn s3_store(&self, bucket: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        Ok(Arc::new(vera_store_s3::S3Store::connect(&self.s3_settings(bucket).await).await))
+    }
+
+    #[cfg(not(feature = "s3"))]
+    async fn s3_store(&self, _bucket: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        anyhow::bail!("this vera was built without S3 support; rebuild with `cargo build -p vera --features s3`")
+    }
+
     pub fn shards(&self, store: Arc<dyn ObjectStore>) -> ShardStore {
         ShardStore::new(store)
     }
@@ -66,6 +106,10 @@ pub struct SourceArgs {
     /// SQLite database holding the files to pack.
     #[arg(long, env = "VERA_SOURCE_DB")]
     pub source_db: Option<PathBuf>,
+    /// PostgreSQL or MySQL/MariaDB source instead of SQLite: `postgres://user@host/db` or
+    /// `mysql://user@host/db`. Put passwords in PGPASSWORD-style environment, not here.
+    #[arg(long, env = "VERA_SOURCE_URL", conflicts_with = "source_db")]
+    pub source_url: Option<String>,
     /// Name of this source (tasks carry it; the watermark object is per source).
     #[arg(long, default_value = "demo")]
     pub source_name: String,
@@ -105,7 +149,20 @@ impl SourceArgs {
         }
     }
 
-    pub async fn open(&self, default_db: Option<PathBuf>) -> anyhow::Result<Arc<SqliteSource>> {
+    pub async fn open(&self, default_db: Option<PathBuf>) -> anyhow::Result<Arc<dyn vera_source::Source>> {
+        if let Some(url) = &self.source_url {
+            let source: Arc<dyn vera_source::Source> = if url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+            {
+                Arc::new(vera_source::postgres::PostgresSource::connect(&self.source_name, url, self.mapping()).await?)
+            } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+                let url = url.replacen("mariadb://", "mysql://", 1);
+                Arc::new(vera_source::mysql::MySqlSource::connect(&self.source_name, &url, self.mapping()).await?)
+            } else {
+                anyhow::bail!("--source-url must start with postgres:// or mysql://");
+            };
+            return Ok(source);
+        }
         let path = self
             .source_db
             .clone()
@@ -150,7 +207,7 @@ fn parse_mode(text: &str) -> Result<CompressionMode, String> {
     }
 }
 
-fn parse_lock_mode(text: &str) -> Result<LockMode, String> {
+pub fn parse_lock_mode(text: &str) -> Result<LockMode, String> {
     match text.to_ascii_lowercase().as_str() {
         "compliance" => Ok(LockMode::Compliance),
         "governance" => Ok(LockMode::Governance),

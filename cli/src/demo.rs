@@ -15,7 +15,6 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use vera_bus::{Bus, topics};
 use vera_producer::{ProducerSettings, RunMode, run_producer};
-use vera_source::Source;
 use vera_store::ObjectStore;
 use vera_worker::rows::validate_row;
 use vera_worker::{WorkerStats, run_worker};
@@ -90,6 +89,11 @@ fn bar(len: u64, message: &'static str, hidden: bool) -> ProgressBar {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
+    if args.store.s3_bucket.is_some() {
+        anyhow::bail!(
+            "the demo runs on the embedded local store; use `vera producer` and `vera worker` with --s3-bucket"
+        );
+    }
     let data_dir = &args.store.data_dir;
     std::fs::create_dir_all(data_dir)?;
     // A demo run starts from nothing: old store, bus and corpus are removed.
@@ -113,6 +117,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
 
     let source_args = SourceArgs {
         source_db: Some(source_path.clone()),
+        source_url: None,
         source_name: "demo".into(),
         table: "files".into(),
         uid_column: "uid".into(),
@@ -136,7 +141,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
     for index in 0..args.workers.max(1) {
         let (bus, source, shards, settings, token) = (
             Arc::clone(&bus_dyn),
-            Arc::clone(&source) as Arc<dyn Source>,
+            Arc::clone(&source),
             args.store.shards(Arc::clone(&store_dyn)),
             worker_settings.clone(),
             shutdown.child_token(),
@@ -153,7 +158,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
         routing: routing.clone(),
     };
     let producer = tokio::spawn(run_producer(
-        Arc::clone(&source) as Arc<dyn Source>,
+        Arc::clone(&source),
         Arc::clone(&store_dyn),
         Arc::clone(&bus_dyn),
         producer_settings,

@@ -31,7 +31,7 @@ pub struct GetArgs {
 
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let created_at = Timestamp::parse(&args.created_at)?;
-    let store: Arc<dyn ObjectStore> = Arc::new(args.store.local_store()?);
+    let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
     let shards = args.store.shards(store);
     let read = shards.read_file(&args.store.routing()?, &args.uid, created_at).await?;
     match &args.out {
@@ -62,7 +62,7 @@ pub struct VerifyReport {
 
 /// Re-reads every segment and checks every hash.
 pub async fn verify(args: InspectArgs) -> anyhow::Result<VerifyReport> {
-    let store = args.store.local_store()?;
+    let store = args.store.object_store().await?;
     let mut report = VerifyReport::default();
     let segments: Vec<_> = store.list("").await?.into_iter().filter(|m| m.key.ends_with(".vera")).collect();
     let progress = progress_bar(segments.len() as u64, "verifying", args.json);
@@ -158,7 +158,7 @@ impl StatsReport {
 
 /// Figures on the store, from segment footers and indexes (one suffix read each).
 pub async fn stats(args: InspectArgs) -> anyhow::Result<StatsReport> {
-    let store: Arc<dyn ObjectStore> = Arc::new(args.store.local_store()?);
+    let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
     let shards = args.store.shards(Arc::clone(&store));
     let mut report = StatsReport::default();
     let mut per_address: BTreeMap<ShardAddr, u64> = BTreeMap::new();

@@ -26,6 +26,8 @@ enum Command {
     Producer(run::ProducerArgs),
     /// Run a pack worker: claim PackTasks and write segments.
     Worker(run::WorkerCommandArgs),
+    /// Create the S3 bucket with Object Lock, or check an existing one (needs `--features s3`).
+    SetupBucket(run::SetupBucketArgs),
     /// Read one file by uid and created_at (two calls at most: index, then range).
     Get(inspect::GetArgs),
     /// Re-read every segment and check every hash.
@@ -73,6 +75,11 @@ async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Worker(args) => {
             common::init_tracing("info");
             run::worker(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SetupBucket(args) => {
+            common::init_tracing("info");
+            run::setup_bucket(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Get(args) => {

@@ -8,7 +8,6 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use vera_bus::{Bus, topics};
 use vera_producer::{ProducerSettings, RunMode, run_producer};
-use vera_source::Source;
 use vera_store::ObjectStore;
 
 use crate::common::{SourceArgs, StoreArgs, WorkerArgs};
@@ -74,7 +73,7 @@ fn ctrl_c_token() -> CancellationToken {
 
 pub async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
     let source = args.source.open(None).await?;
-    let store: Arc<dyn ObjectStore> = Arc::new(args.store.local_store()?);
+    let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
     let bus: Arc<dyn Bus> = args.store.bus(5).await?;
     let settings = ProducerSettings {
         max_rows_per_slot: args.slot_rows,
@@ -84,7 +83,7 @@ pub async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
         routing: args.store.routing()?,
     };
     let mode = if args.drain { RunMode::Drain } else { RunMode::Follow };
-    let report = run_producer(source as Arc<dyn Source>, store, bus, settings, mode, ctrl_c_token()).await?;
+    let report = run_producer(source, store, bus, settings, mode, ctrl_c_token()).await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
@@ -107,7 +106,7 @@ pub struct WorkerCommandArgs {
 
 pub async fn worker(args: WorkerCommandArgs) -> anyhow::Result<()> {
     let source = args.source.open(None).await?;
-    let store: Arc<dyn ObjectStore> = Arc::new(args.store.local_store()?);
+    let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
     let bus = args.store.bus(args.worker.max_attempts).await?;
     let shutdown = ctrl_c_token();
     if let Some(idle_ms) = args.exit_when_idle_ms {
@@ -131,7 +130,7 @@ pub async fn worker(args: WorkerCommandArgs) -> anyhow::Result<()> {
     let stats = vera_worker::run_worker(
         &args.id,
         bus as Arc<dyn Bus>,
-        source as Arc<dyn Source>,
+        source,
         args.store.shards(store),
         args.worker.settings()?,
         shutdown,
@@ -139,4 +138,41 @@ pub async fn worker(args: WorkerCommandArgs) -> anyhow::Result<()> {
     .await;
     println!("{}", serde_json::to_string(&stats)?);
     Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SetupBucketArgs {
+    /// Bucket default retention in days for objects written without their own; 0 keeps
+    /// Object Lock on with no default (VERA sets retention per segment, and mutable
+    /// objects such as the watermark must not be locked).
+    #[arg(long, default_value_t = 0)]
+    pub default_retention_days: i32,
+    /// Mode of the bucket default retention.
+    #[arg(long, default_value = "compliance", value_parser = crate::common::parse_lock_mode)]
+    pub lock_mode: vera_store::LockMode,
+    /// Accept an existing bucket without Object Lock. Shards then have no WORM protection:
+    /// only for throwaway data.
+    #[arg(long)]
+    pub allow_without_object_lock: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Creates the bucket with Object Lock, or checks that an existing one has it.
+#[cfg(feature = "s3")]
+pub async fn setup_bucket(args: SetupBucketArgs) -> anyhow::Result<()> {
+    let bucket = args.store.s3_bucket.clone().ok_or_else(|| anyhow::anyhow!("--s3-bucket is required"))?;
+    let store = vera_store_s3::S3Store::connect(&args.store.s3_settings(&bucket).await).await;
+    let setup = vera_store_s3::BucketSetup {
+        default_retention: (args.default_retention_days > 0).then_some((args.lock_mode, args.default_retention_days)),
+        allow_without_object_lock: args.allow_without_object_lock,
+    };
+    let state = vera_store_s3::ensure_bucket(&store, setup).await?;
+    println!("bucket {bucket}: {state:?}");
+    Ok(())
+}
+
+#[cfg(not(feature = "s3"))]
+pub async fn setup_bucket(_args: SetupBucketArgs) -> anyhow::Result<()> {
+    anyhow::bail!("this vera was built without S3 support; rebuild with `cargo build -p vera --features s3`")
 }
