@@ -96,6 +96,10 @@ pub struct WorkerCommandArgs {
     /// Exit after the pack queue has been empty (nothing visible or in flight) this long.
     #[arg(long)]
     pub exit_when_idle_ms: Option<u64>,
+    /// Serve Prometheus metrics (including `vera_queue_depth` for autoscaling) at
+    /// http://ADDR/metrics, e.g. 127.0.0.1:9898.
+    #[arg(long, env = "VERA_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -109,6 +113,20 @@ pub async fn worker(args: WorkerCommandArgs) -> anyhow::Result<()> {
     let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
     let bus = args.store.bus(args.worker.max_attempts).await?;
     let shutdown = ctrl_c_token();
+    if let Some(listen) = args.metrics_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(listen)
+            .install()
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {listen}: {e}"))?;
+        vera_worker::metrics::describe();
+        tokio::spawn(vera_worker::metrics::report_queue_depth(
+            Arc::clone(&bus) as Arc<dyn Bus>,
+            vec![topics::PACK, topics::EVENTS, topics::AUDIT],
+            Duration::from_secs(5),
+            shutdown.clone(),
+        ));
+        tracing::info!(%listen, "serving Prometheus metrics at /metrics");
+    }
     if let Some(idle_ms) = args.exit_when_idle_ms {
         let (bus, token) = (Arc::clone(&bus), shutdown.clone());
         tokio::spawn(async move {

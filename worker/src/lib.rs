@@ -10,6 +10,7 @@
 //! store, so any number of them (threads or processes) can share a bus, and a task can
 //! be delivered twice or to two workers at once.
 
+pub mod metrics;
 pub mod pack;
 pub mod rows;
 pub mod run;

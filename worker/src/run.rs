@@ -121,6 +121,7 @@ async fn handle(
             if let Err(error) = publish_events(bus, worker_id, &report, clock).await {
                 tracing::warn!(error = %error, "publishing events failed; the task will be retried");
                 stats.retried += 1;
+                crate::metrics::task("retried");
                 let _ = bus.nack(delivery, Duration::from_secs(settings.retry_delay_seconds)).await;
                 return;
             }
@@ -146,12 +147,22 @@ async fn handle(
         Err(error) => {
             tracing::warn!(error = %error, source = ?std::error::Error::source(&error), "task failed; will retry");
             stats.retried += 1;
+            crate::metrics::task("retried");
             let _ = bus.nack(delivery, Duration::from_secs(settings.retry_delay_seconds)).await;
         }
     }
 }
 
 fn record(stats: &mut WorkerStats, report: &PackReport) {
+    let written: Vec<_> = report.segments.iter().filter(|s| s.written_now).collect();
+    crate::metrics::task("packed");
+    crate::metrics::packed(
+        report.packed_files,
+        report.rejected.len() as u64,
+        written.len() as u64,
+        report.bytes_in,
+        written.iter().map(|s| s.object_bytes).sum(),
+    );
     stats.tasks_done += 1;
     stats.rows += report.rows;
     stats.files_packed += report.packed_files;
@@ -178,6 +189,7 @@ fn message_type(message: &Message) -> &'static str {
 async fn dead_letter(bus: &dyn Bus, delivery: &Delivery, reason: &str, stats: &mut WorkerStats) {
     tracing::error!(message_id = %delivery.message_id, reason, "dead-lettering message");
     stats.dead_lettered += 1;
+    crate::metrics::task("dead_lettered");
     if let Err(error) = bus.dead_letter(delivery, reason).await {
         tracing::warn!(error = %error, "dead-letter failed; the bus will retry and dead-letter after max_attempts");
     }

@@ -163,6 +163,10 @@ async fn a_flaky_store_only_delays_the_result() {
 
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_and_good_ones_acked_with_events() {
+    // The only test in this binary that runs the claim loop, so the counters below are
+    // this test's own.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().unwrap();
+    vera_worker::metrics::describe();
     let dir = tempfile::tempdir().unwrap();
     let source = source(dir.path()).await;
     let store = LocalStore::open(dir.path().join("store")).unwrap();
@@ -209,6 +213,19 @@ async fn poison_messages_are_dead_lettered_and_good_ones_acked_with_events() {
     let audits = bus.claim(topics::AUDIT, 100, Duration::from_secs(60)).await.unwrap();
     assert_eq!(events.len(), 6);
     assert_eq!(audits.len(), 6);
+    // The promised metrics are emitted, with the values that happened.
+    vera_worker::metrics::sample_queue_depth(bus.as_ref(), &[topics::PACK]).await;
+    let rendered = metrics.render();
+    for line in [
+        "vera_tasks_total{outcome=\"packed\"} 1",
+        "vera_tasks_total{outcome=\"dead_lettered\"} 2",
+        &format!("vera_files_packed_total {ROWS}"),
+        "vera_segments_written_total 6",
+        "vera_queue_depth{topic=\"pack\",state=\"dead\"} 2",
+        "vera_queue_depth{topic=\"pack\",state=\"visible\"} 0",
+    ] {
+        assert!(rendered.lines().any(|l| l == line), "missing metric line {line:?} in:\n{rendered}");
+    }
     for event in &events {
         let envelope = Envelope::decode(&event.payload).unwrap();
         let Message::ShardSealed(sealed) = envelope.message else { panic!("not ShardSealed") };
