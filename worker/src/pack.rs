@@ -326,7 +326,7 @@ async fn seal_address(
     let mut generation = existing.last().map_or(0, |(generation, _)| generation + 1);
     writer.set_generation(generation);
     // The sealed segment is held in memory for the PUT (one segment per concurrent put).
-    let (sealed, mut bytes) = tokio::task::spawn_blocking(move || -> Result<_, PackError> {
+    let (sealed, sealed_bytes) = tokio::task::spawn_blocking(move || -> Result<_, PackError> {
         let mut bytes = Vec::with_capacity(usize::try_from(writer.spilled_bytes()).unwrap_or(0) + 64 * 1024);
         let sealed = writer.finish(&mut bytes)?;
         Ok((sealed, bytes))
@@ -334,6 +334,9 @@ async fn seal_address(
     .await
     .map_err(|e| PackError::Join(e.to_string()))??;
     let retention = settings.retention.as_ref().map(|policy| policy.retention_for(&addr));
+    // Bytes is reference-counted: each PUT attempt shares the buffer instead of copying
+    // a segment of tens of MB. Only the rare generation conflict rebuilds it.
+    let mut bytes = Bytes::from(sealed_bytes);
     let mut object_hash = sealed.object_hash;
     for _ in 0..MAX_GENERATION_ATTEMPTS {
         let key = addr.segment_key(generation);
@@ -341,7 +344,7 @@ async fn seal_address(
             .with_metadata(META_OBJECT_HASH, vera_protocol::hex::encode(&object_hash))
             .with_metadata(META_TASK, task.task_id.clone());
         options.retention = retention;
-        match shards.store().put(&key, Bytes::from(bytes.clone()), options).await {
+        match shards.store().put(&key, bytes.clone(), options).await {
             Ok(outcome) => {
                 tracing::info!(key = %key, files = sealed.files, bytes = bytes.len(), "segment sealed");
                 segments.push(SealedInfo {
@@ -379,7 +382,9 @@ async fn seal_address(
                     return Err(PackError::Conflict { prefix: addr.key_prefix() });
                 }
                 generation += 1;
-                bytes[..HEADER_LEN].copy_from_slice(&Header { addr, generation }.encode());
+                let mut patched = bytes.to_vec();
+                patched[..HEADER_LEN].copy_from_slice(&Header { addr, generation }.encode());
+                bytes = Bytes::from(patched);
                 object_hash = *blake3::hash(&bytes).as_bytes();
             }
             Err(error) => return Err(error.into()),
