@@ -34,8 +34,7 @@ impl Dialect {
 
     fn as_text(self, expression: &str) -> String {
         match self {
-            Dialect::Sqlite => format!("CAST({expression} AS TEXT)"),
-            Dialect::Postgres => format!("CAST({expression} AS TEXT)"),
+            Dialect::Sqlite | Dialect::Postgres => format!("CAST({expression} AS TEXT)"),
             Dialect::MySql => format!("CAST({expression} AS CHAR)"),
         }
     }
@@ -208,3 +207,61 @@ mod tests {
         }
     }
 }
+
+/// Implements [`crate::Source`] for a struct with `name`, `pool` and `mapping` fields.
+/// The three SQL sources differ only in their pool type and dialect; sqlx's generic
+/// bounds over `Database` would cost more lines than they save, so a macro it is.
+macro_rules! impl_sql_source {
+    ($source:ty, $dialect:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::Source for $source {
+            fn name(&self) -> &str {
+                &self.name
+            }
+
+            async fn next_slot(
+                &self,
+                after: i64,
+                max_rows: u64,
+                max_bytes: u64,
+            ) -> Result<Option<vera_protocol::message::Slot>, $crate::SourceError> {
+                use futures::StreamExt;
+                use sqlx::Row;
+                let sql = $crate::sql::next_slot_sql($dialect, &self.mapping);
+                let limit = i64::try_from(max_rows.max(1)).unwrap_or(i64::MAX);
+                let mut rows = sqlx::query(&sql).bind(after).bind(limit).fetch(&self.pool);
+                let mut slot = None;
+                while let Some(row) = rows.next().await {
+                    let row = row.map_err($crate::SourceError::Query)?;
+                    let watermark: i64 = row.try_get("wm").map_err($crate::SourceError::Query)?;
+                    let size = row.try_get::<i64, _>("size").map_err($crate::SourceError::Query)?;
+                    if !$crate::sql::grow_slot(&mut slot, after, watermark, u64::try_from(size).unwrap_or(0), max_bytes)
+                    {
+                        break;
+                    }
+                }
+                Ok(slot)
+            }
+
+            fn read_slot(
+                &self,
+                slot: vera_protocol::message::Slot,
+            ) -> futures::stream::BoxStream<'_, Result<$crate::SourceRow, $crate::SourceError>> {
+                use futures::StreamExt;
+                let sql = $crate::sql::select_rows_sql($dialect, &self.mapping);
+                let base_dir = $crate::sql::path_base(&self.mapping);
+                let pool = self.pool.clone();
+                // Rows stream straight from the cursor: memory holds one row at a time.
+                async_stream::try_stream! {
+                    let mut rows = sqlx::query(&sql).bind(slot.after).bind(slot.up_to).fetch(&pool);
+                    while let Some(row) = rows.next().await {
+                        let row = row.map_err($crate::SourceError::Query)?;
+                        yield $crate::sql::convert_row(&row, base_dir.as_ref())?;
+                    }
+                }
+                .boxed()
+            }
+        }
+    };
+}
+pub(crate) use impl_sql_source;
