@@ -244,6 +244,30 @@ where
     StoreError::new(kind, key, message).with_source(error)
 }
 
+/// `ObjectMeta` from a GetObject or HeadObject output: the two types share these
+/// accessors but no trait.
+macro_rules! object_meta {
+    ($key:expr, $output:expr) => {
+        ObjectMeta {
+            key: $key.to_owned(),
+            len: u64::try_from($output.content_length().unwrap_or(0)).unwrap_or(0),
+            etag: $output.e_tag().unwrap_or_default().to_owned(),
+            version_id: $output.version_id().map(str::to_owned),
+            retention: lock_from_parts($output.object_lock_mode(), $output.object_lock_retain_until_date()),
+            legal_hold: $output.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On),
+            metadata: $output.metadata().cloned().unwrap_or_default().into_iter().collect(),
+        }
+    };
+}
+
+async fn collect_body(key: &str, body: ByteStream) -> Result<Bytes, StoreError> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(|e| StoreError::new(StoreErrorKind::Transient, key, "s3 body read failed").with_source(e))?
+        .into_bytes())
+}
+
 fn now() -> Timestamp {
     use vera_store::Clock;
     vera_store::SystemClock.now()
@@ -333,21 +357,8 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| map_error(key, e, Op::Read))?;
-        let meta = ObjectMeta {
-            key: key.to_owned(),
-            len: u64::try_from(output.content_length().unwrap_or(0)).unwrap_or(0),
-            etag: output.e_tag().unwrap_or_default().to_owned(),
-            version_id: output.version_id().map(str::to_owned),
-            retention: lock_from_parts(output.object_lock_mode(), output.object_lock_retain_until_date()),
-            legal_hold: output.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On),
-            metadata: output.metadata().cloned().unwrap_or_default().into_iter().collect(),
-        };
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::new(StoreErrorKind::Transient, key, "s3 body read failed").with_source(e))?
-            .into_bytes();
+        let meta = object_meta!(key, output);
+        let body = collect_body(key, output.body).await?;
         Ok(GetOutcome { meta: ObjectMeta { len: body.len() as u64, ..meta }, body })
     }
 
@@ -369,12 +380,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| map_error(key, e, Op::Read))?;
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::new(StoreErrorKind::Transient, key, "s3 body read failed").with_source(e))?
-            .into_bytes();
+        let body = collect_body(key, output.body).await?;
         if body.len() as u64 != range.end - range.start {
             return Err(StoreError::new(
                 StoreErrorKind::InvalidInput,
@@ -400,12 +406,7 @@ impl ObjectStore for S3Store {
             .content_range()
             .and_then(|range| range.rsplit('/').next())
             .and_then(|total| total.parse::<u64>().ok());
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::new(StoreErrorKind::Transient, key, "s3 body read failed").with_source(e))?
-            .into_bytes();
+        let body = collect_body(key, output.body).await?;
         // Without Content-Range the server sent the whole (short) object.
         let total = total.unwrap_or(body.len() as u64);
         Ok((body, total))
@@ -414,15 +415,7 @@ impl ObjectStore for S3Store {
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         validate_key(key)?;
         let output = self.head_raw(key).await?;
-        Ok(ObjectMeta {
-            key: key.to_owned(),
-            len: u64::try_from(output.content_length().unwrap_or(0)).unwrap_or(0),
-            etag: output.e_tag().unwrap_or_default().to_owned(),
-            version_id: output.version_id().map(str::to_owned),
-            retention: lock_from_parts(output.object_lock_mode(), output.object_lock_retain_until_date()),
-            legal_hold: output.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On),
-            metadata: output.metadata().cloned().unwrap_or_default().into_iter().collect(),
-        })
+        Ok(object_meta!(key, output))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
