@@ -215,7 +215,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
                 progress.inc(1);
                 let expected_hash = blake3::hash(&row.bytes);
                 Ok(match shards.read_file(routing, &row.uid, row.created_at).await {
-                    Ok(read) if blake3::hash(&read.bytes) == expected_hash => ReadOutcome::Verified,
+                    // read_file has already checked the bytes against their stored hash.
+                    Ok(read) if read.content_hash == *expected_hash.as_bytes() => ReadOutcome::Verified,
                     Ok(_) => ReadOutcome::Mismatched,
                     Err(error) if error.is_not_found() => ReadOutcome::Missing,
                     Err(error) => {
