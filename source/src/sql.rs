@@ -189,25 +189,6 @@ pub fn normalize_sql_timestamp(text: &str) -> String {
     format!("{}T{}{fraction}{zone}", &date_time[..10], &date_time[11..])
 }
 
-#[cfg(test)]
-mod tests {
-    use super::normalize_sql_timestamp as normalize;
-
-    #[test]
-    fn sql_timestamps_become_rfc3339() {
-        assert_eq!(normalize("2026-11-24 10:00:00+00"), "2026-11-24T10:00:00Z");
-        assert_eq!(normalize("2026-11-24 10:00:00.123456+01"), "2026-11-24T10:00:00.123456+01:00");
-        assert_eq!(normalize("2026-11-24 10:00:00"), "2026-11-24T10:00:00Z");
-        assert_eq!(normalize("2026-11-24 10:00:00-05:30"), "2026-11-24T10:00:00-05:30");
-        assert_eq!(normalize("2026-11-24T10:00:00Z"), "2026-11-24T10:00:00Z");
-        assert_eq!(normalize("1795514400000000"), "1795514400000000");
-        assert_eq!(normalize("not a date"), "not a date");
-        for text in ["2026-11-24 10:00:00+00", "2026-11-24 10:00:00.5", "2026-11-24 10:00:00-05:30"] {
-            assert!(vera_protocol::Timestamp::parse(&normalize(text)).is_ok(), "{text}");
-        }
-    }
-}
-
 /// Implements [`crate::Source`] for a struct with `name`, `pool` and `mapping` fields.
 /// The three SQL sources differ only in their pool type and dialect; sqlx's generic
 /// bounds over `Database` would cost more lines than they save, so a macro it is.
@@ -265,3 +246,22 @@ macro_rules! impl_sql_source {
     };
 }
 pub(crate) use impl_sql_source;
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_sql_timestamp as normalize;
+
+    #[test]
+    fn sql_timestamps_become_rfc3339() {
+        assert_eq!(normalize("2026-11-24 10:00:00+00"), "2026-11-24T10:00:00Z");
+        assert_eq!(normalize("2026-11-24 10:00:00.123456+01"), "2026-11-24T10:00:00.123456+01:00");
+        assert_eq!(normalize("2026-11-24 10:00:00"), "2026-11-24T10:00:00Z");
+        assert_eq!(normalize("2026-11-24 10:00:00-05:30"), "2026-11-24T10:00:00-05:30");
+        assert_eq!(normalize("2026-11-24T10:00:00Z"), "2026-11-24T10:00:00Z");
+        assert_eq!(normalize("1795514400000000"), "1795514400000000");
+        assert_eq!(normalize("not a date"), "not a date");
+        for text in ["2026-11-24 10:00:00+00", "2026-11-24 10:00:00.5", "2026-11-24 10:00:00-05:30"] {
+            assert!(vera_protocol::Timestamp::parse(&normalize(text)).is_ok(), "{text}");
+        }
+    }
+}
