@@ -11,11 +11,17 @@ use crate::{Bus, BusErrorKind, Outgoing};
 
 /// The `max_attempts` the bus under test must be configured with.
 pub const MAX_ATTEMPTS: u32 = 3;
+/// Topics starting with this are the suite's ordered topics; [`crate::OrderedTopics`]
+/// includes it by default so backends under test order them.
+pub const ORDERED_TOPIC_PREFIX: &str = "conf-ordered-";
 const SHORT: Duration = Duration::from_millis(300);
 const LONG: Duration = Duration::from_secs(60);
 
-fn topic(name: &str) -> String {
-    format!("conf-{name}-{:08x}", rand::random::<u32>())
+/// A fresh topic, created on the bus under test.
+async fn topic(bus: &dyn Bus, name: &str) -> String {
+    let topic = format!("conf-{name}-{:08x}", rand::random::<u32>());
+    bus.ensure_topics(&[&topic]).await.expect("ensure_topics");
+    topic
 }
 
 fn message(text: &str) -> Outgoing {
@@ -56,10 +62,12 @@ pub async fn run_all(bus: &dyn Bus) {
     same_key_is_delivered_in_order_one_at_a_time(bus).await;
     concurrent_consumers_never_share_a_claim(bus).await;
     bad_topics_are_refused(bus).await;
+    oversized_messages_are_refused(bus).await;
+    ensure_topics_is_idempotent(bus).await;
 }
 
 pub async fn publish_claim_ack(bus: &dyn Bus) {
-    let topic = topic("basic");
+    let topic = topic(bus, "basic").await;
     bus.publish(&topic, vec![message("a"), message("b"), message("c")]).await.expect("publish");
     let got = claim_n(bus, &topic, 3, LONG, Duration::from_secs(10)).await;
     let payloads: HashSet<_> = got.iter().map(|d| d.payload.clone()).collect();
@@ -74,7 +82,7 @@ pub async fn publish_claim_ack(bus: &dyn Bus) {
 }
 
 pub async fn in_flight_messages_are_invisible_then_redelivered(bus: &dyn Bus) {
-    let topic = topic("visibility");
+    let topic = topic(bus, "visibility").await;
     bus.publish(&topic, vec![message("x")]).await.expect("publish");
     let first = claim_n(bus, &topic, 1, SHORT, Duration::from_secs(10)).await;
     assert_eq!(first.len(), 1);
@@ -89,7 +97,7 @@ pub async fn in_flight_messages_are_invisible_then_redelivered(bus: &dyn Bus) {
 }
 
 pub async fn nack_and_extend(bus: &dyn Bus) {
-    let topic = topic("nack");
+    let topic = topic(bus, "nack").await;
     bus.publish(&topic, vec![message("n")]).await.expect("publish");
     let first = claim_n(bus, &topic, 1, LONG, Duration::from_secs(10)).await;
     bus.nack(&first[0], Duration::ZERO).await.expect("nack");
@@ -102,7 +110,7 @@ pub async fn nack_and_extend(bus: &dyn Bus) {
 }
 
 pub async fn dead_letter_after_max_attempts(bus: &dyn Bus) {
-    let topic = topic("poison");
+    let topic = topic(bus, "poison").await;
     bus.publish(&topic, vec![message("poison")]).await.expect("publish");
     for attempt in 1..=MAX_ATTEMPTS {
         let got = claim_n(bus, &topic, 1, LONG, Duration::from_secs(10)).await;
@@ -120,7 +128,7 @@ pub async fn dead_letter_after_max_attempts(bus: &dyn Bus) {
 }
 
 pub async fn explicit_dead_letter(bus: &dyn Bus) {
-    let topic = topic("malformed");
+    let topic = topic(bus, "malformed").await;
     bus.publish(&topic, vec![message("{not json")]).await.expect("publish");
     let got = claim_n(bus, &topic, 1, LONG, Duration::from_secs(10)).await;
     bus.dead_letter(&got[0], "malformed envelope").await.expect("dead-letter");
@@ -131,7 +139,7 @@ pub async fn explicit_dead_letter(bus: &dyn Bus) {
 }
 
 pub async fn stale_receipts_are_refused(bus: &dyn Bus) {
-    let topic = topic("stale");
+    let topic = topic(bus, "stale").await;
     bus.publish(&topic, vec![message("s")]).await.expect("publish");
     let first = claim_n(bus, &topic, 1, SHORT, Duration::from_secs(10)).await;
     let second = claim_n(bus, &topic, 1, LONG, Duration::from_secs(10)).await;
@@ -144,7 +152,7 @@ pub async fn stale_receipts_are_refused(bus: &dyn Bus) {
 }
 
 pub async fn same_key_is_delivered_in_order_one_at_a_time(bus: &dyn Bus) {
-    let topic = topic("ordered");
+    let topic = topic(bus, "ordered").await;
     bus.publish(
         &topic,
         vec![keyed("shard-a", "a1"), keyed("shard-b", "b1"), keyed("shard-a", "a2"), keyed("shard-a", "a3")],
@@ -171,7 +179,7 @@ pub async fn same_key_is_delivered_in_order_one_at_a_time(bus: &dyn Bus) {
 }
 
 pub async fn concurrent_consumers_never_share_a_claim(bus: &dyn Bus) {
-    let topic = topic("compete");
+    let topic = topic(bus, "compete").await;
     let total = 60;
     bus.publish(&topic, (0..total).map(|i| message(&format!("m{i}"))).collect()).await.expect("publish");
     let consumers = (0..4).map(|_| async {
@@ -206,4 +214,31 @@ pub async fn bad_topics_are_refused(bus: &dyn Bus) {
         let error = bus.publish(bad, vec![message("x")]).await.expect_err("bad topic");
         assert_eq!(error.kind, BusErrorKind::InvalidInput);
     }
+}
+
+pub async fn oversized_messages_are_refused(bus: &dyn Bus) {
+    let topic = topic(bus, "oversize").await;
+    let limit = bus.max_message_bytes();
+    assert!(limit >= 64 * 1024, "a bus must carry at least 64 KiB messages, this one allows {limit}");
+    let too_big = Outgoing { key: None, payload: Bytes::from(vec![b'x'; limit + 1]) };
+    let error = bus.publish(&topic, vec![message("fits"), too_big]).await.expect_err("oversized message");
+    assert_eq!(error.kind, BusErrorKind::InvalidInput);
+    assert!(error.message.contains(&limit.to_string()), "the error names the limit: {error}");
+    tokio::time::sleep(SHORT).await;
+    assert!(bus.claim(&topic, 10, LONG).await.expect("claim").is_empty(), "a refused batch publishes nothing");
+    let fits = Outgoing { key: None, payload: Bytes::from(vec![b'y'; limit.min(200 * 1024)]) };
+    bus.publish(&topic, vec![fits.clone()]).await.expect("a message at the limit is accepted");
+    let got = claim_n(bus, &topic, 1, LONG, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, fits.payload);
+    bus.ack(&got[0]).await.expect("ack");
+}
+
+pub async fn ensure_topics_is_idempotent(bus: &dyn Bus) {
+    let topic = topic(bus, "ensure").await;
+    bus.publish(&topic, vec![message("kept")]).await.expect("publish");
+    bus.ensure_topics(&[&topic]).await.expect("ensure_topics again");
+    let got = claim_n(bus, &topic, 1, LONG, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "ensuring an existing topic keeps its messages");
+    bus.ack(&got[0]).await.expect("ack");
 }

@@ -7,8 +7,11 @@
 //! delivered one at a time, in publish order: the Kafka partition key / SQS FIFO group).
 //!
 //! Backends: [`sqlite::SqliteBus`], a durable queue in one SQLite file for single-machine
-//! use; SQS, Kafka and RabbitMQ arrive with the real-backends work. All of them run
-//! [`conformance::run_all`].
+//! use, here; SQS (`vera-bus-sqs`), Kafka (`vera-bus-kafka`) and RabbitMQ
+//! (`vera-bus-amqp`) in their own crates. All of them run [`conformance::run_all`].
+//!
+//! Per-key ordering is a property of a topic, not of every topic: backends take the set
+//! of ordered topics in their settings ([`OrderedTopics`]); by default that is `events`.
 
 pub mod conformance;
 pub mod sqlite;
@@ -125,6 +128,52 @@ pub trait Bus: Send + Sync + 'static {
     async fn depth(&self, topic: &str) -> Result<QueueDepth, BusError>;
 
     async fn dead_letters(&self, topic: &str, max: usize) -> Result<Vec<DeadLetter>, BusError>;
+
+    /// Creates the queues (and dead-letter queues) behind `topics` if they are missing.
+    /// Only deployment tooling (`vera setup-bus`) and tests call this: normal operation
+    /// never creates anything, and reports a missing queue as a `Config` error that names
+    /// the command to run.
+    async fn ensure_topics(&self, topics: &[&str]) -> Result<(), BusError>;
+
+    /// The largest payload `publish` accepts; bigger ones are refused with `InvalidInput`
+    /// before anything is sent.
+    fn max_message_bytes(&self) -> usize;
+}
+
+/// Refuses a batch holding a payload over `limit` bytes, naming the limit and the setting.
+pub fn check_message_sizes(backend: &str, messages: &[Outgoing], limit: usize) -> Result<(), BusError> {
+    match messages.iter().find(|message| message.payload.len() > limit) {
+        None => Ok(()),
+        Some(message) => Err(BusError::new(
+            BusErrorKind::InvalidInput,
+            format!(
+                "{backend}: a message of {} bytes exceeds the bus limit of {limit} bytes; \
+                 raise the broker's limit and VERA's `max_message_bytes` together, or make the producer's \
+                 slots smaller",
+                message.payload.len()
+            ),
+        )),
+    }
+}
+
+/// Which topics promise per-key ordering. Backends pay for ordering (SQS FIFO groups,
+/// RabbitMQ single active consumer), so only these topics get it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderedTopics {
+    /// A topic is ordered when it equals, or starts with, one of these.
+    pub prefixes: Vec<String>,
+}
+
+impl Default for OrderedTopics {
+    fn default() -> Self {
+        OrderedTopics { prefixes: vec![topics::EVENTS.to_owned(), conformance::ORDERED_TOPIC_PREFIX.to_owned()] }
+    }
+}
+
+impl OrderedTopics {
+    pub fn contains(&self, topic: &str) -> bool {
+        self.prefixes.iter().any(|prefix| topic.starts_with(prefix.as_str()))
+    }
 }
 
 /// Checks a topic name: 1..=64 characters of `[a-z0-9._-]`.

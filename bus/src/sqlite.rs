@@ -19,7 +19,9 @@ use bytes::Bytes;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use crate::{Bus, BusError, BusErrorKind, DeadLetter, Delivery, Outgoing, QueueDepth, validate_topic};
+use crate::{
+    Bus, BusError, BusErrorKind, DeadLetter, Delivery, Outgoing, QueueDepth, check_message_sizes, validate_topic,
+};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS messages (
@@ -42,7 +44,11 @@ CREATE INDEX IF NOT EXISTS messages_by_key ON messages (topic, key, seq) WHERE k
 pub struct SqliteBus {
     pool: SqlitePool,
     max_attempts: u32,
+    max_message_bytes: usize,
 }
+
+/// The embedded bus's default payload limit. Pack tasks and events are a few hundred bytes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 fn now_micros() -> i64 {
     std::time::SystemTime::now()
@@ -84,7 +90,13 @@ impl SqliteBus {
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(db_error("open"))?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(db_error("create schema"))?;
-        Ok(SqliteBus { pool, max_attempts })
+        Ok(SqliteBus { pool, max_attempts, max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES })
+    }
+
+    /// Sets the largest payload `publish` accepts.
+    pub fn with_max_message_bytes(mut self, limit: usize) -> Self {
+        self.max_message_bytes = limit;
+        self
     }
 
     fn seq_of(delivery: &Delivery) -> Result<i64, BusError> {
@@ -120,6 +132,7 @@ impl SqliteBus {
 impl Bus for SqliteBus {
     async fn publish(&self, topic: &str, messages: Vec<Outgoing>) -> Result<(), BusError> {
         validate_topic(topic)?;
+        check_message_sizes("sqlite bus", &messages, self.max_message_bytes)?;
         if messages.is_empty() {
             return Ok(());
         }
@@ -289,5 +302,14 @@ impl Bus for SqliteBus {
                 }
             })
             .collect())
+    }
+
+    async fn ensure_topics(&self, topics: &[&str]) -> Result<(), BusError> {
+        // One table holds every topic; a topic exists once it is named correctly.
+        topics.iter().try_for_each(|topic| validate_topic(topic))
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
     }
 }
