@@ -138,6 +138,14 @@ pub trait Bus: Send + Sync + 'static {
     /// The largest payload `publish` accepts; bigger ones are refused with `InvalidInput`
     /// before anything is sent.
     fn max_message_bytes(&self) -> usize;
+
+    /// Whether `ack`, `nack`, `extend` and `dead_letter` refuse an outdated receipt with
+    /// `StaleReceipt`. SQS cannot: it accepts an outdated receipt (AWS then leaves the
+    /// message in place; moto deletes it). Callers therefore ack only once their work is
+    /// durable, so an ack that lands late, or twice, never loses anything.
+    fn detects_stale_receipts(&self) -> bool {
+        true
+    }
 }
 
 /// Refuses a batch holding a payload over `limit` bytes, naming the limit and the setting.
