@@ -1,0 +1,83 @@
+//! The Kafka bus against a real Kafka-protocol broker: tansu on memory storage
+//! (`VERA_KAFKA_BROKERS`, default `127.0.0.1:9092`; `scripts/services` starts it).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use vera_bus::{Bus, BusErrorKind, Outgoing, conformance};
+use vera_bus_kafka::{KafkaBus, KafkaSettings, ReplayFrom};
+
+fn brokers() -> String {
+    std::env::var("VERA_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+fn settings() -> KafkaSettings {
+    let run = format!("{:08x}", rand::random::<u32>());
+    KafkaSettings {
+        prefix: format!("vera-test-{run}."),
+        group: format!("vera-test-{run}"),
+        max_attempts: conformance::MAX_ATTEMPTS,
+        partitions: 3,
+        ..KafkaSettings::new(brokers())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_bus_passes_conformance_on_tansu() {
+    let bus = KafkaBus::connect(settings()).await.expect("connect to the broker");
+    conformance::run_all(&bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_delivers_the_topic_again_from_the_start() {
+    let settings = settings();
+    {
+        let bus = KafkaBus::connect(settings.clone()).await.unwrap();
+        bus.ensure_topics(&["pack"]).await.unwrap();
+        let messages = (0..5).map(|i| Outgoing { key: None, payload: Bytes::from(format!("task-{i}")) }).collect();
+        bus.publish("pack", messages).await.unwrap();
+        let first = drain(&bus, 5).await;
+        assert_eq!(first.len(), 5);
+        assert_eq!(bus.depth("pack").await.unwrap().visible, 0, "all five acked and committed");
+    }
+    // The workers are gone (the group is empty): rewind it.
+    let bus = KafkaBus::connect(settings).await.unwrap();
+    let offsets = bus.replay("pack", ReplayFrom::Offset(0)).await.unwrap();
+    assert_eq!(offsets.len(), 3, "every partition rewound: {offsets:?}");
+    assert!(offsets.iter().all(|(_, offset)| *offset == 0));
+    // tansu (memory storage) reports a partition's high watermark as one past the first
+    // offset of its last record batch, so lag is undercounted for batched records; a real
+    // Kafka broker shows 5 here. The redelivery below is the real check.
+    assert!(bus.depth("pack").await.unwrap().visible > 0, "the topic is due again");
+    let mut again = drain(&bus, 5).await;
+    again.sort();
+    assert_eq!(again, (0..5).map(|i| format!("task-{i}")).collect::<Vec<_>>());
+}
+
+async fn drain(bus: &KafkaBus, want: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < want && tokio::time::Instant::now() < deadline {
+        for delivery in bus.claim("pack", 10, Duration::from_secs(60)).await.unwrap() {
+            got.push(String::from_utf8(delivery.payload.to_vec()).unwrap());
+            bus.ack(&delivery).await.unwrap();
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn missing_topics_and_unreachable_brokers_get_errors_that_say_what_to_fix() {
+    let bus = KafkaBus::connect(settings()).await.unwrap();
+    let error = bus.publish("pack", vec![Outgoing { key: None, payload: Bytes::from_static(b"x") }]).await.unwrap_err();
+    assert_eq!(error.kind, BusErrorKind::Config, "{error:?}");
+    assert!(error.to_string().contains("vera setup-bus"), "{error}");
+
+    let unreachable = KafkaSettings {
+        extra: vec![("socket.connection.setup.timeout.ms".into(), "2000".into())],
+        ..KafkaSettings::new("127.0.0.1:1")
+    };
+    let error = KafkaBus::connect(unreachable).await.err().expect("nothing listens on port 1");
+    assert_eq!(error.kind, BusErrorKind::Transient, "{error:?}");
+    assert!(error.to_string().contains("cannot reach the Kafka brokers"), "{error}");
+}
