@@ -24,9 +24,14 @@
 //! - **Replay**: [`KafkaBus::replay`] moves the group's committed offsets back to an offset
 //!   or a time, so stopped workers, restarted, process the topic again from there.
 //!
-//! Limit: the attempt count lives in the message, so a message whose processing kills the
-//! consumer process outright (before it can `nack`) is redelivered with the same count.
-//! Workers turn every handled failure into a `nack`, so this only concerns crashes.
+//! - **Deliveries survive crashes.** Before a claim is handed out, the consumer commits
+//!   its partition's offset (unchanged) with commit metadata recording how many times each
+//!   in-flight offset has been delivered (`vera-delivered:OFFSET=COUNT,…`). A consumer that
+//!   takes the partition over after a crash reads that metadata, so a message that kills
+//!   every worker that touches it still reaches `max_attempts` and the dead-letter topic
+//!   instead of looping forever. This needs a broker that returns commit metadata in
+//!   OffsetFetch, as Kafka does; tansu 0.6 stores it but answers offsets only, so there a
+//!   crashed delivery is not counted (handled failures still are, through `nack`).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -171,6 +176,29 @@ struct ConsumerState {
     high: HashMap<i32, i64>,
     /// Per partition: the offset last committed.
     committed: HashMap<i32, i64>,
+    /// Per partition: earlier deliveries of unsettled offsets, as kept in commit metadata.
+    delivered: HashMap<i32, HashMap<i64, u32>>,
+    /// Partitions whose commit metadata has been read since they were assigned.
+    loaded: HashSet<i32>,
+}
+
+const DELIVERED_PREFIX: &str = "vera-delivered:";
+
+fn parse_delivered(metadata: &str) -> HashMap<i64, u32> {
+    let Some(list) = metadata.strip_prefix(DELIVERED_PREFIX) else { return HashMap::new() };
+    list.split(',')
+        .filter_map(|pair| {
+            let (offset, count) = pair.split_once('=')?;
+            Some((offset.parse().ok()?, count.parse().ok()?))
+        })
+        .collect()
+}
+
+fn format_delivered(delivered: &HashMap<i64, u32>, from: i64) -> String {
+    let mut entries: Vec<_> = delivered.iter().filter(|(offset, _)| **offset >= from).collect();
+    entries.sort();
+    let list: Vec<String> = entries.iter().map(|(offset, count)| format!("{offset}={count}")).collect();
+    format!("{DELIVERED_PREFIX}{}", list.join(","))
 }
 
 impl ConsumerState {
@@ -183,13 +211,23 @@ impl ConsumerState {
             self.outstanding.remove(p);
             self.high.remove(p);
             self.committed.remove(p);
+            self.delivered.remove(p);
+            self.loaded.remove(p);
         }
+    }
+
+    /// The offset a commit of `partition` may name now: the lowest unsettled one.
+    fn commit_point(&self, partition: i32) -> Option<i64> {
+        self.outstanding.get(&partition).and_then(|o| o.first().copied()).or_else(|| self.high.get(&partition).copied())
     }
 
     /// Marks an offset settled; returns the offset to commit for its partition, if it moved.
     fn settle(&mut self, partition: i32, offset: i64) -> Option<i64> {
         let outstanding = self.outstanding.get_mut(&partition)?;
         outstanding.remove(&offset);
+        if let Some(delivered) = self.delivered.get_mut(&partition) {
+            delivered.remove(&offset);
+        }
         let target = outstanding.first().copied().or_else(|| self.high.get(&partition).copied())?;
         (self.committed.get(&partition).copied().unwrap_or(-1) < target).then_some(target)
     }
@@ -259,8 +297,30 @@ fn poll_loop(
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
-                let r = received(&message);
+                let mut r = received(&message);
+                let needs_load = !state.lock().expect("state lock").loaded.contains(&r.partition);
+                if needs_load {
+                    let mut list = TopicPartitionList::new();
+                    list.add_partition(message.topic(), r.partition);
+                    let delivered = match consumer.committed_offsets(list, METADATA_TIMEOUT) {
+                        Ok(list) => list
+                            .elements()
+                            .first()
+                            .map(|element| parse_delivered(element.metadata()))
+                            .unwrap_or_default(),
+                        Err(error) => {
+                            tracing::warn!(%error, "kafka: cannot read commit metadata; delivery counts restart");
+                            HashMap::new()
+                        }
+                    };
+                    let mut state = state.lock().expect("state lock");
+                    state.delivered.insert(r.partition, delivered);
+                    state.loaded.insert(r.partition);
+                }
                 let mut state = state.lock().expect("state lock");
+                if let Some(earlier) = state.delivered.get(&r.partition).and_then(|d| d.get(&r.offset)) {
+                    r.attempt = r.attempt.saturating_add(*earlier);
+                }
                 state.outstanding.entry(r.partition).or_default().insert(r.offset);
                 let high = state.high.entry(r.partition).or_insert(0);
                 *high = (*high).max(r.offset + 1);
@@ -466,7 +526,11 @@ impl KafkaBus {
         Ok(consumer)
     }
 
-    fn take(&self, consumer: &TopicConsumer, max: usize, visibility: Duration) -> Vec<Delivery> {
+    /// Claims up to `max` buffered messages. Messages already delivered `max_attempts`
+    /// times (their earlier consumers died holding them) come back separately, to be
+    /// dead-lettered instead of delivered.
+    fn take(&self, consumer: &TopicConsumer, max: usize, visibility: Duration) -> (Vec<Delivery>, Vec<Received>) {
+        let max_attempts = self.inner.settings.max_attempts;
         let ordered = self.inner.settings.ordered.contains(&consumer.topic);
         let now = now_millis();
         let mut state = consumer.state.lock().expect("state lock");
@@ -476,8 +540,13 @@ impl KafkaBus {
             HashSet::new()
         };
         let mut out = Vec::new();
+        let mut poison = Vec::new();
         let mut index = 0;
         while out.len() < max && index < state.buffer.len() {
+            if state.buffer[index].attempt > max_attempts {
+                poison.push(state.buffer.remove(index).expect("index in range"));
+                continue;
+            }
             let candidate = &state.buffer[index];
             let blocked = ordered && candidate.key.as_ref().is_some_and(|k| busy.contains(k));
             if blocked || candidate.not_before > now {
@@ -500,9 +569,73 @@ impl KafkaBus {
                 payload: r.payload.clone(),
                 attempt: r.attempt,
             });
+            *state.delivered.entry(r.partition).or_default().entry(r.offset).or_insert(0) += 1;
             state.claims.insert(receipt, Claim { received: r, deadline: Instant::now() + visibility });
         }
-        out
+        (out, poison)
+    }
+
+    /// Commits `partition` at its commit point with the delivery counts of its unsettled
+    /// offsets as metadata. `only_if_moved` skips the commit when the offset is unchanged.
+    async fn commit(&self, consumer: &TopicConsumer, partition: i32, only_if_moved: bool) -> Result<(), BusError> {
+        let _guard = consumer.commit_lock.lock().await;
+        let (target, metadata) = {
+            let state = consumer.state.lock().expect("state lock");
+            let Some(target) = state.commit_point(partition) else { return Ok(()) };
+            if only_if_moved && state.committed.get(&partition).copied().unwrap_or(-1) >= target {
+                return Ok(());
+            }
+            let empty = HashMap::new();
+            (target, format_delivered(state.delivered.get(&partition).unwrap_or(&empty), target))
+        };
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.name(&consumer.topic), partition, Offset::Offset(target))
+            .map_err(|e| kafka_error("build commit", &self.inner.settings.brokers, e))?;
+        if let Some(mut element) = list.find_partition(&self.name(&consumer.topic), partition) {
+            element.set_metadata(metadata);
+        }
+        let group_consumer = consumer.consumer.clone();
+        let committed = tokio::task::spawn_blocking(move || group_consumer.commit(&list, CommitMode::Sync))
+            .await
+            .map_err(|e| BusError::new(BusErrorKind::Other, "kafka: commit task failed").with_source(e))?;
+        match committed {
+            Ok(()) => {
+                consumer.state.lock().expect("state lock").committed.insert(partition, target);
+                Ok(())
+            }
+            // The partition moved to another consumer: it will deliver the rest again.
+            Err(error) => Err(BusError::new(
+                BusErrorKind::StaleReceipt,
+                format!("kafka: commit of partition {partition} failed; its messages may be delivered again"),
+            )
+            .with_source(error)),
+        }
+    }
+
+    /// Takes claims, records them in commit metadata, and dead-letters messages that
+    /// already had every attempt.
+    async fn claim_now(
+        &self,
+        consumer: &TopicConsumer,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let (claims, poison) = self.take(consumer, max, visibility);
+        for r in poison {
+            let reason =
+                format!("delivered {} times; every consumer holding it stopped before settling it", r.attempt - 1);
+            self.send(&self.dead_name(&consumer.topic), &r, r.attempt - 1, 0, Some(&reason)).await?;
+            consumer.state.lock().expect("state lock").settle(r.partition, r.offset);
+            self.commit(consumer, r.partition, true).await?;
+        }
+        let partitions: BTreeSet<i32> =
+            claims.iter().filter_map(|d| d.receipt.split(':').next()?.parse().ok()).collect();
+        for partition in partitions {
+            if let Err(error) = self.commit(consumer, partition, false).await {
+                tracing::warn!(%error, "kafka: could not record a delivery; a crash now would not count it");
+            }
+        }
+        Ok(claims)
     }
 
     async fn existing_consumer(&self, topic: &str) -> Option<Arc<TopicConsumer>> {
@@ -519,29 +652,8 @@ impl KafkaBus {
 
     /// Settles an offset and commits the partition's new low-water mark.
     async fn settle(&self, consumer: &TopicConsumer, r: &Received) -> Result<(), BusError> {
-        let _guard = consumer.commit_lock.lock().await;
-        let Some(target) = consumer.state.lock().expect("state lock").settle(r.partition, r.offset) else {
-            return Ok(());
-        };
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&self.name(&consumer.topic), r.partition, Offset::Offset(target))
-            .map_err(|e| kafka_error("build commit", &self.inner.settings.brokers, e))?;
-        let group_consumer = consumer.consumer.clone();
-        let committed = tokio::task::spawn_blocking(move || group_consumer.commit(&list, CommitMode::Sync))
-            .await
-            .map_err(|e| BusError::new(BusErrorKind::Other, "kafka: commit task failed").with_source(e))?;
-        match committed {
-            Ok(()) => {
-                consumer.state.lock().expect("state lock").committed.insert(r.partition, target);
-                Ok(())
-            }
-            // The partition moved to another consumer: it will deliver the rest again.
-            Err(error) => Err(BusError::new(
-                BusErrorKind::StaleReceipt,
-                format!("kafka: commit of partition {} failed; the message may be delivered again", r.partition),
-            )
-            .with_source(error)),
-        }
+        let moved = consumer.state.lock().expect("state lock").settle(r.partition, r.offset).is_some();
+        if moved { self.commit(consumer, r.partition, true).await } else { Ok(()) }
     }
 
     /// Hands a claimed message back: re-published with the next attempt number, or
@@ -656,12 +768,12 @@ impl Bus for KafkaBus {
             return Ok(Vec::new());
         }
         let consumer = self.consumer(topic).await?;
-        let claims = self.take(&consumer, max, visibility);
+        let claims = self.claim_now(&consumer, max, visibility).await?;
         if !claims.is_empty() {
             return Ok(claims);
         }
         let _ = tokio::time::timeout(self.inner.settings.claim_wait, consumer.arrived.notified()).await;
-        Ok(self.take(&consumer, max, visibility))
+        self.claim_now(&consumer, max, visibility).await
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), BusError> {
@@ -847,6 +959,16 @@ mod tests {
         state.committed.insert(0, 7);
         assert_eq!(state.settle(0, 7), Some(8), "all settled: commit past the last one");
         assert_eq!(state.settle(1, 0), None, "unknown partition");
+    }
+
+    #[test]
+    fn delivery_counts_round_trip_through_commit_metadata() {
+        let counts: HashMap<i64, u32> = [(7, 2), (9, 1), (3, 5)].into_iter().collect();
+        let text = format_delivered(&counts, 5);
+        assert_eq!(text, "vera-delivered:7=2,9=1", "offsets below the commit point are dropped");
+        assert_eq!(parse_delivered(&text), [(7, 2), (9, 1)].into_iter().collect());
+        assert!(parse_delivered("").is_empty());
+        assert!(parse_delivered("someone else's metadata").is_empty());
     }
 
     #[test]

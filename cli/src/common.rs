@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use vera_bus::sqlite::SqliteBus;
+use vera_bus::Bus;
 use vera_protocol::compress::{CompressionMode, CompressionPolicy};
 use vera_protocol::routing::{RoutingEpoch, RoutingTable};
 use vera_source::sqlite::SqliteSource;
@@ -36,6 +36,12 @@ pub struct StoreArgs {
     /// Path-style addressing (needed by MinIO and most non-AWS servers).
     #[arg(long, env = "VERA_S3_PATH_STYLE")]
     pub s3_path_style: bool,
+    /// The message bus. Unset: the embedded SQLite queue in --data-dir. Otherwise
+    /// `amqp://USER:PASS@HOST:5672/%2f` (RabbitMQ), `sqs://REGION[?endpoint=URL]` or
+    /// `kafka://HOST:PORT[,HOST:PORT][?group=NAME]`; each takes `?prefix=` for queue names.
+    /// Pass passwords through the VERA_BUS environment variable, not the command line.
+    #[arg(long, env = "VERA_BUS", hide_env_values = true)]
+    pub bus: Option<String>,
 }
 
 impl StoreArgs {
@@ -94,9 +100,9 @@ impl StoreArgs {
         ShardStore::new(store)
     }
 
-    pub async fn bus(&self, max_attempts: u32) -> anyhow::Result<Arc<SqliteBus>> {
-        std::fs::create_dir_all(&self.data_dir)?;
-        Ok(Arc::new(SqliteBus::open(self.bus_path(), max_attempts).await?))
+    /// The configured bus: `--bus`, or the embedded SQLite queue in `--data-dir`.
+    pub async fn bus(&self, max_attempts: u32) -> anyhow::Result<Arc<dyn Bus>> {
+        crate::bus::open(self.bus.as_deref(), self.bus_path(), max_attempts).await
     }
 }
 

@@ -1,5 +1,6 @@
 //! `vera`: the command line for the embedded deployment. Thin: parse, build, run.
 
+mod bus;
 mod common;
 mod demo;
 mod generate;
@@ -28,6 +29,14 @@ enum Command {
     Worker(run::WorkerCommandArgs),
     /// Create the S3 bucket with Object Lock, or check an existing one (needs `--features s3`).
     SetupBucket(run::SetupBucketArgs),
+    /// Create the bus's queues or topics (pack, events, audit) and their dead-letter
+    /// queues. Safe to run again; workers and producers never create them.
+    SetupBus(run::SetupBusArgs),
+    /// Show queue depths and dead letters of the bus.
+    BusStatus(run::SetupBusArgs),
+    /// Kafka only: move the worker group back to an offset or a time, to process the pack
+    /// topic again (disaster recovery). Stop the workers first.
+    Replay(run::ReplayArgs),
     /// Read one file by uid and created_at (two calls at most: index, then range).
     Get(inspect::GetArgs),
     /// Re-read every segment and check every hash.
@@ -75,6 +84,21 @@ async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Worker(args) => {
             common::init_tracing("info");
             run::worker(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SetupBus(args) => {
+            common::init_tracing("info");
+            run::setup_bus(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BusStatus(args) => {
+            common::init_tracing("warn");
+            run::bus_status(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay(args) => {
+            common::init_tracing("info");
+            run::replay(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::SetupBucket(args) => {

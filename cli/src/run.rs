@@ -111,7 +111,7 @@ pub struct WorkerCommandArgs {
 pub async fn worker(args: WorkerCommandArgs) -> anyhow::Result<()> {
     let source = args.source.open(None).await?;
     let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
-    let bus = args.store.bus(args.worker.max_attempts).await?;
+    let bus: Arc<dyn Bus> = args.store.bus(args.worker.max_attempts).await?;
     let shutdown = ctrl_c_token();
     if let Some(listen) = args.metrics_listen {
         metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -120,7 +120,7 @@ pub async fn worker(args: WorkerCommandArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on {listen}: {e}"))?;
         vera_worker::metrics::describe();
         tokio::spawn(vera_worker::metrics::report_queue_depth(
-            Arc::clone(&bus) as Arc<dyn Bus>,
+            Arc::clone(&bus),
             vec![topics::PACK, topics::EVENTS, topics::AUDIT],
             Duration::from_secs(5),
             shutdown.clone(),
@@ -145,15 +145,9 @@ pub async fn worker(args: WorkerCommandArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let stats = vera_worker::run_worker(
-        &args.id,
-        bus as Arc<dyn Bus>,
-        source,
-        args.store.shards(store),
-        args.worker.settings()?,
-        shutdown,
-    )
-    .await;
+    let stats =
+        vera_worker::run_worker(&args.id, bus, source, args.store.shards(store), args.worker.settings()?, shutdown)
+            .await;
     println!("{}", serde_json::to_string(&stats)?);
     Ok(())
 }
@@ -193,4 +187,85 @@ pub async fn setup_bucket(args: SetupBucketArgs) -> anyhow::Result<()> {
 #[cfg(not(feature = "s3"))]
 pub async fn setup_bucket(_args: SetupBucketArgs) -> anyhow::Result<()> {
     anyhow::bail!("this vera was built without S3 support; rebuild with `cargo build -p vera --features s3`")
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SetupBusArgs {
+    /// Deliveries before a message is dead-lettered. On SQS and RabbitMQ this is set on
+    /// the queue itself, so workers must use the same value.
+    #[arg(long, env = "VERA_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+const ALL_TOPICS: [&str; 3] = [topics::PACK, topics::EVENTS, topics::AUDIT];
+
+pub async fn setup_bus(args: SetupBusArgs) -> anyhow::Result<()> {
+    let bus = args.store.bus(args.max_attempts).await?;
+    bus.ensure_topics(&ALL_TOPICS).await?;
+    println!("bus ready: topics {} with dead-letter queues, max_attempts {}", ALL_TOPICS.join(", "), args.max_attempts);
+    Ok(())
+}
+
+pub async fn bus_status(args: SetupBusArgs) -> anyhow::Result<()> {
+    let bus = args.store.bus(args.max_attempts).await?;
+    let mut report = serde_json::Map::new();
+    for topic in ALL_TOPICS {
+        let depth = bus.depth(topic).await?;
+        let dead: Vec<serde_json::Value> = bus
+            .dead_letters(topic, 20)
+            .await?
+            .into_iter()
+            .map(|d| serde_json::json!({"message_id": d.message_id, "attempts": d.attempts, "reason": d.reason}))
+            .collect();
+        report.insert(topic.to_owned(), serde_json::json!({"depth": depth, "dead_letters": dead}));
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Topic whose consumer group is rewound.
+    #[arg(long, default_value = topics::PACK)]
+    pub topic: String,
+    /// Offset to restart every partition from (0: the beginning).
+    #[arg(long, conflicts_with = "from_time", required_unless_present = "from_time")]
+    pub from_offset: Option<i64>,
+    /// Restart from the first message at or after this time (RFC 3339, e.g. 2026-11-25T00:00:00Z).
+    #[arg(long)]
+    pub from_time: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[cfg(feature = "kafka")]
+pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use vera_bus_kafka::{KafkaBus, ReplayFrom};
+    let url = args.store.bus.as_deref().unwrap_or("");
+    let crate::bus::BusUrl::Kafka { brokers, params } = crate::bus::BusUrl::parse(url)
+        .map_err(|_| anyhow::anyhow!("replay needs a Kafka bus: --bus kafka://HOST:PORT"))?
+    else {
+        anyhow::bail!("replay needs a Kafka bus (--bus kafka://HOST:PORT); other buses delete acknowledged messages");
+    };
+    let from = match (args.from_offset, &args.from_time) {
+        (Some(offset), _) if offset >= 0 => ReplayFrom::Offset(offset),
+        (Some(offset), _) => anyhow::bail!("--from-offset {offset}: offsets start at 0"),
+        (None, Some(time)) => {
+            let parsed = time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| anyhow::anyhow!("--from-time {time}: not an RFC 3339 time ({e})"))?;
+            ReplayFrom::TimeMillis(i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000)?)
+        }
+        (None, None) => anyhow::bail!("give --from-offset or --from-time"),
+    };
+    let bus = KafkaBus::connect(crate::bus::kafka_settings(brokers, &params, 5)?).await?;
+    let offsets = bus.replay(&args.topic, from).await?;
+    println!("{}", serde_json::json!({"topic": args.topic, "partitions": offsets}));
+    Ok(())
+}
+
+#[cfg(not(feature = "kafka"))]
+pub async fn replay(_args: ReplayArgs) -> anyhow::Result<()> {
+    anyhow::bail!("this vera was built without Kafka support; rebuild with `cargo build -p vera --features kafka`")
 }

@@ -3,7 +3,9 @@
 //! `--features s3` (the test command enables all features).
 #![cfg(feature = "s3")]
 
-use std::path::Path;
+mod support;
+use support::first_row;
+
 use std::process::{Command, Stdio};
 
 fn vera(args: &[&str]) -> std::process::Output {
@@ -74,17 +76,4 @@ fn producer_and_two_workers_pack_into_s3_and_everything_verifies() {
     let output = vera(&get);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(output.stdout, payload);
-}
-
-fn first_row(path: &Path) -> (String, String, Vec<u8>) {
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        use sqlx::{ConnectOptions, Row};
-        let mut connection =
-            sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true).connect().await.unwrap();
-        let row = sqlx::query("SELECT uid, created_at, payload FROM files ORDER BY id LIMIT 1")
-            .fetch_one(&mut connection)
-            .await
-            .unwrap();
-        (row.get("uid"), row.get("created_at"), row.get("payload"))
-    })
 }

@@ -36,6 +36,9 @@ pub struct WorkerStats {
     pub bytes_stored: u64,
     pub dead_lettered: u64,
     pub retried: u64,
+    /// Tasks this worker received on a second or later delivery (a previous holder
+    /// failed, died, or let its visibility timeout pass).
+    pub redelivered: u64,
     /// When the last segment was sealed, for throughput figures.
     #[serde(skip)]
     pub last_sealed_at: Option<Instant>,
@@ -112,6 +115,10 @@ async fn handle(
     };
     let span = tracing::info_span!("pack_task", task = %task.task_id, attempt = delivery.attempt);
     let _entered = span.enter();
+    if delivery.attempt > 1 {
+        stats.redelivered += 1;
+    }
+    tracing::info!(rows = task.slot.rows, "task claimed");
     let heartbeat = spawn_heartbeat(Arc::clone(bus_handle), delivery.clone(), settings.visibility_timeout());
     let started = Instant::now();
     let result = pack_task(&task, source, shards, settings).await;
