@@ -13,6 +13,11 @@
 //!   `endpoint` and `force_path_style` serve MinIO and friends. The SDK retries 5xx,
 //!   SlowDown and timeouts with exponential backoff and jitter (standard retry mode).
 //!
+//! * Large bodies (`put_source` above `multipart_threshold`) stream as a multipart upload,
+//!   one part in memory at a time; the lock, legal hold and metadata go on
+//!   `CreateMultipartUpload`, create-if-absent goes on `CompleteMultipartUpload`
+//!   (`If-None-Match: *`), and a failed upload is aborted so no parts linger.
+//!
 //! `ensure_bucket` is the setup step: it creates a bucket with Object Lock and a default
 //! retention, and refuses a bucket without Object Lock unless explicitly allowed.
 
@@ -30,6 +35,7 @@ use aws_sdk_s3::types::{
 use aws_smithy_types::DateTime;
 use bytes::Bytes;
 use vera_protocol::Timestamp;
+use vera_store::upload::UploadSource;
 use vera_store::{
     GetOutcome, LockMode, ObjectMeta, ObjectStore, PutMode, PutOptions, PutOutcome, Retention, StoreError,
     StoreErrorKind, validate_key,
@@ -45,7 +51,14 @@ pub struct S3Settings {
     pub endpoint: Option<String>,
     pub force_path_style: bool,
     pub max_attempts: u32,
+    /// `put_source` bodies at least this long go up as multipart uploads.
+    pub multipart_threshold: u64,
+    /// Part size of multipart uploads (S3: at least 5 MiB, except the last part).
+    pub part_size: u64,
 }
+
+/// S3's smallest allowed part (except the last).
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 
 impl S3Settings {
     pub fn new(bucket: impl Into<String>) -> Self {
@@ -55,6 +68,8 @@ impl S3Settings {
             endpoint: None,
             force_path_style: false,
             max_attempts: 5,
+            multipart_threshold: 32 * 1024 * 1024,
+            part_size: 16 * 1024 * 1024,
         }
     }
 }
@@ -63,6 +78,8 @@ impl S3Settings {
 pub struct S3Store {
     client: Client,
     bucket: String,
+    multipart_threshold: u64,
+    part_size: u64,
 }
 
 impl S3Store {
@@ -83,7 +100,12 @@ impl S3Store {
         if let Some(endpoint) = &settings.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
-        S3Store { client: Client::from_conf(builder.build()), bucket: settings.bucket.clone() }
+        S3Store {
+            client: Client::from_conf(builder.build()),
+            bucket: settings.bucket.clone(),
+            multipart_threshold: settings.multipart_threshold.max(MIN_PART_SIZE),
+            part_size: settings.part_size.max(MIN_PART_SIZE),
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -92,6 +114,128 @@ impl S3Store {
 
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// Streams `body` as a multipart upload; see the module docs.
+    async fn put_multipart(
+        &self,
+        key: &str,
+        body: std::sync::Arc<dyn UploadSource>,
+        options: PutOptions,
+    ) -> Result<PutOutcome, StoreError> {
+        let op = match &options.mode {
+            PutMode::Create => Op::Create,
+            PutMode::Update { .. } => Op::Update,
+            PutMode::Overwrite => Op::Write,
+        };
+        if op != Op::Create {
+            self.refuse_if_locked(key).await?;
+        }
+        let mut create = self.client.create_multipart_upload().bucket(&self.bucket).key(key);
+        if let Some(retention) = options.retention {
+            create = create
+                .object_lock_mode(object_lock_mode(retention.mode))
+                .object_lock_retain_until_date(to_datetime(retention.retain_until));
+        }
+        if options.legal_hold {
+            create = create.object_lock_legal_hold_status(ObjectLockLegalHoldStatus::On);
+        }
+        for (name, value) in &options.metadata {
+            create = create.metadata(name, value);
+        }
+        let upload = create.send().await.map_err(|e| map_error(key, e, Op::Write))?;
+        let upload_id = upload.upload_id().unwrap_or_default().to_owned();
+        let result = self.upload_parts_and_complete(key, &upload_id, body, &options.mode, op).await;
+        if let Ok(outcome) = &result {
+            // Some servers (moto) ignore the lock on CreateMultipartUpload: read it back
+            // and set what is missing, so the object is never left unprotected.
+            let head = self.head(key).await?;
+            if let Some(retention) = options.retention
+                && head.retention.is_none_or(|r| r.retain_until < retention.retain_until)
+            {
+                tracing::warn!(key, "the server did not apply the upload's Object Lock; setting it now");
+                self.set_retention(key, retention).await?;
+            }
+            if options.legal_hold && !head.legal_hold {
+                self.set_legal_hold(key, true).await?;
+            }
+            return Ok(outcome.clone());
+        }
+        if result.is_err() {
+            // Leave no billable parts behind.
+            let abort =
+                self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(&upload_id).send().await;
+            if let Err(error) = abort {
+                tracing::warn!(key, upload_id, error = %error, "could not abort a failed multipart upload");
+            }
+        }
+        result
+    }
+
+    async fn upload_parts_and_complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        body: std::sync::Arc<dyn UploadSource>,
+        mode: &PutMode,
+        op: Op,
+    ) -> Result<PutOutcome, StoreError> {
+        let len = body.len();
+        let mut parts = Vec::new();
+        let mut offset = 0;
+        let mut number = 1;
+        while offset < len {
+            let size = self.part_size.min(len - offset);
+            let source = body.clone();
+            let chunk = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+                let mut buf = vec![0; usize::try_from(size).map_err(std::io::Error::other)?];
+                source.read_exact_at(offset, &mut buf)?;
+                Ok(Bytes::from(buf))
+            })
+            .await
+            .map_err(|e| StoreError::new(StoreErrorKind::Other, key, format!("reading part {number} failed: {e}")))?
+            .map_err(|e| {
+                StoreError::new(StoreErrorKind::Other, key, format!("reading part {number} failed")).with_source(e)
+            })?;
+            let part = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(chunk))
+                .send()
+                .await
+                .map_err(|e| map_error(key, e, Op::Write))?;
+            parts.push(
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_owned))
+                    .set_checksum_crc32(part.checksum_crc32().map(str::to_owned))
+                    .set_checksum_crc32_c(part.checksum_crc32_c().map(str::to_owned))
+                    .build(),
+            );
+            offset += size;
+            number += 1;
+        }
+        let mut complete = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+        match mode {
+            PutMode::Create => complete = complete.if_none_match("*"),
+            PutMode::Update { etag } => complete = complete.if_match(etag),
+            PutMode::Overwrite => {}
+        }
+        let output = complete.send().await.map_err(|e| map_error(key, e, op))?;
+        Ok(PutOutcome {
+            etag: output.e_tag().unwrap_or_default().to_owned(),
+            version_id: output.version_id().map(str::to_owned),
+        })
     }
 
     async fn refuse_if_locked(&self, key: &str) -> Result<(), StoreError> {
@@ -345,6 +489,23 @@ impl ObjectStore for S3Store {
             etag: output.e_tag().unwrap_or_default().to_owned(),
             version_id: output.version_id().map(str::to_owned),
         })
+    }
+
+    async fn put_source(
+        &self,
+        key: &str,
+        body: std::sync::Arc<dyn UploadSource>,
+        options: PutOptions,
+    ) -> Result<PutOutcome, StoreError> {
+        validate_key(key)?;
+        if body.len() < self.multipart_threshold {
+            let bytes = tokio::task::spawn_blocking(move || body.to_bytes())
+                .await
+                .map_err(|e| StoreError::new(StoreErrorKind::Other, key, format!("reading the body failed: {e}")))?
+                .map_err(|e| StoreError::new(StoreErrorKind::Other, key, "reading the body failed").with_source(e))?;
+            return self.put(key, bytes, options).await;
+        }
+        self.put_multipart(key, body, options).await
     }
 
     async fn get(&self, key: &str) -> Result<GetOutcome, StoreError> {

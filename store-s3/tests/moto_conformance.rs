@@ -22,7 +22,14 @@ fn s3(bucket: &str) -> S3Store {
         .region(Region::new("us-east-1"))
         .credentials_provider(SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "moto")))
         .build();
-    let settings = S3Settings { endpoint: Some(endpoint()), force_path_style: true, ..S3Settings::new(bucket) };
+    // Smallest parts S3 allows, so the conformance suite's streamed upload takes three.
+    let settings = S3Settings {
+        endpoint: Some(endpoint()),
+        force_path_style: true,
+        multipart_threshold: vera_store_s3::MIN_PART_SIZE,
+        part_size: vera_store_s3::MIN_PART_SIZE,
+        ..S3Settings::new(bucket)
+    };
     S3Store::from_sdk_config(&shared, &settings)
 }
 

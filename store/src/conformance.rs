@@ -43,6 +43,32 @@ pub async fn run_all(store: &dyn ObjectStore, time: &impl TimeControl) {
     retention_and_legal_hold(store, &prefix, time).await;
     bad_keys(store).await;
     concurrent_creates_have_one_winner(store, &prefix).await;
+    streamed_uploads_behave_like_puts(store, &prefix, time).await;
+}
+
+/// `put_source` with a body of `STREAMED_BYTES` (several multipart parts on a backend
+/// configured with 5 MiB parts).
+pub const STREAMED_BYTES: usize = 11 * 1024 * 1024 + 17;
+
+pub async fn streamed_uploads_behave_like_puts(store: &dyn ObjectStore, prefix: &str, time: &impl TimeControl) {
+    use std::sync::Arc;
+    let key = format!("{prefix}/streamed/segment.vera");
+    let body: Vec<u8> = (0..STREAMED_BYTES).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let body = Bytes::from(body);
+    let retention = Retention { mode: LockMode::Compliance, retain_until: later(time.now(), time.retention_unit()) };
+    let options = PutOptions::create().with_retention(retention).with_metadata("vera-object-blake3", "abc");
+    store.put_source(&key, Arc::new(body.clone()), options.clone()).await.expect("streamed create");
+    let got = store.get(&key).await.expect("get streamed object");
+    assert!(got.body == body, "streamed body round-trips ({} bytes read)", got.body.len());
+    assert_eq!(got.meta.metadata.get("vera-object-blake3").map(String::as_str), Some("abc"));
+    assert_eq!(got.meta.retention.map(|r| r.mode), Some(LockMode::Compliance), "lock set on the streamed object");
+    expect_kind(
+        store.put_source(&key, Arc::new(Bytes::from(vec![7u8; STREAMED_BYTES])), options).await,
+        StoreErrorKind::AlreadyExists,
+        "a second streamed create of the same key",
+    );
+    expect_kind(store.delete(&key).await, StoreErrorKind::Locked, "delete of a locked streamed object");
+    assert!(store.get(&key).await.expect("still there").body == body);
 }
 
 pub async fn create_if_absent(store: &dyn ObjectStore, prefix: &str) {

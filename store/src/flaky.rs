@@ -50,6 +50,22 @@ impl<S: ObjectStore> ObjectStore for FlakyStore<S> {
         Ok(outcome)
     }
 
+    async fn put_source(
+        &self,
+        key: &str,
+        body: std::sync::Arc<dyn crate::upload::UploadSource>,
+        options: PutOptions,
+    ) -> Result<PutOutcome, StoreError> {
+        if self.roll() {
+            return Err(Self::fault(key, "upload failed before reaching the store"));
+        }
+        let outcome = self.inner.put_source(key, body, options).await?;
+        if self.roll() {
+            return Err(Self::fault(key, "upload applied but the reply was lost"));
+        }
+        Ok(outcome)
+    }
+
     async fn get(&self, key: &str) -> Result<GetOutcome, StoreError> {
         if self.roll() {
             return Err(Self::fault(key, "get"));

@@ -20,6 +20,7 @@ pub mod flaky;
 pub mod local;
 pub mod shards;
 pub mod types;
+pub mod upload;
 
 use std::ops::Range;
 
@@ -36,6 +37,25 @@ pub use types::{GetOutcome, LockMode, ObjectMeta, PutMode, PutOptions, PutOutcom
 pub trait ObjectStore: Send + Sync + 'static {
     /// Writes a whole object. `options.mode` decides what may already be there.
     async fn put(&self, key: &str, body: Bytes, options: PutOptions) -> Result<PutOutcome, StoreError>;
+
+    /// Writes a whole object from a body that may be too large to hold in memory, with
+    /// the same semantics as [`ObjectStore::put`]. S3 streams it as a multipart upload
+    /// whose completion carries the create-if-absent condition; the default reads the
+    /// body into memory and calls `put`.
+    async fn put_source(
+        &self,
+        key: &str,
+        body: std::sync::Arc<dyn upload::UploadSource>,
+        options: PutOptions,
+    ) -> Result<PutOutcome, StoreError> {
+        let bytes = tokio::task::spawn_blocking(move || body.to_bytes())
+            .await
+            .map_err(|e| StoreError::new(StoreErrorKind::Other, key, format!("reading the upload body failed: {e}")))?
+            .map_err(|e| {
+                StoreError::new(StoreErrorKind::Other, key, "reading the upload body failed").with_source(e)
+            })?;
+        self.put(key, bytes, options).await
+    }
 
     /// Reads a whole object with its metadata.
     async fn get(&self, key: &str) -> Result<GetOutcome, StoreError>;

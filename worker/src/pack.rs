@@ -31,6 +31,7 @@ use vera_protocol::routing::ShardAddr;
 use vera_protocol::shard::{FileInput, HEADER_LEN, Header, PreparedFile, SegmentSettings, SegmentWriter, WriteError};
 use vera_source::{Source, SourceError};
 use vera_store::shards::{ShardError, ShardStore};
+use vera_store::upload::{FileSource, UploadSource};
 use vera_store::{ObjectStore, PutOptions, Retention, StoreError, StoreErrorKind};
 
 use crate::rows::{RejectReason, Rejection, ValidRow, validate_row};
@@ -325,18 +326,26 @@ async fn seal_address(
     let our_files: HashMap<String, Hash> = writer.pending_files().map(|(uid, hash)| (uid.to_owned(), *hash)).collect();
     let mut generation = existing.last().map_or(0, |(generation, _)| generation + 1);
     writer.set_generation(generation);
-    // The sealed segment is held in memory for the PUT (one segment per concurrent put).
-    let (sealed, sealed_bytes) = tokio::task::spawn_blocking(move || -> Result<_, PackError> {
-        let mut bytes = Vec::with_capacity(usize::try_from(writer.spilled_bytes()).unwrap_or(0) + 64 * 1024);
-        let sealed = writer.finish(&mut bytes)?;
-        Ok((sealed, bytes))
+    // The sealed segment goes to an unnamed temp file and streams from there (a multipart
+    // upload on S3), so a worker holds one upload part in memory, not a whole segment.
+    let spill_dir = settings.spill_dir.clone();
+    let (sealed, file) = tokio::task::spawn_blocking(move || -> Result<_, PackError> {
+        let mut file = match &spill_dir {
+            Some(dir) => tempfile::tempfile_in(dir)?,
+            None => tempfile::tempfile()?,
+        };
+        let mut sink = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+        let sealed = writer.finish(&mut sink)?;
+        std::io::Write::flush(&mut sink)?;
+        drop(sink);
+        file.sync_data()?;
+        Ok((sealed, file))
     })
     .await
     .map_err(|e| PackError::Join(e.to_string()))??;
     let retention = settings.retention.as_ref().map(|policy| policy.retention_for(&addr));
-    // Bytes is reference-counted: each PUT attempt shares the buffer instead of copying
-    // a segment of tens of MB. Only the rare generation conflict rebuilds it.
-    let mut bytes = Bytes::from(sealed_bytes);
+    let body = Arc::new(FileSource::new(file)?);
+    let object_bytes = body.len();
     let mut object_hash = sealed.object_hash;
     for _ in 0..MAX_GENERATION_ATTEMPTS {
         let key = addr.segment_key(generation);
@@ -344,9 +353,9 @@ async fn seal_address(
             .with_metadata(META_OBJECT_HASH, vera_protocol::hex::encode(&object_hash))
             .with_metadata(META_TASK, task.task_id.clone());
         options.retention = retention;
-        match shards.store().put(&key, bytes.clone(), options).await {
+        match shards.store().put_source(&key, body.clone(), options).await {
             Ok(outcome) => {
-                tracing::info!(key = %key, files = sealed.files, bytes = bytes.len(), "segment sealed");
+                tracing::info!(key = %key, files = sealed.files, bytes = object_bytes, "segment sealed");
                 segments.push(SealedInfo {
                     addr,
                     generation,
@@ -356,7 +365,7 @@ async fn seal_address(
                     merkle_root: sealed.footer.merkle_root,
                     files: sealed.files,
                     raw_bytes: sealed.raw_bytes,
-                    object_bytes: bytes.len() as u64,
+                    object_bytes,
                     retain_until: retention.map(|r: Retention| r.retain_until),
                     written_now: true,
                 });
@@ -382,10 +391,15 @@ async fn seal_address(
                     return Err(PackError::Conflict { prefix: addr.key_prefix() });
                 }
                 generation += 1;
-                let mut patched = bytes.to_vec();
-                patched[..HEADER_LEN].copy_from_slice(&Header { addr, generation }.encode());
-                bytes = Bytes::from(patched);
-                object_hash = *blake3::hash(&bytes).as_bytes();
+                // Only the header names the generation: patch it in place and rehash.
+                let header = Header { addr, generation }.encode();
+                let patched = body.clone();
+                object_hash = tokio::task::spawn_blocking(move || -> std::io::Result<[u8; 32]> {
+                    std::os::unix::fs::FileExt::write_all_at(patched.file(), &header[..HEADER_LEN], 0)?;
+                    Ok(*patched.blake3()?.as_bytes())
+                })
+                .await
+                .map_err(|e| PackError::Join(e.to_string()))??;
             }
             Err(error) => return Err(error.into()),
         }

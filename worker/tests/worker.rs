@@ -233,3 +233,81 @@ async fn poison_messages_are_dead_lettered_and_good_ones_acked_with_events() {
         assert!(store.head(&sealed.key).await.is_ok(), "event names a segment that exists");
     }
 }
+
+/// A store whose listings are empty: a worker using it believes every shard address is
+/// fresh, as it would when another worker sealed generation 0 a moment after it looked.
+struct BlindLister(LocalStore);
+
+#[async_trait::async_trait]
+impl ObjectStore for BlindLister {
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        options: vera_store::PutOptions,
+    ) -> Result<vera_store::PutOutcome, vera_store::StoreError> {
+        self.0.put(key, body, options).await
+    }
+    async fn get(&self, key: &str) -> Result<vera_store::GetOutcome, vera_store::StoreError> {
+        self.0.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes, vera_store::StoreError> {
+        self.0.get_range(key, range).await
+    }
+    async fn get_suffix(&self, key: &str, len: u64) -> Result<(Bytes, u64), vera_store::StoreError> {
+        self.0.get_suffix(key, len).await
+    }
+    async fn head(&self, key: &str) -> Result<vera_store::ObjectMeta, vera_store::StoreError> {
+        self.0.head(key).await
+    }
+    async fn list(&self, _prefix: &str) -> Result<Vec<vera_store::ObjectMeta>, vera_store::StoreError> {
+        Ok(Vec::new())
+    }
+    async fn delete(&self, key: &str) -> Result<(), vera_store::StoreError> {
+        self.0.delete(key).await
+    }
+    async fn set_retention(&self, key: &str, retention: vera_store::Retention) -> Result<(), vera_store::StoreError> {
+        self.0.set_retention(key, retention).await
+    }
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), vera_store::StoreError> {
+        self.0.set_legal_hold(key, on).await
+    }
+}
+
+#[tokio::test]
+async fn a_generation_taken_meanwhile_moves_the_segment_to_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = source(dir.path()).await;
+    let store = LocalStore::open(dir.path().join("store")).unwrap();
+    let half = |after: i64, up_to: i64| PackTask {
+        task_id: format!("demo:{after}-{up_to}"),
+        source: "demo".into(),
+        slot: Slot { after, up_to, rows: (up_to - after) as u64, bytes: 0 },
+        routing: routing(),
+    };
+    let first = pack_task(&half(0, 300), source.as_ref(), &ShardStore::new(Arc::new(store.clone())), &settings())
+        .await
+        .unwrap();
+    assert!(first.segments.iter().all(|s| s.generation == 0));
+    let blind = ShardStore::new(Arc::new(BlindLister(store.clone())));
+    let second = pack_task(&half(300, ROWS), source.as_ref(), &blind, &settings()).await.unwrap();
+    assert_eq!(second.packed_files, 300);
+    let shared: Vec<_> = second.segments.iter().filter(|s| first.segments.iter().any(|f| f.addr == s.addr)).collect();
+    assert!(!shared.is_empty(), "the halves share shard addresses");
+    for segment in &shared {
+        assert_eq!(segment.generation, 1, "{} lost generation 0 and took 1", segment.key);
+        let bytes = store.get(&segment.key).await.unwrap().body;
+        assert_eq!(*blake3::hash(&bytes).as_bytes(), segment.object_hash, "the reported hash is the patched object's");
+        let report = vera_protocol::shard::verify_segment(
+            &mut std::io::Cursor::new(&bytes[..]),
+            bytes.len() as u64,
+            &vera_protocol::shard::ReadLimits::default(),
+        )
+        .expect("the patched segment verifies");
+        assert_eq!((report.files, report.header.generation), (segment.files, 1));
+    }
+    let (uids, _) = inventory(&store).await;
+    assert_eq!(uids.len(), ROWS as usize);
+    assert!(uids.values().all(|&n| n == 1));
+    assert_every_row_reads_back(&store).await;
+}
