@@ -1,4 +1,4 @@
-//! The SQS bus against the moto server (`VERA_MOTO_ENDPOINT`, default
+//! The SQS bus against the moto server (`VERA_TEST_SQS_ENDPOINT`, default
 //! `http://127.0.0.1:5055`; `scripts/services` starts it).
 
 use std::time::Duration;
@@ -10,7 +10,7 @@ use vera_bus::{Bus, BusErrorKind, Outgoing, conformance};
 use vera_bus_sqs::{SqsBus, SqsSettings};
 
 fn endpoint() -> String {
-    std::env::var("VERA_MOTO_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5055".to_owned())
+    std::env::var("VERA_TEST_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5055".to_owned())
 }
 
 fn sdk_config() -> aws_config::SdkConfig {

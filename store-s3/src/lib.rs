@@ -367,6 +367,9 @@ where
             let code = service.err().code().unwrap_or_default();
             let kind = match (status, code, op) {
                 // If-Match on a missing key: the object to update is not there.
+                // A missing bucket is a deployment error, never "no such object": reads
+                // would otherwise report files as absent.
+                (_, "NoSuchBucket", _) => StoreErrorKind::Config,
                 (404, _, Op::Update) => StoreErrorKind::Precondition,
                 (_, "NoSuchKey" | "NotFound" | "NoSuchBucket", _) | (404, _, _) => StoreErrorKind::NotFound,
                 (412, _, Op::Create) => StoreErrorKind::AlreadyExists,
@@ -378,11 +381,17 @@ where
                 (500..=599, _, _) | (_, "SlowDown" | "RequestTimeout", _) => StoreErrorKind::Transient,
                 _ => StoreErrorKind::Other,
             };
-            (kind, format!("s3 answered {status} {code}"))
+            let hint = match (kind, code) {
+                (StoreErrorKind::Config, "NoSuchBucket") => ": the bucket does not exist; run `vera setup-bucket`",
+                (StoreErrorKind::Config, _) => ": check the credentials and the bucket policy",
+                _ => "",
+            };
+            (kind, format!("s3 answered {status} {code}{hint}"))
         }
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            (StoreErrorKind::Transient, "s3 request did not complete".to_owned())
-        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => (
+            StoreErrorKind::Transient,
+            "s3 request did not complete: is the endpoint (--s3-endpoint) running and reachable?".to_owned(),
+        ),
         _ => (StoreErrorKind::Other, "s3 request failed".to_owned()),
     };
     StoreError::new(kind, key, message).with_source(error)

@@ -107,3 +107,31 @@ async fn locked_objects_refuse_deletion_and_shortening_even_where_moto_would_all
     let head = store.head(key).await.unwrap();
     assert_eq!(head.retention.map(|r| r.mode), Some(LockMode::Compliance));
 }
+
+#[tokio::test]
+async fn a_missing_bucket_and_an_unreachable_endpoint_say_what_to_fix() {
+    let store = s3(&bucket_name("never-created"));
+    let error = store.list("e1/").await.expect_err("no such bucket");
+    assert_eq!(error.kind, StoreErrorKind::Config, "a missing bucket is not an empty one: {error:?}");
+    assert!(error.to_string().contains("vera setup-bucket"), "{error}");
+    let error = store.put("k", Bytes::from_static(b"x"), PutOptions::create()).await.expect_err("no bucket");
+    assert_eq!(error.kind, StoreErrorKind::Config, "{error:?}");
+
+    let shared = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "moto")))
+        .build();
+    let unreachable = S3Store::from_sdk_config(
+        &shared,
+        &S3Settings {
+            endpoint: Some("http://127.0.0.1:1".into()),
+            force_path_style: true,
+            max_attempts: 1,
+            ..S3Settings::new("any")
+        },
+    );
+    let error = unreachable.head("k").await.expect_err("nothing listens on port 1");
+    assert_eq!(error.kind, StoreErrorKind::Transient);
+    assert!(error.to_string().contains("reachable"), "{error}");
+}
