@@ -371,7 +371,7 @@ where
                 // would otherwise report files as absent.
                 (_, "NoSuchBucket", _) => StoreErrorKind::Config,
                 (404, _, Op::Update) => StoreErrorKind::Precondition,
-                (_, "NoSuchKey" | "NotFound" | "NoSuchBucket", _) | (404, _, _) => StoreErrorKind::NotFound,
+                (_, "NoSuchKey" | "NotFound", _) | (404, _, _) => StoreErrorKind::NotFound,
                 (412, _, Op::Create) => StoreErrorKind::AlreadyExists,
                 (412, _, _) => StoreErrorKind::Precondition,
                 (409, _, Op::Create | Op::Update) => StoreErrorKind::Transient,
