@@ -236,6 +236,16 @@ fn pipeline(bus: String, kind: SourceKind, broker_counts_crashed_deliveries: boo
     }
     assert!(stats.iter().all(|s| s["dead_lettered"] == 0), "{stats:?}");
 
+    // The depth figures workers export for autoscaling, read the same way: all drained.
+    let status: serde_json::Value =
+        serde_json::from_str(&run(&[strings(&["bus-status"]), common.clone()].concat(), "bus-status")).unwrap();
+    assert_eq!(status["pack"]["depth"]["visible"], 0, "{status}");
+    assert_eq!(status["pack"]["depth"]["dead"], 0, "{status}");
+    assert!(
+        status["events"]["depth"]["visible"].as_u64().unwrap() > 0,
+        "ShardSealed events wait for their consumer: {status}"
+    );
+
     common.truncate(4); // --data-dir, --s3-bucket: verify and get need no bus
     let report: serde_json::Value =
         serde_json::from_str(&run(&[strings(&["verify", "--json"]), common.clone()].concat(), "verify")).unwrap();
