@@ -82,7 +82,7 @@ async fn a_bucket_without_object_lock_is_refused_unless_allowed() {
 }
 
 #[tokio::test]
-async fn locked_objects_refuse_deletion_and_shortening_even_where_moto_would_allow_it() {
+async fn locked_objects_refuse_deletion_overwrite_and_shortening_even_where_moto_would_allow_it() {
     let bucket = bucket_name("lock");
     let store = s3(&bucket);
     ensure_bucket(&store, SETUP).await.unwrap();
@@ -106,6 +106,41 @@ async fn locked_objects_refuse_deletion_and_shortening_even_where_moto_would_all
     assert_eq!(&store.get(key).await.unwrap().body[..], b"segment");
     let head = store.head(key).await.unwrap();
     assert_eq!(head.retention.map(|r| r.mode), Some(LockMode::Compliance));
+
+    // The server itself, asked directly without VERA's own checks:
+    let version = outcome.version_id.clone().unwrap();
+    let client = store.client();
+    let refused = client.delete_object().bucket(&bucket).key(key).version_id(&version).send().await;
+    assert!(refused.is_err(), "the server refuses to delete a locked version");
+    let overwrite = client
+        .put_object()
+        .bucket(&bucket)
+        .key(key)
+        .if_none_match("*")
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(b"forged"))
+        .send()
+        .await;
+    assert!(overwrite.is_err(), "the server refuses a create over an existing segment");
+    // An unconditional PUT only adds a version on top; the locked bytes stay readable.
+    client
+        .put_object()
+        .bucket(&bucket)
+        .key(key)
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(b"forged"))
+        .send()
+        .await
+        .unwrap();
+    let original = client.get_object().bucket(&bucket).key(key).version_id(&version).send().await.unwrap();
+    assert_eq!(&original.body.collect().await.unwrap().into_bytes()[..], b"segment", "the locked version is intact");
+    // And VERA refuses both on its own, whatever the server would do.
+    assert_eq!(
+        store.put(key, Bytes::from_static(b"x"), PutOptions::create()).await.unwrap_err().kind,
+        StoreErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        store.put(key, Bytes::from_static(b"x"), PutOptions::overwrite()).await.unwrap_err().kind,
+        StoreErrorKind::Locked
+    );
 }
 
 #[tokio::test]
