@@ -676,6 +676,7 @@ impl KafkaBus {
         validate_topic(topic)?;
         let name = self.name(topic);
         let partitions = self.partitions(&name).await?;
+        let settings = self.inner.settings.clone();
         let offsets = self
             .blocking(&format!("reset offsets of {name}"), move |inner| {
                 let mut list = TopicPartitionList::new();
@@ -693,11 +694,14 @@ impl KafkaBus {
                 let mut commit = TopicPartitionList::new();
                 for element in list.elements() {
                     let (low, high) = inner.meta.fetch_watermarks(&name, element.partition(), METADATA_TIMEOUT)?;
-                    let offset = match element.offset() {
+                    let mut offset = match element.offset() {
                         Offset::Offset(o) => o.clamp(low, high),
                         // No message at or after the time: start at the end.
                         _ => high,
                     };
+                    if let ReplayFrom::TimeMillis(target) = from {
+                        offset = first_at_or_after(&settings, &name, element.partition(), offset, target)?;
+                    }
                     commit.add_partition_offset(&name, element.partition(), Offset::Offset(offset))?;
                     resolved.push((element.partition(), offset));
                 }
@@ -707,6 +711,39 @@ impl KafkaBus {
             .await?;
         Ok(offsets)
     }
+}
+
+/// The first offset from `start` whose message is stamped at or after `target` (ms), or
+/// the end of the partition. Brokers answer `offsets_for_times` with the right offset
+/// (then this reads one message to confirm it); some (tansu) answer the earliest, and the
+/// scan forward corrects that.
+fn first_at_or_after(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    start: i64,
+    target: i64,
+) -> Result<i64, KafkaError> {
+    let reader: BaseConsumer = settings
+        .client_config()
+        .set("group.id", format!("{}-replay-{:08x}", settings.group, rand::random::<u32>()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let (_, high) = reader.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(start))?;
+    reader.assign(&list)?;
+    let mut offset = start;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while offset < high && std::time::Instant::now() < deadline {
+        let Some(result) = reader.poll(Duration::from_millis(200)) else { continue };
+        let message = result?;
+        match message.timestamp().to_millis() {
+            Some(stamp) if stamp < target => offset = message.offset() + 1,
+            _ => return Ok(message.offset()),
+        }
+    }
+    Ok(offset)
 }
 
 /// Retries claims whose visibility timeout passed.

@@ -119,3 +119,23 @@ async fn claim_one(bus: &KafkaBus) -> Option<vera_bus::Delivery> {
     }
     None
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_a_time_skips_what_came_before() {
+    let settings = settings();
+    let bus = KafkaBus::connect(settings.clone()).await.unwrap();
+    bus.ensure_topics(&["pack"]).await.unwrap();
+    bus.publish("pack", vec![Outgoing { key: None, payload: Bytes::from_static(b"before") }]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cut = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bus.publish("pack", vec![Outgoing { key: None, payload: Bytes::from_static(b"after") }]).await.unwrap();
+    assert_eq!(drain(&bus, 2).await.len(), 2);
+    drop(bus);
+    let bus = KafkaBus::connect(settings).await.unwrap();
+    bus.replay("pack", ReplayFrom::TimeMillis(cut)).await.unwrap();
+    let again = drain(&bus, 1).await;
+    assert_eq!(again, vec!["after".to_owned()], "only what was published after the cut comes back");
+    let extra = drain(&bus, 1).await;
+    assert!(extra.is_empty(), "and nothing else: {extra:?}");
+}

@@ -12,7 +12,8 @@
 //!
 //! SQS itself counts receives (`ApproximateReceiveCount` is the attempt number) and moves a
 //! message to the DLQ on the receive after the last allowed one. `claim` long-polls,
-//! `publish` uses `SendMessageBatch`, `ack` uses `DeleteMessage`, `extend` and `nack` use
+//! `publish` uses `SendMessageBatch`, `ack` uses `DeleteMessage` (`ack_batch`
+//! `DeleteMessageBatch`), `extend` and `nack` use
 //! `ChangeMessageVisibility`. SQS visibility timeouts are whole seconds: shorter ones are
 //! rounded up.
 //!
@@ -462,6 +463,60 @@ impl Bus for SqsBus {
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), BusError> {
         self.delete(&delivery.topic, &delivery.receipt).await
+    }
+
+    async fn ack_batch(&self, deliveries: &[Delivery]) -> Vec<Result<(), BusError>> {
+        let mut results: Vec<Option<Result<(), BusError>>> = deliveries.iter().map(|_| None).collect();
+        // DeleteMessageBatch takes up to 10 entries of one queue.
+        let mut by_topic: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, delivery) in deliveries.iter().enumerate() {
+            by_topic.entry(delivery.topic.as_str()).or_default().push(i);
+        }
+        for (topic, indexes) in by_topic {
+            let url = match self.url(topic, false).await {
+                Ok(url) => url,
+                Err(error) => {
+                    for i in indexes {
+                        results[i] = Some(Err(BusError::new(error.kind, error.message.clone())));
+                    }
+                    continue;
+                }
+            };
+            for chunk in indexes.chunks(10) {
+                let entries: Vec<_> = chunk
+                    .iter()
+                    .map(|&i| {
+                        aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(&deliveries[i].receipt)
+                            .build()
+                            .expect("id and receipt are set")
+                    })
+                    .collect();
+                match self.client.delete_message_batch().queue_url(&url).set_entries(Some(entries)).send().await {
+                    Ok(output) => {
+                        for failed in output.failed() {
+                            if let Ok(i) = failed.id().parse::<usize>() {
+                                results[i] = Some(Err(BusError::new(
+                                    BusErrorKind::Other,
+                                    format!("sqs: ack: {} {}", failed.code(), failed.message().unwrap_or("")),
+                                )));
+                            }
+                        }
+                        for &i in chunk {
+                            results[i].get_or_insert(Ok(()));
+                        }
+                    }
+                    Err(error) => {
+                        let error = self.error("receipt ack batch", error);
+                        for &i in chunk {
+                            results[i] = Some(Err(BusError::new(error.kind, error.message.clone())));
+                        }
+                    }
+                }
+            }
+        }
+        results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
     }
 
     async fn nack(&self, delivery: &Delivery, delay: Duration) -> Result<(), BusError> {

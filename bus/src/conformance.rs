@@ -63,6 +63,7 @@ pub async fn run_all(bus: &dyn Bus) {
     concurrent_consumers_never_share_a_claim(bus).await;
     bad_topics_are_refused(bus).await;
     oversized_messages_are_refused(bus).await;
+    batched_acks(bus).await;
     ensure_topics_is_idempotent(bus).await;
 }
 
@@ -257,4 +258,23 @@ pub async fn ensure_topics_is_idempotent(bus: &dyn Bus) {
     let got = claim_n(bus, &topic, 1, LONG, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1, "ensuring an existing topic keeps its messages");
     bus.ack(&got[0]).await.expect("ack");
+}
+
+pub async fn batched_acks(bus: &dyn Bus) {
+    let topic = topic(bus, "batch").await;
+    let total = 25;
+    bus.publish(&topic, (0..total).map(|i| message(&format!("b{i}"))).collect()).await.expect("publish");
+    let mut seen = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < total && tokio::time::Instant::now() < deadline {
+        // Backends may bound claims in flight (RabbitMQ's prefetch): ack each batch.
+        let batch = bus.claim(&topic, 10, LONG).await.expect("claim");
+        let results = bus.ack_batch(&batch).await;
+        assert_eq!(results.len(), batch.len(), "one result per delivery");
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        seen.extend(batch.into_iter().map(|d| d.payload));
+    }
+    assert_eq!(seen.len(), total);
+    tokio::time::sleep(SHORT).await;
+    assert!(bus.claim(&topic, 10, LONG).await.expect("claim").is_empty(), "every acked message is gone");
 }

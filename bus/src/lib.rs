@@ -116,6 +116,16 @@ pub trait Bus: Send + Sync + 'static {
     /// Done with the message: it is gone for good.
     async fn ack(&self, delivery: &Delivery) -> Result<(), BusError>;
 
+    /// Acks several deliveries, in one request where the backend can (SQS
+    /// `DeleteMessageBatch`). Returns one result per delivery, in order.
+    async fn ack_batch(&self, deliveries: &[Delivery]) -> Vec<Result<(), BusError>> {
+        let mut results = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            results.push(self.ack(delivery).await);
+        }
+        results
+    }
+
     /// Give the message back, visible again after `delay`.
     async fn nack(&self, delivery: &Delivery, delay: Duration) -> Result<(), BusError>;
 
