@@ -1,0 +1,350 @@
+//! The reader service: a stateless HTTP front to the shards. Run any number of replicas.
+//!
+//! `GET /v1/files/{uid}?created_at=RFC3339` answers the file's bytes with its content type;
+//! `HEAD` answers the headers only. The `ETag` is the file's BLAKE3 content hash, a single
+//! `Range: bytes=…` inside the file is honoured (206, or 416 when unsatisfiable), and
+//! `If-None-Match` with the current ETag answers 304.
+//!
+//! Read path: `locate_shard` → generation 0, 1, … of the address → the segment index from
+//! the cache (one suffix GET on a miss) → one range GET → decode (with the segment's
+//! dictionary) → BLAKE3 check. The segment's `.vera.meta` sidecar is consulted for
+//! tombstones from a cache whose entries live `sidecar_ttl` (default 5 s): a tombstoned
+//! file answers 410 Gone within that time. Corrupt data answers 500 `corrupt_segment`,
+//! never wrong bytes, and counts in `vera_reader_corrupt_total`.
+//!
+//! Errors are JSON `{"error": CODE, "message": TEXT}` with distinct statuses: 400
+//! `malformed_uid` / `bad_created_at`, 404 `not_found`, 410 `gone`, 416
+//! `range_not_satisfiable`, 500 `corrupt_segment` / `misconfigured`, 503
+//! `storage_unavailable` (with `Retry-After`).
+//!
+//! Every successful read is audited: an `AuditEvent(READ)` goes to a channel that a
+//! background task batches onto the bus's `audit` topic.
+
+pub mod audit;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use vera_protocol::Timestamp;
+use vera_protocol::message::{AuditAction, AuditEvent, AuditOutcome};
+use vera_protocol::routing::RoutingTable;
+use vera_protocol::sidecar::Sidecar;
+use vera_store::shards::{FileRead, ShardError, ShardStore};
+use vera_store::{StoreError, StoreErrorKind};
+
+/// The OpenAPI description served at `/openapi.yaml`.
+pub const OPENAPI: &str = include_str!("../openapi.yaml");
+
+#[derive(Debug, Clone)]
+pub struct ReaderSettings {
+    /// How long a sidecar (tombstones) is trusted before it is read again.
+    pub sidecar_ttl: Duration,
+    /// Sidecars kept in memory.
+    pub sidecar_capacity: u64,
+    /// Actor name in audit events.
+    pub actor: String,
+}
+
+impl Default for ReaderSettings {
+    fn default() -> Self {
+        ReaderSettings { sidecar_ttl: Duration::from_secs(5), sidecar_capacity: 100_000, actor: "reader".to_owned() }
+    }
+}
+
+pub struct Reader {
+    shards: ShardStore,
+    routing: RoutingTable,
+    sidecars: moka::future::Cache<String, Arc<Option<Sidecar>>>,
+    audit: Option<audit::AuditSender>,
+    settings: ReaderSettings,
+}
+
+impl Reader {
+    pub fn new(
+        shards: ShardStore,
+        routing: RoutingTable,
+        audit: Option<audit::AuditSender>,
+        settings: ReaderSettings,
+    ) -> Self {
+        let sidecars = moka::future::Cache::builder()
+            .max_capacity(settings.sidecar_capacity)
+            .time_to_live(settings.sidecar_ttl)
+            .build();
+        Reader { shards, routing, sidecars, audit, settings }
+    }
+
+    /// Drops what is cached about a segment (its sidecar), e.g. on a tombstone event.
+    pub async fn invalidate(&self, segment_key: &str) {
+        self.sidecars.invalidate(&format!("{segment_key}.meta")).await;
+    }
+
+    async fn sidecar(&self, segment_key: &str) -> Result<Arc<Option<Sidecar>>, ReadFailure> {
+        let key = format!("{segment_key}.meta");
+        let store = self.shards.store().clone();
+        let fetch_key = key.clone();
+        self.sidecars
+            .try_get_with(key, async move {
+                match store.get(&fetch_key).await {
+                    Ok(got) => Sidecar::decode(&got.body)
+                        .map(|sidecar| Arc::new(Some(sidecar)))
+                        .map_err(|e| ReadFailure::Corrupt(format!("sidecar {fetch_key} is unreadable: {e}"))),
+                    Err(error) if error.kind == StoreErrorKind::NotFound => Ok(Arc::new(None)),
+                    Err(error) => Err(ReadFailure::from_store(error)),
+                }
+            })
+            .await
+            .map_err(|shared: Arc<ReadFailure>| (*shared).clone())
+    }
+}
+
+/// Why a read did not return bytes; each maps to one status and error code.
+#[derive(Debug, Clone)]
+enum ReadFailure {
+    MalformedUid,
+    BadCreatedAt(String),
+    NotFound { uid: String, created_at: String },
+    Gone,
+    Corrupt(String),
+    Unavailable(String),
+    Misconfigured(String),
+}
+
+impl ReadFailure {
+    fn from_store(error: StoreError) -> Self {
+        match error.kind {
+            StoreErrorKind::Config => ReadFailure::Misconfigured(error.to_string()),
+            StoreErrorKind::Corrupt => ReadFailure::Corrupt(error.to_string()),
+            _ => ReadFailure::Unavailable(error.to_string()),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            ReadFailure::MalformedUid => (
+                StatusCode::BAD_REQUEST,
+                "malformed_uid",
+                "a uid is 1 to 128 characters of A-Z a-z 0-9 . _ : -".to_owned(),
+            ),
+            ReadFailure::BadCreatedAt(why) => (StatusCode::BAD_REQUEST, "bad_created_at", why.clone()),
+            ReadFailure::NotFound { uid, created_at } => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "no file {uid} created at {created_at}; check the uid and the created_at, which must be the \
+                     file's own (another created_at points at another shard)"
+                ),
+            ),
+            ReadFailure::Gone => (StatusCode::GONE, "gone", "this file was erased".to_owned()),
+            ReadFailure::Corrupt(why) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_segment", why.clone()),
+            ReadFailure::Unavailable(why) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", why.clone()),
+            ReadFailure::Misconfigured(why) => (StatusCode::INTERNAL_SERVER_ERROR, "misconfigured", why.clone()),
+        }
+    }
+}
+
+impl IntoResponse for ReadFailure {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        metrics::counter!("vera_reader_errors_total", "code" => code).increment(1);
+        if matches!(self, ReadFailure::Corrupt(_)) {
+            metrics::counter!("vera_reader_corrupt_total").increment(1);
+            tracing::error!(%message, "corrupt data: refused to serve it");
+        }
+        let body = serde_json::json!({ "error": code, "message": message }).to_string();
+        let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FileQuery {
+    created_at: Option<String>,
+}
+
+/// A byte range inside a file of `len` bytes, from a `Range` header.
+fn parse_range(value: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None; // multiple ranges: answer the whole file, as RFC 9110 allows
+    }
+    let (start, end) = spec.split_once('-')?;
+    let range = match (start.trim(), end.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().ok()?;
+            if n == 0 || len == 0 {
+                return Some(Err(()));
+            }
+            (len.saturating_sub(n), len - 1)
+        }
+        (start, "") => (start.parse().ok()?, len.checked_sub(1)?),
+        (start, end) => {
+            let (s, e): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
+            if e < s {
+                return None;
+            }
+            (s, e.min(len.saturating_sub(1)))
+        }
+    };
+    if range.0 >= len { Some(Err(())) } else { Some(Ok(range)) }
+}
+
+async fn read(reader: &Reader, uid: &str, created_at: Option<&str>) -> Result<FileRead, ReadFailure> {
+    if !vera_protocol::ids::is_valid_id(uid) {
+        return Err(ReadFailure::MalformedUid);
+    }
+    let text = created_at
+        .ok_or_else(|| ReadFailure::BadCreatedAt("the created_at query parameter is required (RFC 3339)".to_owned()))?;
+    let at = Timestamp::parse(text)
+        .map_err(|e| ReadFailure::BadCreatedAt(format!("created_at {text:?} is not an RFC 3339 time: {e}")))?;
+    let file = match reader.shards.read_file(&reader.routing, uid, at).await {
+        Ok(file) => file,
+        Err(ShardError::NotFound { .. }) => {
+            return Err(ReadFailure::NotFound { uid: uid.to_owned(), created_at: at.to_rfc3339() });
+        }
+        Err(ShardError::Routing { source, .. }) => {
+            return Err(ReadFailure::BadCreatedAt(format!("created_at {text} cannot be routed: {source}")));
+        }
+        Err(ShardError::Segment { key, source }) => {
+            return Err(ReadFailure::Corrupt(format!("segment {key}: {source}")));
+        }
+        Err(ShardError::Store(error)) => return Err(ReadFailure::from_store(error)),
+    };
+    if let Some(sidecar) = reader.sidecar(&file.key).await?.as_ref()
+        && sidecar.is_tombstoned(uid)
+    {
+        return Err(ReadFailure::Gone);
+    }
+    Ok(file)
+}
+
+async fn file(
+    State(reader): State<Arc<Reader>>,
+    method: Method,
+    Path(uid): Path<String>,
+    Query(query): Query<FileQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let result = read(&reader, &uid, query.created_at.as_deref()).await;
+    let method_label = if method == Method::HEAD { "head" } else { "get" };
+    let response = match result {
+        Err(failure) => failure.into_response(),
+        Ok(file) => {
+            let etag = format!("\"{}\"", vera_protocol::hex::encode(&file.content_hash));
+            if let Some(audit) = &reader.audit {
+                audit.send(AuditEvent {
+                    action: AuditAction::Read,
+                    outcome: AuditOutcome::Ok,
+                    at: vera_store::Clock::now(&vera_store::SystemClock),
+                    actor: reader.settings.actor.clone(),
+                    request_id: None,
+                    uid: Some(uid.clone()),
+                    segment_key: Some(file.key.clone()),
+                    details: [("method".to_owned(), method_label.to_owned())].into_iter().collect(),
+                });
+            }
+            respond(&method, &headers, file, etag)
+        }
+    };
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("vera_reader_requests_total", "method" => method_label, "status" => status).increment(1);
+    metrics::histogram!("vera_reader_request_seconds", "method" => method_label)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+fn respond(method: &Method, headers: &HeaderMap, file: FileRead, etag: String) -> Response {
+    let len = file.bytes.len() as u64;
+    let content_type = HeaderValue::from_str(&file.content_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    let etag_value = HeaderValue::from_str(&etag).expect("hex in quotes is a valid header");
+    let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
+    if if_none_match.is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*")) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response();
+    }
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(|v| parse_range(v, len));
+    let (status, body, content_range) = match range {
+        Some(Err(())) => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+                axum::Json(serde_json::json!({
+                    "error": "range_not_satisfiable",
+                    "message": format!("the file has {len} bytes"),
+                })),
+            )
+                .into_response();
+        }
+        Some(Ok((start, end))) => (
+            StatusCode::PARTIAL_CONTENT,
+            bytes::Bytes::from(file.bytes).slice(start as usize..=end as usize),
+            Some(format!("bytes {start}-{end}/{len}")),
+        ),
+        None => (StatusCode::OK, bytes::Bytes::from(file.bytes), None),
+    };
+    metrics::counter!("vera_reader_bytes_total").increment(body.len() as u64);
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::ETAG, etag_value)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, body.len());
+    if let Some(content_range) = content_range {
+        response = response.header(header::CONTENT_RANGE, content_range);
+    }
+    let body = if *method == Method::HEAD { axum::body::Body::empty() } else { axum::body::Body::from(body) };
+    response.body(body).expect("valid response parts")
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when the object store answers (a missing probe key is an answer).
+async fn readyz(State(reader): State<Arc<Reader>>) -> Response {
+    match reader.shards.store().head("control/readyz-probe").await {
+        Ok(_) => (StatusCode::OK, "ready").into_response(),
+        Err(error) if error.kind == StoreErrorKind::NotFound => (StatusCode::OK, "ready").into_response(),
+        Err(error) => ReadFailure::from_store(error).into_response(),
+    }
+}
+
+/// The service's routes. `metrics` renders `/metrics` when given.
+pub fn router(reader: Arc<Reader>, metrics: Option<metrics_exporter_prometheus::PrometheusHandle>) -> Router {
+    let mut router = Router::new()
+        .route("/v1/files/{uid}", get(file).head(file))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }));
+    if let Some(handle) = metrics {
+        router = router.route("/metrics", get(move || std::future::ready(handle.render())));
+    }
+    router.with_state(reader)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some(Ok((0, 9))));
+        assert_eq!(parse_range("bytes=90-", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=-10", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=95-200", 100), Some(Ok((95, 99))), "end clamped to the file");
+        assert_eq!(parse_range("bytes=100-", 100), Some(Err(())), "starts past the end");
+        assert_eq!(parse_range("bytes=-0", 100), Some(Err(())));
+        assert_eq!(parse_range("bytes=5-1", 100), None, "invalid: ignored, whole file");
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None, "several ranges: whole file");
+        assert_eq!(parse_range("items=0-1", 100), None);
+    }
+}

@@ -1,0 +1,230 @@
+//! The reader service over a real packed store: bytes, headers, ranges, and every error
+//! case with its own status, through the axum router.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use tower::ServiceExt;
+use vera_protocol::Timestamp;
+use vera_protocol::message::{PackTask, Slot};
+use vera_protocol::routing::{RoutingEpoch, RoutingTable};
+use vera_protocol::sidecar::{Sidecar, Tombstone, TombstoneReason};
+use vera_reader::{Reader, ReaderSettings, router};
+use vera_source::SourceMapping;
+use vera_source::sqlite::SqliteSource;
+use vera_store::flaky::FlakyStore;
+use vera_store::local::LocalStore;
+use vera_store::shards::ShardStore;
+use vera_store::{ObjectStore, PutOptions};
+
+const ROWS: i64 = 200;
+
+fn payload(id: i64) -> Vec<u8> {
+    format!("{{\"receipt\":{id},\"items\":[{}]}}", "1,".repeat(id as usize % 50 + 1)).into_bytes()
+}
+
+fn created_at(id: i64) -> String {
+    format!("2026-11-2{}T{:02}:00:00Z", id % 3 + 1, id % 24)
+}
+
+fn routing() -> RoutingTable {
+    RoutingTable::single(RoutingEpoch::v1(1).unwrap())
+}
+
+/// A store holding ROWS files packed by the real worker.
+async fn packed_store(dir: &std::path::Path) -> LocalStore {
+    let path = dir.join("src.sqlite");
+    let mut connection = vera_source::sqlite::create_demo_database(&path).await.unwrap();
+    for id in 1..=ROWS {
+        sqlx::query("INSERT INTO files VALUES (?, ?, ?, 'application/json', ?)")
+            .bind(id)
+            .bind(format!("r{id:04}"))
+            .bind(created_at(id))
+            .bind(payload(id))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    let source = SqliteSource::open("demo", &path, SourceMapping::demo()).await.unwrap();
+    let store = LocalStore::open(dir.join("store")).unwrap();
+    let task = PackTask {
+        task_id: "demo:0-200".into(),
+        source: "demo".into(),
+        slot: Slot { after: 0, up_to: ROWS, rows: ROWS as u64, bytes: 0 },
+        routing: routing(),
+    };
+    let settings = vera_worker::WorkerSettings { retention: None, ..vera_worker::WorkerSettings::default() };
+    vera_worker::pack_task(&task, &source, &ShardStore::new(Arc::new(store.clone())), &settings).await.unwrap();
+    store
+}
+
+fn service(store: Arc<dyn ObjectStore>, ttl: Duration) -> (Arc<Reader>, axum::Router) {
+    let settings = ReaderSettings { sidecar_ttl: ttl, ..ReaderSettings::default() };
+    let reader = Arc::new(Reader::new(ShardStore::new(store), routing(), None, settings));
+    (reader.clone(), router(reader, None))
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap().to_vec();
+    (parts.status, parts.headers, bytes)
+}
+
+fn url(id: i64) -> String {
+    format!("/v1/files/r{id:04}?created_at={}", created_at(id))
+}
+
+fn error_code(body: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(body).expect("errors are JSON");
+    assert!(value["message"].as_str().is_some_and(|m| !m.is_empty()), "errors explain themselves: {value}");
+    value["error"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn files_come_back_with_type_etag_ranges_and_conditional_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = packed_store(dir.path()).await;
+    let (_, app) = service(Arc::new(store), Duration::from_secs(5));
+    for id in [1, 77, ROWS] {
+        let (status, headers, body) = call(&app, "GET", &url(id), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, payload(id));
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        let etag = format!("\"{}\"", blake3::hash(&payload(id)).to_hex());
+        assert_eq!(headers[header::ETAG], etag.as_str(), "the ETag is the content hash");
+
+        let (status, headers, body) = call(&app, "HEAD", &url(id), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.is_empty());
+        assert_eq!(headers[header::CONTENT_LENGTH], payload(id).len().to_string().as_str());
+
+        let (status, headers, body) = call(&app, "GET", &url(id), &[("range", "bytes=2-9")]).await;
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(body, payload(id)[2..=9]);
+        assert_eq!(headers[header::CONTENT_RANGE], format!("bytes 2-9/{}", payload(id).len()).as_str());
+        let (status, _, body) = call(&app, "GET", &url(id), &[("range", "bytes=-5")]).await;
+        assert_eq!((status, body.as_slice()), (StatusCode::PARTIAL_CONTENT, &payload(id)[payload(id).len() - 5..]));
+        let (status, _, body) = call(&app, "GET", &url(id), &[("range", "bytes=100000-")]).await;
+        assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(error_code(&body), "range_not_satisfiable");
+
+        let (status, _, body) = call(&app, "GET", &url(id), &[("if-none-match", &etag)]).await;
+        assert_eq!((status, body.len()), (StatusCode::NOT_MODIFIED, 0));
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_each_get_their_own_status_and_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = packed_store(dir.path()).await;
+    let (_, app) = service(Arc::new(store), Duration::from_secs(5));
+    let cases = [
+        ("/v1/files/bad%20uid?created_at=2026-11-21T00:00:00Z", StatusCode::BAD_REQUEST, "malformed_uid"),
+        ("/v1/files/r0001", StatusCode::BAD_REQUEST, "bad_created_at"),
+        ("/v1/files/r0001?created_at=yesterday", StatusCode::BAD_REQUEST, "bad_created_at"),
+        ("/v1/files/r0001?created_at=2026-11-25T09:00:00Z", StatusCode::NOT_FOUND, "not_found"),
+        ("/v1/files/nobody?created_at=2026-11-21T00:00:00Z", StatusCode::NOT_FOUND, "not_found"),
+    ];
+    for (uri, status, code) in cases {
+        let (got, _, body) = call(&app, "GET", uri, &[]).await;
+        assert_eq!((got, error_code(&body).as_str()), (status, code), "{uri}");
+    }
+    let (status, _, _) = call(&app, "GET", &url(1), &[]).await;
+    assert_eq!(status, StatusCode::OK, "the service stays up after bad requests");
+}
+
+#[tokio::test]
+async fn a_tombstone_answers_410_after_the_ttl_or_at_once_on_invalidation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = packed_store(dir.path()).await;
+    let (reader, app) = service(Arc::new(store.clone()), Duration::from_millis(300));
+    let (status, _, _) = call(&app, "GET", &url(5), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let addr = routing().locate("r0005", Timestamp::parse(&created_at(5)).unwrap()).unwrap();
+    let key = addr.segment_key(0);
+    let hash = blake3::hash(&store.get(&key).await.unwrap().body);
+    let mut sidecar = Sidecar::new(key.clone(), *hash.as_bytes());
+    let tombstone = Tombstone {
+        at: Timestamp::parse("2026-11-25T10:00:00Z").unwrap(),
+        reason: TombstoneReason::GdprErasure,
+        request_id: "req-1".into(),
+        operator: "op-1".into(),
+    };
+    sidecar.tombstone("r0005", tombstone).unwrap();
+    store.put(&addr.sidecar_key(0), bytes::Bytes::from(sidecar.encode()), PutOptions::create()).await.unwrap();
+
+    let (status, _, _) = call(&app, "GET", &url(5), &[]).await;
+    assert_eq!(status, StatusCode::OK, "the cached sidecar (no tombstones) is trusted for its TTL");
+    reader.invalidate(&key).await;
+    let (status, _, body) = call(&app, "GET", &url(5), &[]).await;
+    assert_eq!((status, error_code(&body).as_str()), (StatusCode::GONE, "gone"));
+
+    let (_, app) = service(Arc::new(store.clone()), Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, _, _) = call(&app, "GET", &url(5), &[]).await;
+    assert_eq!(status, StatusCode::GONE);
+    let others = (1..=ROWS).filter(|id| {
+        *id != 5 && routing().locate(&format!("r{id:04}"), Timestamp::parse(&created_at(*id)).unwrap()).unwrap() == addr
+    });
+    for id in others.take(3) {
+        let (status, _, _) = call(&app, "GET", &url(id), &[]).await;
+        assert_eq!(status, StatusCode::OK, "only the erased file is gone");
+    }
+}
+
+#[tokio::test]
+async fn corrupt_bytes_are_refused_with_a_500_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = packed_store(dir.path()).await;
+    let addr = routing().locate("r0042", Timestamp::parse(&created_at(42)).unwrap()).unwrap();
+    let key = addr.segment_key(0);
+    let index = ShardStore::new(Arc::new(store.clone())).index(&key).await.unwrap();
+    let range = index.find("r0042").unwrap().entry.record_range();
+    let mut bytes = store.get(&key).await.unwrap().body.to_vec();
+    bytes[range.start as usize + 3] ^= 0x40;
+    let corrupt = LocalStore::open(dir.path().join("corrupt")).unwrap();
+    corrupt.put(&key, bytes::Bytes::from(bytes), PutOptions::create()).await.unwrap();
+    let (_, app) = service(Arc::new(corrupt), Duration::from_secs(5));
+    let (status, _, body) = call(&app, "GET", &url(42), &[]).await;
+    assert_eq!((status, error_code(&body).as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_segment"));
+}
+
+#[tokio::test]
+async fn storage_down_is_a_503_with_retry_after_and_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = packed_store(dir.path()).await;
+    let down = FlakyStore::new(store, 7, 1.0);
+    let (_, app) = service(Arc::new(down), Duration::from_secs(5));
+    let (status, headers, body) = call(&app, "GET", &url(3), &[]).await;
+    assert_eq!((status, error_code(&body).as_str()), (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"));
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    let (status, _, _) = call(&app, "GET", "/readyz", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _, _) = call(&app, "GET", "/healthz", &[]).await;
+    assert_eq!(status, StatusCode::OK, "alive while the store is down");
+}
+
+#[tokio::test]
+async fn the_openapi_description_names_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, app) = service(Arc::new(LocalStore::open(dir.path()).unwrap()), Duration::from_secs(5));
+    let (status, _, body) = call(&app, "GET", "/openapi.yaml", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+    for path in ["/v1/files/{uid}:", "/healthz:", "/readyz:", "/metrics:", "head:", "get:"] {
+        assert!(text.contains(path), "{path} is described");
+    }
+}
