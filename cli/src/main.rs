@@ -37,6 +37,9 @@ enum Command {
     /// Kafka only: move the worker group back to an offset or a time, to process the pack
     /// topic again (disaster recovery). Stop the workers first.
     Replay(run::ReplayArgs),
+    /// Serve files over HTTP: GET/HEAD /v1/files/{uid}?created_at=…, /metrics, /healthz,
+    /// /readyz, /openapi.yaml. Stateless; run as many as you like.
+    Serve(run::ServeArgs),
     /// Read one file by uid and created_at (two calls at most: index, then range).
     Get(inspect::GetArgs),
     /// Re-read every segment and check every hash.
@@ -99,6 +102,11 @@ async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Replay(args) => {
             common::init_tracing("info");
             run::replay(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(args) => {
+            common::init_tracing("info");
+            run::serve(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::SetupBucket(args) => {

@@ -269,3 +269,52 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 pub async fn replay(_args: ReplayArgs) -> anyhow::Result<()> {
     anyhow::bail!("this vera was built without Kafka support; rebuild with `cargo build -p vera --features kafka`")
 }
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "VERA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Seconds a segment's sidecar (its tombstones) is trusted before it is read again:
+    /// the longest an erased file can still be served.
+    #[arg(long, env = "VERA_SIDECAR_TTL_SECONDS", default_value_t = 5)]
+    pub sidecar_ttl_seconds: u64,
+    /// Do not publish READ audit events (for local inspection only).
+    #[arg(long)]
+    pub no_audit: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
+    let shutdown = ctrl_c_token();
+    let (audit, audit_task) = if args.no_audit {
+        (None, None)
+    } else {
+        let bus = args.store.bus(5).await?;
+        let (sender, task) = vera_reader::audit::spawn(bus, Duration::from_secs(1), shutdown.clone());
+        (Some(sender), Some(task))
+    };
+    let settings = vera_reader::ReaderSettings {
+        sidecar_ttl: Duration::from_secs(args.sidecar_ttl_seconds),
+        ..vera_reader::ReaderSettings::default()
+    };
+    let reader = Arc::new(vera_reader::Reader::new(args.store.shards(store), args.store.routing()?, audit, settings));
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "serving files");
+    let token = shutdown.clone();
+    axum::serve(listener, vera_reader::router(reader, Some(metrics)))
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await?;
+    shutdown.cancel();
+    if let Some(task) = audit_task {
+        let _ = task.await;
+    }
+    Ok(())
+}
