@@ -228,3 +228,45 @@ async fn the_openapi_description_names_every_route() {
         assert!(text.contains(path), "{path} is described");
     }
 }
+
+#[tokio::test]
+async fn warm_reads_cost_one_get_and_the_index_cache_keeps_to_its_budget() {
+    use vera_store::counting::CountingStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = packed_store(dir.path()).await;
+    let counting = CountingStore::new(store.clone());
+    let counts = counting.counts();
+    let shards = ShardStore::new(Arc::new(counting));
+    let reader = Arc::new(Reader::new(shards.clone(), routing(), None, ReaderSettings::default()));
+    let app = router(reader, None);
+    for id in 1..=ROWS {
+        assert_eq!(call(&app, "GET", &url(id), &[]).await.0, StatusCode::OK);
+    }
+    let cold = counts.snapshot();
+    for id in 1..=ROWS {
+        assert_eq!(call(&app, "GET", &url(id), &[]).await.0, StatusCode::OK);
+    }
+    let warm = counts.snapshot();
+    assert_eq!(warm.gets - cold.gets, ROWS as u64, "one GET per warm read");
+    let stats = shards.cache_stats();
+    assert_eq!(stats.files, ROWS as u64, "every file's index is cached");
+    eprintln!(
+        "index cache: {} bytes for {} files = {:.1} B/file",
+        stats.bytes,
+        stats.files,
+        stats.bytes as f64 / stats.files as f64
+    );
+
+    // A budget smaller than the indexes: the cache stays within it, and reads still work
+    // (evicted indexes are read again from the store).
+    let budget = stats.bytes / 3;
+    let small = ShardStore::new(Arc::new(store)).with_cache_budget(budget);
+    let reader = Arc::new(Reader::new(small.clone(), routing(), None, ReaderSettings::default()));
+    let app = router(reader, None);
+    for id in (1..=ROWS).chain(1..=ROWS) {
+        assert_eq!(call(&app, "GET", &url(id), &[]).await.0, StatusCode::OK);
+    }
+    let kept = small.cache_stats();
+    assert!(kept.bytes <= budget, "{kept:?} within {budget}");
+    assert!(kept.segments >= 1);
+}

@@ -5,8 +5,7 @@
 //! — no LIST. An index costs one suffix GET (two if it outgrew the suffix) and is cached;
 //! a file then costs one range GET.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use vera_protocol::Timestamp;
 use vera_protocol::routing::{RoutingTable, ShardAddr};
@@ -16,6 +15,18 @@ use crate::{ObjectStore, StoreError, StoreErrorKind};
 
 /// Default suffix read: footer plus, usually, the whole index region.
 pub const DEFAULT_SUFFIX_BYTES: u64 = 64 * 1024;
+
+/// Default memory budget of the index cache.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// What the index cache holds right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CacheStats {
+    pub segments: u64,
+    pub files: u64,
+    /// Sum of the cached indexes' `resident_bytes`.
+    pub bytes: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -51,7 +62,16 @@ pub struct ShardStore {
     store: Arc<dyn ObjectStore>,
     suffix_bytes: u64,
     limits: ReadLimits,
-    indexes: Arc<Mutex<HashMap<String, Arc<SegmentIndex>>>>,
+    indexes: moka::sync::Cache<String, Arc<SegmentIndex>>,
+}
+
+fn index_cache(budget_bytes: u64) -> moka::sync::Cache<String, Arc<SegmentIndex>> {
+    moka::sync::Cache::builder()
+        .max_capacity(budget_bytes)
+        .weigher(|key: &String, index: &Arc<SegmentIndex>| {
+            u32::try_from(index.resident_bytes() + key.len()).unwrap_or(u32::MAX)
+        })
+        .build()
 }
 
 impl ShardStore {
@@ -60,8 +80,27 @@ impl ShardStore {
             store,
             suffix_bytes: DEFAULT_SUFFIX_BYTES,
             limits: ReadLimits::default(),
-            indexes: Arc::new(Mutex::new(HashMap::new())),
+            indexes: index_cache(DEFAULT_CACHE_BYTES),
         }
+    }
+
+    /// Bounds the index cache to `budget_bytes` of resident indexes; the least useful are
+    /// evicted and read again from the store when needed.
+    pub fn with_cache_budget(mut self, budget_bytes: u64) -> Self {
+        self.indexes = index_cache(budget_bytes);
+        self
+    }
+
+    /// Segments, files and bytes the index cache holds.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.indexes.run_pending_tasks();
+        let (mut segments, mut files, mut bytes) = (0, 0, 0);
+        for (_, index) in self.indexes.iter() {
+            segments += 1;
+            files += index.len() as u64;
+            bytes += index.resident_bytes() as u64;
+        }
+        CacheStats { segments, files, bytes }
     }
 
     pub fn with_suffix_bytes(mut self, suffix_bytes: u64) -> Self {
@@ -117,21 +156,17 @@ impl ShardStore {
             }
         };
         let index = Arc::new(index);
-        if let Ok(mut cache) = self.indexes.lock() {
-            cache.insert(key.to_owned(), Arc::clone(&index));
-        }
+        self.indexes.insert(key.to_owned(), Arc::clone(&index));
         Ok(index)
     }
 
     fn cached(&self, key: &str) -> Option<Arc<SegmentIndex>> {
-        self.indexes.lock().ok()?.get(key).cloned()
+        self.indexes.get(key)
     }
 
     /// Forgets a cached index (after a repack or in tests).
     pub fn forget(&self, key: &str) {
-        if let Ok(mut cache) = self.indexes.lock() {
-            cache.remove(key);
-        }
+        self.indexes.invalidate(key);
     }
 
     /// Locates, fetches, decodes and verifies one file.

@@ -101,6 +101,15 @@ pub struct FileRef<'a> {
 }
 
 impl SegmentIndex {
+    /// Heap and inline bytes this index keeps resident: what a cache holding it costs.
+    pub fn resident_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.entries.capacity() * std::mem::size_of::<IndexEntry>()
+            + self.uid_pool.capacity()
+            + self.dictionary.as_ref().map_or(0, Vec::capacity)
+            + self.content_types.iter().map(|t| t.capacity() + std::mem::size_of::<String>()).sum::<usize>()
+    }
+
     /// Opens from the last `suffix.len()` bytes of an object of `object_len` bytes.
     pub fn open_suffix(suffix: &[u8], object_len: u64, limits: &ReadLimits) -> Result<SuffixOpen, ReadError> {
         let suffix_len = suffix.len() as u64;
