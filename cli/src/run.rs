@@ -287,7 +287,9 @@ pub struct ServeArgs {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
+    let counting = vera_store::counting::CountingStore::new(args.store.object_store().await?);
+    let counts = counting.counts();
+    let store: Arc<dyn ObjectStore> = Arc::new(counting);
     let shutdown = ctrl_c_token();
     let (audit, audit_task) = if args.no_audit {
         (None, None)
@@ -300,7 +302,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sidecar_ttl: Duration::from_secs(args.sidecar_ttl_seconds),
         ..vera_reader::ReaderSettings::default()
     };
-    let reader = Arc::new(vera_reader::Reader::new(args.store.shards(store), args.store.routing()?, audit, settings));
+    let reader = Arc::new(
+        vera_reader::Reader::new(args.store.shards(store), args.store.routing()?, audit, settings)
+            .with_store_counts(counts),
+    );
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;

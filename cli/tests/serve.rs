@@ -78,7 +78,9 @@ fn serve_answers_files_over_http_and_audits_each_read() {
     assert!(status.contains(" 404 "), "{status}: {}", String::from_utf8_lossy(&body));
     let (status, _, metrics) = http_get(port, "/metrics").unwrap();
     assert!(status.contains(" 200 "));
-    assert!(String::from_utf8_lossy(&metrics).contains("vera_reader_requests_total"), "metrics are served");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("vera_reader_requests_total"), "metrics are served");
+    assert!(metrics.contains("vera_reader_store_requests_total{op=\"get\"}"), "store calls are counted: {metrics}");
 
     // The READ is batched onto the bus within about a second.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -63,9 +63,29 @@ pub struct Reader {
     sidecars: moka::future::Cache<String, Arc<Option<Sidecar>>>,
     audit: Option<audit::AuditSender>,
     settings: ReaderSettings,
+    store_counts: Option<Arc<vera_store::counting::RequestCounts>>,
 }
 
 impl Reader {
+    /// Exports these object-store request counts (from a `CountingStore` under the
+    /// reader) on `/metrics` as `vera_reader_store_requests_total{op}`, so S3 calls per
+    /// read is `rate(store requests) / rate(vera_reader_requests_total)`.
+    pub fn with_store_counts(mut self, counts: Arc<vera_store::counting::RequestCounts>) -> Self {
+        self.store_counts = Some(counts);
+        self
+    }
+
+    fn export_store_counts(&self) {
+        let Some(counts) = &self.store_counts else { return };
+        let snapshot = counts.snapshot();
+        for (op, value) in
+            [("get", snapshot.gets), ("head", snapshot.heads), ("list", snapshot.lists), ("put", snapshot.puts)]
+        {
+            metrics::counter!("vera_reader_store_requests_total", "op" => op).absolute(value);
+        }
+        metrics::counter!("vera_reader_store_bytes_read_total").absolute(snapshot.bytes_got);
+    }
+
     pub fn new(
         shards: ShardStore,
         routing: RoutingTable,
@@ -76,7 +96,7 @@ impl Reader {
             .max_capacity(settings.sidecar_capacity)
             .time_to_live(settings.sidecar_ttl)
             .build();
-        Reader { shards, routing, sidecars, audit, settings }
+        Reader { shards, routing, sidecars, audit, settings, store_counts: None }
     }
 
     /// Drops what is cached about a segment (its sidecar), e.g. on a tombstone event.
@@ -326,7 +346,11 @@ pub fn router(reader: Arc<Reader>, metrics: Option<metrics_exporter_prometheus::
         .route("/readyz", get(readyz))
         .route("/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }));
     if let Some(handle) = metrics {
-        router = router.route("/metrics", get(move || std::future::ready(handle.render())));
+        let render = move |State(reader): State<Arc<Reader>>| {
+            reader.export_store_counts();
+            std::future::ready(handle.render())
+        };
+        router = router.route("/metrics", get(render));
     }
     router.with_state(reader)
 }

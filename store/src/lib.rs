@@ -95,3 +95,53 @@ pub fn validate_key(key: &str) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// A shared store is a store: wrappers such as `CountingStore` can sit on top of a store
+/// chosen at run time.
+#[async_trait]
+impl ObjectStore for std::sync::Arc<dyn ObjectStore> {
+    async fn put(&self, key: &str, body: Bytes, options: PutOptions) -> Result<PutOutcome, StoreError> {
+        (**self).put(key, body, options).await
+    }
+
+    async fn put_source(
+        &self,
+        key: &str,
+        body: std::sync::Arc<dyn upload::UploadSource>,
+        options: PutOptions,
+    ) -> Result<PutOutcome, StoreError> {
+        (**self).put_source(key, body, options).await
+    }
+
+    async fn get(&self, key: &str) -> Result<GetOutcome, StoreError> {
+        (**self).get(key).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        (**self).get_range(key, range).await
+    }
+
+    async fn get_suffix(&self, key: &str, len: u64) -> Result<(Bytes, u64), StoreError> {
+        (**self).get_suffix(key, len).await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        (**self).head(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        (**self).list(prefix).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        (**self).delete(key).await
+    }
+
+    async fn set_retention(&self, key: &str, retention: Retention) -> Result<(), StoreError> {
+        (**self).set_retention(key, retention).await
+    }
+
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), StoreError> {
+        (**self).set_legal_hold(key, on).await
+    }
+}
