@@ -279,8 +279,18 @@ pub struct BucketSetup {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BucketState {
     Created,
+    /// The server ignored the Object Lock flag, and the override allowed that.
+    CreatedWithoutObjectLockAllowed,
     ExistedWithObjectLock,
     ExistedWithoutObjectLockAllowed,
+}
+
+async fn object_lock_enabled(store: &S3Store) -> bool {
+    let configuration = store.client.get_object_lock_configuration().bucket(&store.bucket).send().await;
+    matches!(
+        configuration.as_ref().ok().and_then(|c| c.object_lock_configuration()).and_then(|c| c.object_lock_enabled()),
+        Some(ObjectLockEnabled::Enabled)
+    )
 }
 
 /// Creates the bucket with Object Lock and a default retention, or checks an existing
@@ -299,16 +309,7 @@ pub async fn ensure_bucket(store: &S3Store, setup: BucketSetup) -> Result<Bucket
         }
     };
     if exists {
-        let configuration = store.client.get_object_lock_configuration().bucket(bucket).send().await;
-        let enabled = matches!(
-            configuration
-                .as_ref()
-                .ok()
-                .and_then(|c| c.object_lock_configuration())
-                .and_then(|c| c.object_lock_enabled()),
-            Some(ObjectLockEnabled::Enabled)
-        );
-        if enabled {
+        if object_lock_enabled(store).await {
             return Ok(BucketState::ExistedWithObjectLock);
         }
         if !setup.allow_without_object_lock {
@@ -328,6 +329,20 @@ pub async fn ensure_bucket(store: &S3Store, setup: BucketSetup) -> Result<Bucket
         .send()
         .await
         .map_err(|e| map_error(bucket, e, Op::Write))?;
+    // Some servers (s3s-fs, older MinIO setups) accept the Object Lock flag and ignore it:
+    // read the bucket back instead of trusting the 200.
+    if !object_lock_enabled(store).await {
+        if !setup.allow_without_object_lock {
+            return Err(StoreError::new(
+                StoreErrorKind::Config,
+                bucket,
+                "the server created the bucket but did not enable Object Lock (it may not support it); \
+                 shards need WORM storage: delete the bucket and use a server with Object Lock, or pass the \
+                 explicit override for throwaway data",
+            ));
+        }
+        return Ok(BucketState::CreatedWithoutObjectLockAllowed);
+    }
     let state = BucketState::Created;
     let Some((mode, days)) = setup.default_retention else {
         return Ok(state);

@@ -1,0 +1,36 @@
+//! Against s3s-fs (`VERA_TEST_S3S_ENDPOINT`, default `http://127.0.0.1:8014`;
+//! `scripts/services` starts it), a server that accepts `CreateBucket` with the Object
+//! Lock flag and ignores it: `ensure_bucket` must notice instead of trusting the 200.
+
+use aws_sdk_s3::config::{Credentials, Region, SharedCredentialsProvider};
+use vera_store::StoreErrorKind;
+use vera_store_s3::{BucketSetup, BucketState, S3Settings, S3Store, ensure_bucket};
+
+fn s3(bucket: &str) -> S3Store {
+    let endpoint = std::env::var("VERA_TEST_S3S_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8014".into());
+    let shared = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "s3s")))
+        .build();
+    S3Store::from_sdk_config(
+        &shared,
+        &S3Settings { endpoint: Some(endpoint), force_path_style: true, ..S3Settings::new(bucket) },
+    )
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_the_object_lock_flag_is_caught() {
+    let bucket = format!("vera-s3s-{:08x}", rand::random::<u32>());
+    let setup = BucketSetup { default_retention: None, allow_without_object_lock: false };
+    let error = ensure_bucket(&s3(&bucket), setup).await.expect_err("no Object Lock on s3s-fs");
+    assert_eq!(error.kind, StoreErrorKind::Config);
+    assert!(error.to_string().contains("did not enable Object Lock"), "{error}");
+    // Running setup again finds the bucket and still refuses it.
+    let error = ensure_bucket(&s3(&bucket), setup).await.expect_err("still no Object Lock");
+    assert!(error.to_string().contains("without Object Lock"), "{error}");
+
+    let other = format!("vera-s3s-{:08x}", rand::random::<u32>());
+    let allowed = BucketSetup { default_retention: None, allow_without_object_lock: true };
+    assert_eq!(ensure_bucket(&s3(&other), allowed).await.unwrap(), BucketState::CreatedWithoutObjectLockAllowed);
+}
