@@ -43,7 +43,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use vera_bus::{
     Bus, BusError, BusErrorKind, DeadLetter, Delivery, OrderedTopics, Outgoing, QueueDepth, check_message_sizes,
-    validate_topic,
+    redact_url, validate_topic,
 };
 
 /// RabbitMQ's own default `max_message_size` is 128 MiB; VERA's messages are small, and a
@@ -81,18 +81,6 @@ impl AmqpSettings {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             claim_wait: Duration::from_millis(200),
         }
-    }
-}
-
-/// The URI with any password replaced, for error messages and logs.
-pub fn redact_uri(uri: &str) -> String {
-    match (uri.find("://"), uri.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &uri[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &uri[..scheme_end + 3], &uri[at..])
-        }
-        _ => uri.to_owned(),
     }
 }
 
@@ -161,7 +149,7 @@ fn lapin_error(context: &str, uri: &str, error: lapin::Error) -> BusError {
         }
         _ => (BusErrorKind::Other, "unexpected AMQP error"),
     };
-    BusError::new(kind, format!("rabbitmq {}: {context} failed: {hint}", redact_uri(uri))).with_source(error)
+    BusError::new(kind, format!("rabbitmq {}: {context} failed: {hint}", redact_url(uri))).with_source(error)
 }
 
 fn field_str(table: Option<&FieldTable>, name: &str) -> Option<String> {
@@ -432,15 +420,15 @@ impl AmqpBus {
             )),
         }
     }
-
-    fn count_delayed(&self, topic: &str, delta: i64) {
-        let mut delayed = self.inner.delayed.lock().expect("delayed lock");
-        let entry = delayed.entry(topic.to_owned()).or_default();
-        *entry = entry.saturating_add_signed(delta);
-    }
 }
 
 impl Inner {
+    fn count_delayed(&self, topic: &str, delta: i64) {
+        let mut delayed = self.delayed.lock().expect("delayed lock");
+        let entry = delayed.entry(topic.to_owned()).or_default();
+        *entry = entry.saturating_add_signed(delta);
+    }
+
     /// The live session, reconnecting if the connection was lost.
     async fn session(&self) -> Result<Arc<Session>, BusError> {
         let mut slot = self.session.lock().await;
@@ -452,7 +440,7 @@ impl Inner {
         }
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         if slot.take().is_some() {
-            tracing::warn!(uri = %redact_uri(&self.settings.uri), "rabbitmq connection lost; reconnecting");
+            tracing::warn!(uri = %redact_url(&self.settings.uri), "rabbitmq connection lost; reconnecting");
             // Claims on the old connection were requeued by the broker.
             self.claims.lock().expect("claims lock").retain(|_, claim| claim.generation == generation);
         }
@@ -586,14 +574,13 @@ impl Bus for AmqpBus {
         }
         // AMQP cannot requeue with a delay: keep the message unacked until the delay is
         // over. If this process dies first, the broker requeues it at once.
-        self.count_delayed(&claim.topic, 1);
+        self.inner.count_delayed(&claim.topic, 1);
         let inner = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let _ = claim.acker.nack(BasicNackOptions { multiple: false, requeue: true }).await;
             if let Some(inner) = inner.upgrade() {
-                let bus = AmqpBus { inner };
-                bus.count_delayed(&claim.topic, -1);
+                inner.count_delayed(&claim.topic, -1);
             }
         });
         Ok(())
@@ -758,16 +745,5 @@ impl Bus for AmqpBus {
 
     fn max_message_bytes(&self) -> usize {
         self.inner.settings.max_message_bytes
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_reach_messages() {
-        assert_eq!(redact_uri("amqp://vera:s3cret@mq:5672/%2f"), "amqp://vera:***@mq:5672/%2f");
-        assert_eq!(redact_uri("amqp://mq:5672/%2f"), "amqp://mq:5672/%2f");
     }
 }

@@ -228,7 +228,7 @@ impl ConsumerState {
         if let Some(delivered) = self.delivered.get_mut(&partition) {
             delivered.remove(&offset);
         }
-        let target = outstanding.first().copied().or_else(|| self.high.get(&partition).copied())?;
+        let target = self.commit_point(partition)?;
         (self.committed.get(&partition).copied().unwrap_or(-1) < target).then_some(target)
     }
 }
@@ -526,10 +526,15 @@ impl KafkaBus {
         Ok(consumer)
     }
 
-    /// Claims up to `max` buffered messages. Messages already delivered `max_attempts`
-    /// times (their earlier consumers died holding them) come back separately, to be
-    /// dead-lettered instead of delivered.
-    fn take(&self, consumer: &TopicConsumer, max: usize, visibility: Duration) -> (Vec<Delivery>, Vec<Received>) {
+    /// Claims up to `max` buffered messages, and names the partitions they came from.
+    /// Messages already delivered `max_attempts` times (their earlier consumers died
+    /// holding them) come back separately, to be dead-lettered instead of delivered.
+    fn take(
+        &self,
+        consumer: &TopicConsumer,
+        max: usize,
+        visibility: Duration,
+    ) -> (Vec<Delivery>, BTreeSet<i32>, Vec<Received>) {
         let max_attempts = self.inner.settings.max_attempts;
         let ordered = self.inner.settings.ordered.contains(&consumer.topic);
         let now = now_millis();
@@ -540,6 +545,7 @@ impl KafkaBus {
             HashSet::new()
         };
         let mut out = Vec::new();
+        let mut partitions = BTreeSet::new();
         let mut poison = Vec::new();
         let mut index = 0;
         while out.len() < max && index < state.buffer.len() {
@@ -570,9 +576,10 @@ impl KafkaBus {
                 attempt: r.attempt,
             });
             *state.delivered.entry(r.partition).or_default().entry(r.offset).or_insert(0) += 1;
+            partitions.insert(r.partition);
             state.claims.insert(receipt, Claim { received: r, deadline: Instant::now() + visibility });
         }
-        (out, poison)
+        (out, partitions, poison)
     }
 
     /// Commits `partition` at its commit point with the delivery counts of its unsettled
@@ -620,16 +627,13 @@ impl KafkaBus {
         max: usize,
         visibility: Duration,
     ) -> Result<Vec<Delivery>, BusError> {
-        let (claims, poison) = self.take(consumer, max, visibility);
+        let (claims, partitions, poison) = self.take(consumer, max, visibility);
         for r in poison {
             let reason =
                 format!("delivered {} times; every consumer holding it stopped before settling it", r.attempt - 1);
             self.send(&self.dead_name(&consumer.topic), &r, r.attempt - 1, 0, Some(&reason)).await?;
-            consumer.state.lock().expect("state lock").settle(r.partition, r.offset);
-            self.commit(consumer, r.partition, true).await?;
+            self.settle(consumer, &r).await?;
         }
-        let partitions: BTreeSet<i32> =
-            claims.iter().filter_map(|d| d.receipt.split(':').next()?.parse().ok()).collect();
         for partition in partitions {
             if let Err(error) = self.commit(consumer, partition, false).await {
                 tracing::warn!(%error, "kafka: could not record a delivery; a crash now would not count it");
@@ -690,6 +694,10 @@ impl KafkaBus {
                 if let ReplayFrom::TimeMillis(_) = from {
                     list = inner.meta.offsets_for_times(list, METADATA_TIMEOUT)?;
                 }
+                let reader = match from {
+                    ReplayFrom::TimeMillis(_) => Some(group_free_reader(&settings, "replay")?),
+                    ReplayFrom::Offset(_) => None,
+                };
                 let mut resolved = Vec::new();
                 let mut commit = TopicPartitionList::new();
                 for element in list.elements() {
@@ -699,8 +707,8 @@ impl KafkaBus {
                         // No message at or after the time: start at the end.
                         _ => high,
                     };
-                    if let ReplayFrom::TimeMillis(target) = from {
-                        offset = first_at_or_after(&settings, &name, element.partition(), offset, target)?;
+                    if let (Some(reader), ReplayFrom::TimeMillis(target)) = (&reader, from) {
+                        offset = first_at_or_after(reader, &name, element.partition(), offset, high, target)?;
                     }
                     commit.add_partition_offset(&name, element.partition(), Offset::Offset(offset))?;
                     resolved.push((element.partition(), offset));
@@ -713,23 +721,28 @@ impl KafkaBus {
     }
 }
 
+/// A consumer outside the worker group (its own throwaway group id, never committing),
+/// for reading a topic without disturbing the workers.
+fn group_free_reader(settings: &KafkaSettings, purpose: &str) -> Result<BaseConsumer, KafkaError> {
+    settings
+        .client_config()
+        .set("group.id", format!("{}-{purpose}-{:08x}", settings.group, rand::random::<u32>()))
+        .set("enable.auto.commit", "false")
+        .create()
+}
+
 /// The first offset from `start` whose message is stamped at or after `target` (ms), or
 /// the end of the partition. Brokers answer `offsets_for_times` with the right offset
 /// (then this reads one message to confirm it); some (tansu) answer the earliest, and the
 /// scan forward corrects that.
 fn first_at_or_after(
-    settings: &KafkaSettings,
+    reader: &BaseConsumer,
     topic: &str,
     partition: i32,
     start: i64,
+    high: i64,
     target: i64,
 ) -> Result<i64, KafkaError> {
-    let reader: BaseConsumer = settings
-        .client_config()
-        .set("group.id", format!("{}-replay-{:08x}", settings.group, rand::random::<u32>()))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let (_, high) = reader.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(topic, partition, Offset::Offset(start))?;
     reader.assign(&list)?;
@@ -896,11 +909,7 @@ impl Bus for KafkaBus {
         let settings = self.inner.settings.clone();
         self.blocking(&format!("read {dead_name}"), move |inner| {
             // A reader outside the group, from the beginning of every partition.
-            let reader: BaseConsumer = settings
-                .client_config()
-                .set("group.id", format!("{}-dlq-reader-{:08x}", settings.group, rand::random::<u32>()))
-                .set("enable.auto.commit", "false")
-                .create()?;
+            let reader = group_free_reader(&settings, "dlq-reader")?;
             let mut list = TopicPartitionList::new();
             let mut remaining = 0i64;
             for p in &partitions {

@@ -218,7 +218,9 @@ impl SqsBus {
         }
     }
 
-    fn payload(message: &aws_sdk_sqs::types::Message) -> Result<Bytes, BusError> {
+    /// The payload of a received message. A body marked base64 that does not decode is
+    /// not ours to fix: it is passed on raw, so the worker dead-letters it as malformed.
+    fn payload(message: &aws_sdk_sqs::types::Message) -> Bytes {
         let body = message.body().unwrap_or_default();
         let encoded = message
             .message_attributes()
@@ -226,12 +228,12 @@ impl SqsBus {
             .and_then(|value| value.string_value())
             == Some("base64");
         if encoded {
-            base64::engine::general_purpose::STANDARD.decode(body).map(Bytes::from).map_err(|e| {
-                BusError::new(BusErrorKind::InvalidInput, "sqs: a message marked base64 does not decode").with_source(e)
-            })
-        } else {
-            Ok(Bytes::copy_from_slice(body.as_bytes()))
+            match base64::engine::general_purpose::STANDARD.decode(body) {
+                Ok(decoded) => return Bytes::from(decoded),
+                Err(error) => tracing::warn!(%error, "sqs: a message marked base64 does not decode; passed on raw"),
+            }
         }
+        Bytes::copy_from_slice(body.as_bytes())
     }
 
     fn attribute(message: &aws_sdk_sqs::types::Message, name: &str) -> Option<String> {
@@ -337,14 +339,7 @@ impl SqsBus {
                 .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                 .and_then(|count| count.parse().ok())
                 .unwrap_or(1);
-            let payload = match Self::payload(message) {
-                Ok(payload) => payload,
-                Err(error) => {
-                    // Not ours to decode: keep the raw body for the dead-letter queue.
-                    tracing::warn!(%error, "undecodable SQS message");
-                    Bytes::copy_from_slice(message.body().unwrap_or_default().as_bytes())
-                }
-            };
+            let payload = Self::payload(message);
             deliveries.push(Delivery {
                 topic: topic.to_owned(),
                 message_id: message.message_id().unwrap_or_default().to_owned(),
@@ -614,8 +609,7 @@ impl Bus for SqsBus {
                 out.push(DeadLetter {
                     message_id: id,
                     key: Self::attribute(message, KEY_ATTRIBUTE),
-                    payload: Self::payload(message)
-                        .unwrap_or_else(|_| Bytes::from(message.body().unwrap_or_default().to_owned())),
+                    payload: Self::payload(message),
                     attempts,
                     reason,
                 });

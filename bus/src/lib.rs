@@ -194,10 +194,33 @@ impl OrderedTopics {
     }
 }
 
+/// A broker URL with its password replaced by `***`, for errors and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let user = url[scheme_end + 3..at].split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Checks a topic name: 1..=64 characters of `[a-z0-9._-]`.
 pub fn validate_topic(topic: &str) -> Result<(), BusError> {
     let ok = !topic.is_empty()
         && topic.len() <= 64
         && topic.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
     if ok { Ok(()) } else { Err(BusError::new(BusErrorKind::InvalidInput, format!("invalid topic name {topic:?}"))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact_url("amqp://vera:s3cret@mq:5672/%2f"), "amqp://vera:***@mq:5672/%2f");
+        assert_eq!(redact_url("amqp://mq:5672/%2f"), "amqp://mq:5672/%2f");
+        assert_eq!(redact_url("nats://u:secret@h"), "nats://u:***@h");
+    }
 }

@@ -44,11 +44,10 @@ CREATE INDEX IF NOT EXISTS messages_by_key ON messages (topic, key, seq) WHERE k
 pub struct SqliteBus {
     pool: SqlitePool,
     max_attempts: u32,
-    max_message_bytes: usize,
 }
 
-/// The embedded bus's default payload limit. Pack tasks and events are a few hundred bytes.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// The embedded bus's payload limit. Pack tasks and events are a few hundred bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 fn now_micros() -> i64 {
     std::time::SystemTime::now()
@@ -90,13 +89,7 @@ impl SqliteBus {
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(db_error("open"))?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(db_error("create schema"))?;
-        Ok(SqliteBus { pool, max_attempts, max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES })
-    }
-
-    /// Sets the largest payload `publish` accepts.
-    pub fn with_max_message_bytes(mut self, limit: usize) -> Self {
-        self.max_message_bytes = limit;
-        self
+        Ok(SqliteBus { pool, max_attempts })
     }
 
     fn seq_of(delivery: &Delivery) -> Result<i64, BusError> {
@@ -132,7 +125,7 @@ impl SqliteBus {
 impl Bus for SqliteBus {
     async fn publish(&self, topic: &str, messages: Vec<Outgoing>) -> Result<(), BusError> {
         validate_topic(topic)?;
-        check_message_sizes("sqlite bus", &messages, self.max_message_bytes)?;
+        check_message_sizes("sqlite bus", &messages, MAX_MESSAGE_BYTES)?;
         if messages.is_empty() {
             return Ok(());
         }
@@ -310,6 +303,6 @@ impl Bus for SqliteBus {
     }
 
     fn max_message_bytes(&self) -> usize {
-        self.max_message_bytes
+        MAX_MESSAGE_BYTES
     }
 }

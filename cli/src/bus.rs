@@ -72,18 +72,10 @@ impl BusUrl {
             }
             return Ok(BusUrl::Kafka { brokers: brokers.to_owned(), params });
         }
-        bail!("--bus {}: unknown bus; use sqlite:PATH, amqp://…, sqs://REGION or kafka://HOST:PORT", redact(url))
-    }
-}
-
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(start), Some(at)) if at > start => {
-            let user = url[start + 3..at].split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..start + 3], &url[at..])
-        }
-        _ => url.to_owned(),
+        bail!(
+            "--bus {}: unknown bus; use sqlite:PATH, amqp://…, sqs://REGION or kafka://HOST:PORT",
+            vera_bus::redact_url(url)
+        )
     }
 }
 

@@ -341,7 +341,7 @@ impl ShardAddr {
 
     /// The sidecar object key for a segment.
     pub fn sidecar_key(&self, generation: u32) -> String {
-        format!("{}.meta", self.segment_key(generation))
+        sidecar_key_of(&self.segment_key(generation))
     }
 
     fn bucket_hex(&self) -> String {
@@ -495,6 +495,11 @@ fn parse_time_label(label: &str) -> Option<(TimeGranularity, i32)> {
         }
     };
     Some((granularity, i32::try_from(bucket).ok()?))
+}
+
+/// The sidecar (`.vera.meta`) object key of the segment stored at `segment_key`.
+pub fn sidecar_key_of(segment_key: &str) -> String {
+    format!("{segment_key}.meta")
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ async fn publish(bus: &dyn Bus, batch: &mut Vec<AuditEvent>) {
     let messages: Vec<Outgoing> = batch
         .iter()
         .map(|event| {
-            let id = format!("read/{}/{:016x}", event.uid.as_deref().unwrap_or("-"), rand_id());
+            let id = format!("read/{}/{:016x}", event.uid.as_deref().unwrap_or("-"), rand::random::<u64>());
             let envelope = Envelope::new(id, event.at, Message::AuditEvent(event.clone()));
             Outgoing { key: envelope.ordering_key(), payload: Bytes::from(envelope.encode()) }
         })
@@ -85,13 +85,4 @@ async fn publish(bus: &dyn Bus, batch: &mut Vec<AuditEvent>) {
     }
     // Kept for the next round: nothing is dropped while the queue has room.
     tracing::error!(events = batch.len(), "READ audit events not yet published; will retry");
-}
-
-fn rand_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
-    );
-    hasher.finish()
 }

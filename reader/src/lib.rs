@@ -33,7 +33,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use vera_protocol::Timestamp;
 use vera_protocol::message::{AuditAction, AuditEvent, AuditOutcome};
-use vera_protocol::routing::RoutingTable;
+use vera_protocol::routing::{RoutingTable, sidecar_key_of};
 use vera_protocol::sidecar::Sidecar;
 use vera_store::shards::{FileRead, ShardError, ShardStore};
 use vera_store::{StoreError, StoreErrorKind};
@@ -101,11 +101,11 @@ impl Reader {
 
     /// Drops what is cached about a segment (its sidecar), e.g. on a tombstone event.
     pub async fn invalidate(&self, segment_key: &str) {
-        self.sidecars.invalidate(&format!("{segment_key}.meta")).await;
+        self.sidecars.invalidate(&sidecar_key_of(segment_key)).await;
     }
 
     async fn sidecar(&self, segment_key: &str) -> Result<Arc<Option<Sidecar>>, ReadFailure> {
-        let key = format!("{segment_key}.meta");
+        let key = sidecar_key_of(segment_key);
         let store = self.shards.store().clone();
         let fetch_key = key.clone();
         self.sidecars

@@ -523,10 +523,7 @@ impl ObjectStore for S3Store {
     ) -> Result<PutOutcome, StoreError> {
         validate_key(key)?;
         if body.len() < self.multipart_threshold {
-            let bytes = tokio::task::spawn_blocking(move || body.to_bytes())
-                .await
-                .map_err(|e| StoreError::new(StoreErrorKind::Other, key, format!("reading the body failed: {e}")))?
-                .map_err(|e| StoreError::new(StoreErrorKind::Other, key, "reading the body failed").with_source(e))?;
+            let bytes = vera_store::upload::read_all(key, body).await?;
             return self.put(key, bytes, options).await;
         }
         self.put_multipart(key, body, options).await

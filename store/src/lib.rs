@@ -48,12 +48,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: std::sync::Arc<dyn upload::UploadSource>,
         options: PutOptions,
     ) -> Result<PutOutcome, StoreError> {
-        let bytes = tokio::task::spawn_blocking(move || body.to_bytes())
-            .await
-            .map_err(|e| StoreError::new(StoreErrorKind::Other, key, format!("reading the upload body failed: {e}")))?
-            .map_err(|e| {
-                StoreError::new(StoreErrorKind::Other, key, "reading the upload body failed").with_source(e)
-            })?;
+        let bytes = upload::read_all(key, body).await?;
         self.put(key, bytes, options).await
     }
 

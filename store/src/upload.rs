@@ -45,6 +45,16 @@ impl UploadSource for Bytes {
     }
 }
 
+/// Reads a whole body into memory off the async threads, for stores that upload in one
+/// request.
+pub async fn read_all(key: &str, body: std::sync::Arc<dyn UploadSource>) -> Result<Bytes, crate::StoreError> {
+    use crate::{StoreError, StoreErrorKind};
+    tokio::task::spawn_blocking(move || body.to_bytes())
+        .await
+        .map_err(|e| StoreError::new(StoreErrorKind::Other, key, format!("reading the upload body failed: {e}")))?
+        .map_err(|e| StoreError::new(StoreErrorKind::Other, key, "reading the upload body failed").with_source(e))
+}
+
 /// A file whose length was fixed when it was wrapped (a sealed segment on disk).
 pub struct FileSource {
     file: File,
