@@ -36,6 +36,10 @@ pub struct StoreArgs {
     /// Path-style addressing (needed by MinIO and most non-AWS servers).
     #[arg(long, env = "VERA_S3_PATH_STYLE")]
     pub s3_path_style: bool,
+    /// For S3 servers that answer 500 to a suffix range longer than the object (s3s-fs):
+    /// retry such index reads as HEAD + range GET. Not needed for AWS, MinIO or moto.
+    #[arg(long, env = "VERA_S3_SUFFIX_FALLBACK")]
+    pub s3_suffix_fallback: bool,
     /// The message bus. Unset: the embedded SQLite queue in --data-dir. Otherwise
     /// `amqp://USER:PASS@HOST:5672/%2f` (RabbitMQ), `sqs://REGION[?endpoint=URL]` or
     /// `kafka://HOST:PORT[,HOST:PORT][?group=NAME]`; each takes `?prefix=` for queue names.
@@ -82,6 +86,7 @@ impl StoreArgs {
             region: self.s3_region.clone(),
             endpoint: self.s3_endpoint.clone(),
             force_path_style: self.s3_path_style,
+            suffix_fallback: self.s3_suffix_fallback,
             ..vera_store_s3::S3Settings::new(bucket)
         }
     }

@@ -20,7 +20,7 @@ use vera_worker::rows::validate_row;
 use vera_worker::{WorkerStats, run_worker};
 
 use crate::common::{SourceArgs, StoreArgs, WorkerArgs};
-use crate::generate::{CorpusSpec, generate};
+use vera_source::corpus::{CorpusSpec, generate};
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
@@ -110,7 +110,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
     let generation_started = Instant::now();
     let spec = CorpusSpec { files: args.files, days: args.days, seed: args.seed, ..CorpusSpec::default() };
     let progress = bar(args.files, "generating", args.json);
-    let corpus = generate(&source_path, &spec, &progress).await?;
+    let corpus = generate(&source_path, &spec, &|| progress.inc(1)).await?;
     progress.finish_and_clear();
     let generate_seconds = generation_started.elapsed().as_secs_f64();
     tracing::info!(rows = corpus.rows, bytes = corpus.payload_bytes, seconds = generate_seconds, "corpus generated");
@@ -180,16 +180,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
     shutdown.cancel();
     let mut stats = WorkerStats::default();
     for worker in workers {
-        let one = worker.await?;
-        stats.rows += one.rows;
-        stats.files_packed += one.files_packed;
-        stats.already_stored += one.already_stored;
-        stats.rejected += one.rejected;
-        stats.segments_written += one.segments_written;
-        stats.bytes_in += one.bytes_in;
-        stats.bytes_stored += one.bytes_stored;
-        stats.dead_lettered += one.dead_lettered;
-        stats.last_sealed_at = stats.last_sealed_at.max(one.last_sealed_at);
+        stats.merge(&worker.await?);
     }
     let pack_started = producer_report.first_read_at.unwrap_or_else(Instant::now);
     let elapsed = stats.last_sealed_at.map_or(Duration::ZERO, |end| end.saturating_duration_since(pack_started));

@@ -3,7 +3,6 @@
 mod bus;
 mod common;
 mod demo;
-mod generate;
 mod inspect;
 mod run;
 

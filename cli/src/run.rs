@@ -11,7 +11,7 @@ use vera_producer::{ProducerSettings, RunMode, run_producer};
 use vera_store::ObjectStore;
 
 use crate::common::{SourceArgs, StoreArgs, WorkerArgs};
-use crate::generate::CorpusSpec;
+use vera_source::corpus::CorpusSpec;
 
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
@@ -38,7 +38,7 @@ pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         ..CorpusSpec::default()
     };
     let progress = indicatif::ProgressBar::new(args.files);
-    let summary = crate::generate::generate(&args.db, &spec, &progress).await?;
+    let summary = vera_source::corpus::generate(&args.db, &spec, &|| progress.inc(1)).await?;
     progress.finish_and_clear();
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
@@ -314,8 +314,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "serving files");
     let token = shutdown.clone();
-    axum::serve(listener, vera_reader::router(reader, Some(metrics)))
-        .with_graceful_shutdown(async move { token.cancelled().await })
+    vera_reader::serve(listener, vera_reader::router(reader, Some(metrics)), async move { token.cancelled().await })
         .await?;
     shutdown.cancel();
     if let Some(task) = audit_task {

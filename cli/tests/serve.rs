@@ -81,6 +81,14 @@ fn serve_answers_files_over_http_and_audits_each_read() {
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(metrics.contains("vera_reader_requests_total"), "metrics are served");
     assert!(metrics.contains("vera_reader_store_requests_total{op=\"get\"}"), "store calls are counted: {metrics}");
+    let value = |name: &str| -> f64 {
+        let line =
+            metrics.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name}: {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("vera_reader_index_cache_total{result=\"miss\"}") >= 1.0, "the first read missed the cache");
+    assert!(value("vera_reader_index_cache_files") >= 1.0, "the segment's index is cached");
+    assert!(value("vera_reader_index_cache_bytes") > 0.0);
 
     // The READ is batched onto the bus within about a second.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -17,6 +17,11 @@
 //! `range_not_satisfiable`, 500 `corrupt_segment` / `misconfigured`, 503
 //! `storage_unavailable` (with `Retry-After`).
 //!
+//! A response is sent only after the whole file has been decoded and its BLAKE3 checked, so
+//! the reader holds one file (at most `max_file_bytes`) in memory per request in flight and
+//! never starts a 200 it would have to break off: corruption is a clean 500, not a
+//! truncated body. `serve` sets TCP_NODELAY on every connection.
+//!
 //! Every successful read is audited: an `AuditEvent(READ)` goes to a channel that a
 //! background task batches onto the bus's `audit` topic.
 
@@ -64,6 +69,7 @@ pub struct Reader {
     audit: Option<audit::AuditSender>,
     settings: ReaderSettings,
     store_counts: Option<Arc<vera_store::counting::RequestCounts>>,
+    sidecar_fetches: std::sync::atomic::AtomicU64,
 }
 
 impl Reader {
@@ -76,6 +82,11 @@ impl Reader {
     }
 
     fn export_store_counts(&self) {
+        let cache = self.shards.cache_stats();
+        metrics::counter!("vera_reader_index_cache_total", "result" => "hit").absolute(cache.hits);
+        metrics::counter!("vera_reader_index_cache_total", "result" => "miss").absolute(cache.misses);
+        metrics::gauge!("vera_reader_index_cache_bytes").set(cache.bytes as f64);
+        metrics::gauge!("vera_reader_index_cache_files").set(cache.files as f64);
         let Some(counts) = &self.store_counts else { return };
         let snapshot = counts.snapshot();
         for (op, value) in
@@ -96,7 +107,7 @@ impl Reader {
             .max_capacity(settings.sidecar_capacity)
             .time_to_live(settings.sidecar_ttl)
             .build();
-        Reader { shards, routing, sidecars, audit, settings, store_counts: None }
+        Reader { shards, routing, sidecars, audit, settings, store_counts: None, sidecar_fetches: Default::default() }
     }
 
     /// Drops what is cached about a segment (its sidecar), e.g. on a tombstone event.
@@ -104,12 +115,33 @@ impl Reader {
         self.sidecars.invalidate(&sidecar_key_of(segment_key)).await;
     }
 
+    /// Empties every cache (indexes and sidecars), as a restart would: the next read of
+    /// any file is a cold read. For measurements and operators.
+    pub async fn forget_everything(&self) {
+        self.shards.forget_all();
+        self.sidecars.invalidate_all();
+        self.sidecars.run_pending_tasks().await;
+    }
+
+    /// Sidecars read from the store so far (cache misses of the tombstone check).
+    pub fn sidecar_fetches(&self) -> u64 {
+        self.sidecar_fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The shard store this reader reads through (its cache statistics, for instance).
+    pub fn shards(&self) -> &ShardStore {
+        &self.shards
+    }
+
     async fn sidecar(&self, segment_key: &str) -> Result<Arc<Option<Sidecar>>, ReadFailure> {
         let key = sidecar_key_of(segment_key);
         let store = self.shards.store().clone();
         let fetch_key = key.clone();
+        let fetches = &self.sidecar_fetches;
         self.sidecars
             .try_get_with(key, async move {
+                fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!("vera_reader_sidecar_fetches_total").increment(1);
                 match store.get(&fetch_key).await {
                     Ok(got) => Sidecar::decode(&got.body)
                         .map(|sidecar| Arc::new(Some(sidecar)))
@@ -336,6 +368,23 @@ async fn readyz(State(reader): State<Arc<Reader>>) -> Response {
         Err(error) if error.kind == StoreErrorKind::NotFound => (StatusCode::OK, "ready").into_response(),
         Err(error) => ReadFailure::from_store(error).into_response(),
     }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, with TCP_NODELAY on every
+/// connection: without it a response written in two segments waits for the client's
+/// delayed ACK (40 ms on Linux) before its second half leaves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
 /// The service's routes. `metrics` renders `/metrics` when given.

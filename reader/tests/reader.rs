@@ -270,3 +270,30 @@ async fn warm_reads_cost_one_get_and_the_index_cache_keeps_to_its_budget() {
     assert!(kept.bytes <= budget, "{kept:?} within {budget}");
     assert!(kept.segments >= 1);
 }
+
+/// An index region larger than the suffix costs a second GET once; the store learns the
+/// size, and later cold reads fetch footer and index in one suffix GET.
+#[tokio::test]
+async fn the_suffix_length_learns_from_indexes_that_did_not_fit() {
+    use vera_store::counting::CountingStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = packed_store(dir.path()).await;
+    let segments: Vec<String> =
+        store.list("").await.unwrap().into_iter().map(|m| m.key).filter(|k| k.ends_with(".vera")).collect();
+    assert!(segments.len() >= 2, "{segments:?}");
+    let counting = CountingStore::new(store);
+    let counts = counting.counts();
+    let shards = ShardStore::new(Arc::new(counting)).with_suffix_bytes(256);
+    assert_eq!(shards.suffix_hint(), 256);
+    for key in &segments {
+        shards.index(key).await.unwrap();
+    }
+    let first = counts.snapshot().gets;
+    assert!(first > segments.len() as u64, "some index outgrew 256 bytes: {first} GETs");
+    assert!(shards.suffix_hint() > 256, "learned {}", shards.suffix_hint());
+    shards.forget_all();
+    for key in &segments {
+        shards.index(key).await.unwrap();
+    }
+    assert_eq!(counts.snapshot().gets - first, segments.len() as u64, "one suffix GET per cold index now");
+}

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod conformance;
+pub mod corpus;
 pub mod mysql;
 pub mod postgres;
 mod sql;

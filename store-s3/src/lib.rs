@@ -21,6 +21,8 @@
 //! `ensure_bucket` is the setup step: it creates a bucket with Object Lock and a default
 //! retention, and refuses a bucket without Object Lock unless explicitly allowed.
 
+pub mod requests;
+
 use std::ops::Range;
 
 use async_trait::async_trait;
@@ -55,7 +57,18 @@ pub struct S3Settings {
     pub multipart_threshold: u64,
     /// Part size of multipart uploads (S3: at least 5 MiB, except the last part).
     pub part_size: u64,
+    /// For servers that fail a suffix range longer than the object (s3s-fs 0.14.1 answers
+    /// 500: it seeks before the start of the file) instead of returning the whole object as
+    /// S3, MinIO and moto do: a suffix read that fails with a 5xx is tried once, without
+    /// SDK retries, then replaced by HEAD + range GET. Off by default.
+    pub suffix_fallback: bool,
 }
+
+/// Bodies at least this long go up as multipart uploads. Every part is a billed request
+/// (a 40 MiB segment in 16 MiB parts is 5: create, 3 parts, complete), so the threshold is
+/// as high as memory allows: a smaller body is read into memory for one PutObject, so a
+/// worker holds at most `put_concurrency` × this much in upload buffers.
+pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 64 * 1024 * 1024;
 
 /// S3's smallest allowed part (except the last).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -68,8 +81,9 @@ impl S3Settings {
             endpoint: None,
             force_path_style: false,
             max_attempts: 5,
-            multipart_threshold: 32 * 1024 * 1024,
+            multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
             part_size: 16 * 1024 * 1024,
+            suffix_fallback: false,
         }
     }
 }
@@ -80,6 +94,7 @@ pub struct S3Store {
     bucket: String,
     multipart_threshold: u64,
     part_size: u64,
+    suffix_fallback: bool,
 }
 
 impl S3Store {
@@ -105,7 +120,16 @@ impl S3Store {
             bucket: settings.bucket.clone(),
             multipart_threshold: settings.multipart_threshold.max(MIN_PART_SIZE),
             part_size: settings.part_size.max(MIN_PART_SIZE),
+            suffix_fallback: settings.suffix_fallback,
         }
+    }
+
+    /// Counts every HTTP request this store's client transmits (retries and multipart parts
+    /// included) into `counts`, by S3 request class; see [`requests`].
+    pub fn with_request_counts(mut self, counts: std::sync::Arc<vera_store::counting::RequestCounts>) -> Self {
+        let config = self.client.config().to_builder().interceptor(requests::RequestCounter::new(counts)).build();
+        self.client = Client::from_conf(config);
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -393,11 +417,16 @@ where
                 (403, "AccessDenied", Op::Delete | Op::Write | Op::Update) => StoreErrorKind::Locked,
                 (403, _, _) => StoreErrorKind::Config,
                 (400, "InvalidRequest" | "InvalidArgument", _) => StoreErrorKind::InvalidInput,
+                // Retrying cannot help a server that lacks the operation.
+                (501, _, _) => StoreErrorKind::Config,
                 (500..=599, _, _) | (_, "SlowDown" | "RequestTimeout", _) => StoreErrorKind::Transient,
                 _ => StoreErrorKind::Other,
             };
             let hint = match (kind, code) {
                 (StoreErrorKind::Config, "NoSuchBucket") => ": the bucket does not exist; run `vera setup-bucket`",
+                (StoreErrorKind::Config, "NotImplemented") => {
+                    ": this S3 server does not implement the operation (Object Lock needs a server that does)"
+                }
                 (StoreErrorKind::Config, _) => ": check the credentials and the bucket policy",
                 _ => "",
             };
@@ -575,15 +604,27 @@ impl ObjectStore for S3Store {
 
     async fn get_suffix(&self, key: &str, len: u64) -> Result<(Bytes, u64), StoreError> {
         validate_key(key)?;
-        let output = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes=-{}", len.max(1)))
-            .send()
-            .await
-            .map_err(|e| map_error(key, e, Op::Read))?;
+        let request = self.client.get_object().bucket(&self.bucket).key(key).range(format!("bytes=-{}", len.max(1)));
+        let sent = if self.suffix_fallback {
+            let once = aws_sdk_s3::config::Builder::default().retry_config(aws_config::retry::RetryConfig::disabled());
+            request.customize().config_override(once).send().await
+        } else {
+            request.send().await
+        };
+        let output = match sent {
+            Ok(output) => output,
+            Err(SdkError::ServiceError(service))
+                if self.suffix_fallback && service.raw().status().is_server_error() =>
+            {
+                let object_len = self.head_raw(key).await?.content_length().and_then(|n| u64::try_from(n).ok());
+                let object_len = object_len.ok_or_else(|| {
+                    StoreError::new(StoreErrorKind::Other, key, "HEAD answered without a Content-Length")
+                })?;
+                let tail = self.get_range(key, object_len.saturating_sub(len)..object_len).await?;
+                return Ok((tail, object_len));
+            }
+            Err(error) => return Err(map_error(key, error, Op::Read)),
+        };
         let total = output
             .content_range()
             .and_then(|range| range.rsplit('/').next())

@@ -7,6 +7,10 @@ use vera_store::StoreErrorKind;
 use vera_store_s3::{BucketSetup, BucketState, S3Settings, S3Store, ensure_bucket};
 
 fn s3(bucket: &str) -> S3Store {
+    s3_with(bucket, false)
+}
+
+fn s3_with(bucket: &str, suffix_fallback: bool) -> S3Store {
     let endpoint = std::env::var("VERA_TEST_S3S_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8014".into());
     let shared = aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
@@ -15,7 +19,7 @@ fn s3(bucket: &str) -> S3Store {
         .build();
     S3Store::from_sdk_config(
         &shared,
-        &S3Settings { endpoint: Some(endpoint), force_path_style: true, ..S3Settings::new(bucket) },
+        &S3Settings { endpoint: Some(endpoint), force_path_style: true, suffix_fallback, ..S3Settings::new(bucket) },
     )
 }
 
@@ -33,4 +37,26 @@ async fn a_server_that_ignores_the_object_lock_flag_is_caught() {
     let other = format!("vera-s3s-{:08x}", rand::random::<u32>());
     let allowed = BucketSetup { default_retention: None, allow_without_object_lock: true };
     assert_eq!(ensure_bucket(&s3(&other), allowed).await.unwrap(), BucketState::CreatedWithoutObjectLockAllowed);
+}
+
+/// s3s-fs answers 500 to a suffix range longer than the object; with `suffix_fallback` the
+/// read still returns the whole object and its length, and a long object still gets
+/// exactly its suffix.
+#[tokio::test]
+async fn suffix_reads_of_short_objects_fall_back_to_head_and_range() {
+    use vera_store::{ObjectStore, PutOptions};
+    let bucket = format!("vera-s3s-{:08x}", rand::random::<u32>());
+    let setup = BucketSetup { default_retention: None, allow_without_object_lock: true };
+    let store = s3_with(&bucket, true);
+    ensure_bucket(&store, setup).await.unwrap();
+    let short: Vec<u8> = (0..100u8).collect();
+    store.put("short", short.clone().into(), PutOptions::create()).await.unwrap();
+    let (body, len) = store.get_suffix("short", 64 * 1024).await.unwrap();
+    assert_eq!((body.as_ref(), len), (short.as_slice(), 100));
+    let long: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    store.put("long", long.clone().into(), PutOptions::create()).await.unwrap();
+    let (body, len) = store.get_suffix("long", 1000).await.unwrap();
+    assert_eq!((body.as_ref(), len), (&long[99_000..], 100_000));
+    let error = store.get_suffix("missing", 1000).await.unwrap_err();
+    assert_eq!(error.kind, StoreErrorKind::NotFound);
 }

@@ -6,6 +6,7 @@
 //! a file then costs one range GET.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use vera_protocol::Timestamp;
 use vera_protocol::routing::{RoutingTable, ShardAddr};
@@ -26,6 +27,9 @@ pub struct CacheStats {
     pub files: u64,
     /// Sum of the cached indexes' `resident_bytes`.
     pub bytes: u64,
+    /// Index lookups answered from the cache, and those that read the store, since start.
+    pub hits: u64,
+    pub misses: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +65,17 @@ pub struct FileRead {
 pub struct ShardStore {
     store: Arc<dyn ObjectStore>,
     suffix_bytes: u64,
+    /// Learned suffix length: grows to fit the largest index region seen, so that once one
+    /// segment needed a second GET, the next cold reads fetch footer and index in one.
+    suffix_hint: Arc<std::sync::atomic::AtomicU64>,
     limits: ReadLimits,
     indexes: moka::sync::Cache<String, Arc<SegmentIndex>>,
+    lookups: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
+
+/// The learned suffix never grows past this (a corrupt footer cannot make every later
+/// read fetch megabytes).
+pub const MAX_SUFFIX_HINT_BYTES: u64 = 4 * 1024 * 1024;
 
 fn index_cache(budget_bytes: u64) -> moka::sync::Cache<String, Arc<SegmentIndex>> {
     moka::sync::Cache::builder()
@@ -79,8 +91,10 @@ impl ShardStore {
         ShardStore {
             store,
             suffix_bytes: DEFAULT_SUFFIX_BYTES,
+            suffix_hint: Arc::new(std::sync::atomic::AtomicU64::new(DEFAULT_SUFFIX_BYTES)),
             limits: ReadLimits::default(),
             indexes: index_cache(DEFAULT_CACHE_BYTES),
+            lookups: Arc::default(),
         }
     }
 
@@ -100,11 +114,14 @@ impl ShardStore {
             files += index.len() as u64;
             bytes += index.resident_bytes() as u64;
         }
-        CacheStats { segments, files, bytes }
+        let [hits, misses] = self.lookups.as_ref();
+        let (hits, misses) = (hits.load(Ordering::Relaxed), misses.load(Ordering::Relaxed));
+        CacheStats { segments, files, bytes, hits, misses }
     }
 
     pub fn with_suffix_bytes(mut self, suffix_bytes: u64) -> Self {
         self.suffix_bytes = suffix_bytes.max(256);
+        self.suffix_hint = Arc::new(std::sync::atomic::AtomicU64::new(self.suffix_bytes));
         self
     }
 
@@ -114,6 +131,11 @@ impl ShardStore {
 
     pub fn limits(&self) -> &ReadLimits {
         &self.limits
+    }
+
+    /// The suffix length the next cold index read will ask for.
+    pub fn suffix_hint(&self) -> u64 {
+        self.suffix_hint.load(Ordering::Relaxed).max(self.suffix_bytes)
     }
 
     /// Existing segments under an address, by generation (one LIST).
@@ -136,13 +158,20 @@ impl ShardStore {
     /// (plus one range GET if the index outgrew the suffix).
     pub async fn index(&self, key: &str) -> Result<Arc<SegmentIndex>, ShardError> {
         if let Some(index) = self.cached(key) {
+            self.lookups[0].fetch_add(1, Ordering::Relaxed);
             return Ok(index);
         }
-        let (suffix, object_len) = self.store.get_suffix(key, self.suffix_bytes).await?;
+        self.lookups[1].fetch_add(1, Ordering::Relaxed);
+        let suffix_len = self.suffix_hint.load(Ordering::Relaxed).max(self.suffix_bytes);
+        let (suffix, object_len) = self.store.get_suffix(key, suffix_len).await?;
         let segment_error = |source| ShardError::Segment { key: key.to_owned(), source };
         let index = match SegmentIndex::open_suffix(&suffix, object_len, &self.limits).map_err(segment_error)? {
             SuffixOpen::Ready(index) => *index,
             SuffixOpen::NeedMore { start } => {
+                // A quarter more than this index region, so similar segments fit next time.
+                let needed = object_len.saturating_sub(start);
+                let learned = (needed + needed / 4).min(MAX_SUFFIX_HINT_BYTES);
+                self.suffix_hint.fetch_max(learned, Ordering::Relaxed);
                 let tail = self.store.get_range(key, start..object_len).await?;
                 match SegmentIndex::open_suffix(&tail, object_len, &self.limits).map_err(segment_error)? {
                     SuffixOpen::Ready(index) => *index,
@@ -167,6 +196,12 @@ impl ShardStore {
     /// Forgets a cached index (after a repack or in tests).
     pub fn forget(&self, key: &str) {
         self.indexes.invalidate(key);
+    }
+
+    /// Empties the index cache, as a restart would (cold-read measurements).
+    pub fn forget_all(&self) {
+        self.indexes.invalidate_all();
+        self.indexes.run_pending_tasks();
     }
 
     /// Locates, fetches, decodes and verifies one file.

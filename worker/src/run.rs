@@ -44,6 +44,24 @@ pub struct WorkerStats {
     pub last_sealed_at: Option<Instant>,
 }
 
+impl WorkerStats {
+    /// Adds another worker's figures to these (fleet totals).
+    pub fn merge(&mut self, other: &WorkerStats) {
+        self.tasks_done += other.tasks_done;
+        self.rows += other.rows;
+        self.files_packed += other.files_packed;
+        self.already_stored += other.already_stored;
+        self.rejected += other.rejected;
+        self.segments_written += other.segments_written;
+        self.bytes_in += other.bytes_in;
+        self.bytes_stored += other.bytes_stored;
+        self.dead_lettered += other.dead_lettered;
+        self.retried += other.retried;
+        self.redelivered += other.redelivered;
+        self.last_sealed_at = self.last_sealed_at.max(other.last_sealed_at);
+    }
+}
+
 /// How long to sleep when the queue is empty.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 

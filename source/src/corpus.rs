@@ -8,6 +8,8 @@
 //! share of rows arriving late (created the day before they arrive). A handful of bad
 //! rows (NULL payload, unparseable `created_at`, oversized payload, duplicate uid) test
 //! the reject path.
+//!
+//! `vera demo`, `vera generate` and the load test use it.
 
 use std::path::Path;
 
@@ -28,6 +30,8 @@ pub struct CorpusSpec {
     /// Size of the deliberately oversized rows.
     pub oversized_bytes: usize,
     pub seed: u64,
+    /// Kinds and their weights; see [`parse_mix`].
+    pub mix: Vec<(Kind, u32)>,
 }
 
 impl Default for CorpusSpec {
@@ -40,8 +44,25 @@ impl Default for CorpusSpec {
             bad_rows_per_kind: 5,
             oversized_bytes: 600 * 1024,
             seed: 20_261_124,
+            mix: DEFAULT_MIX.to_vec(),
         }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CorpusError {
+    #[error("cannot remove the old corpus {path}")]
+    Remove { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot create the corpus database")]
+    Create(#[from] crate::SourceError),
+    #[error("cannot write the corpus")]
+    Write(#[from] sqlx::Error),
+}
+
+/// True for the content types of the compressible, text-heavy kinds (receipts, call
+/// records, XML, CSV, logs); PDFs are half text, half image and count as not text.
+pub fn is_text_heavy(content_type: &str) -> bool {
+    matches!(content_type, "application/json" | "text/plain" | "application/xml" | "text/csv")
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -52,8 +73,9 @@ pub struct CorpusSummary {
     pub payload_bytes: u64,
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
+/// The kinds of file the corpus holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
     Receipt,
     CallRecord,
     Xml,
@@ -66,9 +88,39 @@ enum Kind {
     Zip,
 }
 
+impl Kind {
+    pub const ALL: [Kind; 10] = [
+        Kind::Receipt,
+        Kind::CallRecord,
+        Kind::Xml,
+        Kind::Csv,
+        Kind::Log,
+        Kind::Pdf,
+        Kind::Jpeg,
+        Kind::Png,
+        Kind::Gzip,
+        Kind::Zip,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Receipt => "receipt",
+            Kind::CallRecord => "cdr",
+            Kind::Xml => "xml",
+            Kind::Csv => "csv",
+            Kind::Log => "log",
+            Kind::Pdf => "pdf",
+            Kind::Jpeg => "jpeg",
+            Kind::Png => "png",
+            Kind::Gzip => "gzip",
+            Kind::Zip => "zip",
+        }
+    }
+}
+
 /// (kind, weight): mostly small records, with enough documents and images for a mean
 /// file size above 16 KiB.
-const MIX: &[(Kind, u32)] = &[
+pub const DEFAULT_MIX: &[(Kind, u32)] = &[
     (Kind::Receipt, 22),
     (Kind::CallRecord, 14),
     (Kind::Xml, 8),
@@ -81,10 +133,33 @@ const MIX: &[(Kind, u32)] = &[
     (Kind::Zip, 3),
 ];
 
-fn pick_kind(rng: &mut SmallRng) -> Kind {
-    let total: u32 = MIX.iter().map(|(_, w)| w).sum();
-    let mut roll = rng.gen_range(0..total);
-    for (kind, weight) in MIX {
+/// Parses a mix such as `receipt=22,cdr=14,pdf=10,jpeg=5`: kind names from
+/// [`Kind::name`] with relative weights; kinds left out get weight 0.
+pub fn parse_mix(text: &str) -> Result<Vec<(Kind, u32)>, String> {
+    let mut mix = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, weight) =
+            part.split_once('=').ok_or_else(|| format!("{part:?} is not KIND=WEIGHT (e.g. receipt=22)"))?;
+        let kind = Kind::ALL.into_iter().find(|k| k.name() == name.trim()).ok_or_else(|| {
+            let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown kind {name:?}; kinds are {}", names.join(", "))
+        })?;
+        if mix.iter().any(|(seen, _)| *seen == kind) {
+            return Err(format!("kind {name:?} is named twice"));
+        }
+        let weight: u32 = weight.trim().parse().map_err(|_| format!("weight {weight:?} is not a whole number"))?;
+        mix.push((kind, weight));
+    }
+    if mix.iter().map(|(_, w)| u64::from(*w)).sum::<u64>() == 0 {
+        return Err("the mix needs at least one kind with a weight above 0".to_owned());
+    }
+    Ok(mix)
+}
+
+fn pick_kind(rng: &mut SmallRng, mix: &[(Kind, u32)]) -> Kind {
+    let total: u32 = mix.iter().map(|(_, w)| w).sum();
+    let mut roll = rng.gen_range(0..total.max(1));
+    for (kind, weight) in mix {
         if roll < *weight {
             return *kind;
         }
@@ -306,16 +381,17 @@ fn pdf(rng: &mut SmallRng, len: usize) -> Vec<u8> {
     out
 }
 
-/// Writes the corpus to a fresh SQLite database at `path`.
+/// Writes the corpus to a fresh SQLite database at `path`; `on_row` is called once per
+/// row written (progress bars).
 pub async fn generate(
     path: &Path,
     spec: &CorpusSpec,
-    progress: &indicatif::ProgressBar,
-) -> anyhow::Result<CorpusSummary> {
+    on_row: &(dyn Fn() + Sync),
+) -> Result<CorpusSummary, CorpusError> {
     if path.exists() {
-        std::fs::remove_file(path)?;
+        std::fs::remove_file(path).map_err(|source| CorpusError::Remove { path: path.to_owned(), source })?;
     }
-    let mut connection = vera_source::sqlite::create_demo_database(path).await?;
+    let mut connection = crate::sqlite::create_demo_database(path).await?;
     let mut rng = SmallRng::seed_from_u64(spec.seed);
     let mut summary = CorpusSummary::default();
     let seconds_per_row = (f64::from(spec.days) * 86_400.0) / spec.files.max(1) as f64;
@@ -330,7 +406,7 @@ pub async fn generate(
         let created = if late { arrival - 86_400 - rng.gen_range(0..3600) } else { arrival - rng.gen_range(0..60) };
         let created_at = format_rfc3339(created);
         let uid = format!("doc-{:010}-{:04x}", id, rng.gen_range(0..0x10000));
-        let kind = pick_kind(&mut rng);
+        let kind = pick_kind(&mut rng, &spec.mix);
         let (payload, content_type) = content(&mut rng, kind, id);
         let is_bad = id % bad_every == 0 && bad_kind < spec.bad_rows_per_kind * 4;
         let (uid, created_at, payload) = if is_bad {
@@ -366,7 +442,7 @@ pub async fn generate(
             transaction.commit().await?;
             transaction = connection.begin().await?;
         }
-        progress.inc(1);
+        on_row();
     }
     transaction.commit().await?;
     connection.close().await?;
@@ -377,4 +453,45 @@ fn format_rfc3339(unix_seconds: i64) -> String {
     vera_protocol::Timestamp::from_unix_seconds(unix_seconds)
         .map(|t| t.to_rfc3339())
         .unwrap_or_else(|_| "invalid".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixes_parse_and_bad_ones_are_refused_with_a_reason() {
+        assert_eq!(parse_mix("receipt=3, pdf=1").unwrap(), vec![(Kind::Receipt, 3), (Kind::Pdf, 1)]);
+        assert!(parse_mix("paper=1").unwrap_err().contains("kinds are receipt, cdr"));
+        assert!(parse_mix("receipt").unwrap_err().contains("KIND=WEIGHT"));
+        assert!(parse_mix("receipt=x").unwrap_err().contains("whole number"));
+        assert!(parse_mix("receipt=1,receipt=2").unwrap_err().contains("twice"));
+        assert!(parse_mix("receipt=0").unwrap_err().contains("above 0"));
+        let names: Vec<String> = DEFAULT_MIX.iter().map(|(k, w)| format!("{}={w}", k.name())).collect();
+        assert_eq!(parse_mix(&names.join(",")).unwrap(), DEFAULT_MIX.to_vec(), "every kind name round-trips");
+    }
+
+    #[tokio::test]
+    async fn a_text_only_mix_yields_only_text_content_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corpus.sqlite");
+        let spec = CorpusSpec {
+            files: 200,
+            bad_rows_per_kind: 0,
+            mix: parse_mix("receipt=1,log=1,csv=1").unwrap(),
+            ..CorpusSpec::default()
+        };
+        let summary = generate(&path, &spec, &|| {}).await.unwrap();
+        assert_eq!((summary.rows, summary.good_rows), (200, 200));
+        use crate::Source;
+        use futures::TryStreamExt;
+        let source = crate::sqlite::SqliteSource::open("demo", &path, crate::SourceMapping::demo()).await.unwrap();
+        let all = vera_protocol::message::Slot { after: i64::MIN, up_to: i64::MAX, rows: 0, bytes: 0 };
+        let rows: Vec<crate::SourceRow> = source.read_slot(all).try_collect().await.unwrap();
+        assert_eq!(rows.len(), 200);
+        for row in rows {
+            let content_type = row.content_type.unwrap();
+            assert!(is_text_heavy(&content_type), "{content_type} in a text-only mix");
+        }
+    }
 }

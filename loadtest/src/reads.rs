@@ -1,0 +1,150 @@
+//! Random single-file reads through the reader service over HTTP, cold (every cache
+//! emptied before each read, as after a restart) and warm, with the S3 GETs each cost.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use serde::Serialize;
+use vera_reader::Reader;
+use vera_store::counting::RequestCounts;
+
+use crate::ingest::StoredFile;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadFigures {
+    pub reads: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// S3 GETs per read, as counted at the reader's S3 client.
+    pub gets_per_read: f64,
+    /// Of which GETs of `.vera.meta` sidecars (tombstone checks, answered 404 when a
+    /// segment has none).
+    pub sidecar_gets_per_read: f64,
+    pub bytes_per_read: f64,
+}
+
+impl ReadFigures {
+    /// Percentiles of `latencies`, with the request figures per read.
+    fn new(mut latencies: Vec<Duration>, gets_per_read: f64, sidecar_gets_per_read: f64, bytes_per_read: f64) -> Self {
+        latencies.sort();
+        ReadFigures {
+            reads: latencies.len() as u64,
+            p50_ms: percentile(&latencies, 50.0),
+            p95_ms: percentile(&latencies, 95.0),
+            p99_ms: percentile(&latencies, 99.0),
+            max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+            gets_per_read,
+            sidecar_gets_per_read,
+            bytes_per_read,
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+}
+
+/// The reader service on a loopback port, and an HTTP client for it.
+pub struct Service {
+    pub reader: Arc<Reader>,
+    base: String,
+    client: reqwest::Client,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    pub async fn start(reader: Arc<Reader>) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let router = vera_reader::router(Arc::clone(&reader), None);
+        let server = tokio::spawn(async move {
+            if let Err(error) = vera_reader::serve(listener, router, std::future::pending()).await {
+                tracing::error!(%error, "the reader service stopped");
+            }
+        });
+        let client = reqwest::Client::builder().pool_max_idle_per_host(4).build()?;
+        Ok(Service { reader, base, client, _server: server })
+    }
+
+    /// One GET; checks the status and that the body hashes to what was stored.
+    async fn read(&self, file: &StoredFile) -> anyhow::Result<Duration> {
+        let url = format!("{}/v1/files/{}?created_at={}", self.base, file.uid, file.created_at.to_rfc3339());
+        let started = Instant::now();
+        let response = self.client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        let elapsed = started.elapsed();
+        if !status.is_success() {
+            bail!("GET {url} answered {status}: {}", String::from_utf8_lossy(&body));
+        }
+        ensure!(*blake3::hash(&body).as_bytes() == file.content_hash, "GET {url} returned bytes that differ");
+        Ok(elapsed)
+    }
+
+    /// Reads `sample` in order; `cold` empties the reader's caches before each read.
+    pub async fn measure(
+        &self,
+        sample: &[&StoredFile],
+        cold: bool,
+        counts: &RequestCounts,
+    ) -> anyhow::Result<ReadFigures> {
+        let before = counts.snapshot();
+        let sidecars_before = self.reader.sidecar_fetches();
+        let mut latencies = Vec::with_capacity(sample.len());
+        for file in sample {
+            if cold {
+                self.reader.forget_everything().await;
+            }
+            latencies.push(self.read(file).await?);
+        }
+        let after = counts.snapshot();
+        let reads = sample.len().max(1) as f64;
+        Ok(ReadFigures::new(
+            latencies,
+            (after.gets - before.gets) as f64 / reads,
+            (self.reader.sidecar_fetches() - sidecars_before) as f64 / reads,
+            (after.bytes_got - before.bytes_got) as f64 / reads,
+        ))
+    }
+
+    /// Reads every sampled file once, untimed, so the next pass is warm.
+    pub async fn warm_up(&self, sample: &[&StoredFile]) -> anyhow::Result<()> {
+        for file in sample {
+            self.read(file).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The floor under the reader: the same records fetched with a bare S3 range GET from the
+/// same client library, indexes already in hand. Latency percentiles only.
+pub async fn direct_range_gets(
+    shards: &vera_store::shards::ShardStore,
+    routing: &vera_protocol::routing::RoutingTable,
+    sample: &[&StoredFile],
+) -> anyhow::Result<ReadFigures> {
+    let mut latencies = Vec::with_capacity(sample.len());
+    for file in sample {
+        let addr = routing.locate(&file.uid, file.created_at)?;
+        let mut generation = 0;
+        let (key, range) = loop {
+            let key = addr.segment_key(generation);
+            let index = shards.index(&key).await?;
+            if let Some(found) = index.find(&file.uid) {
+                break (key, found.entry.record_range());
+            }
+            generation += 1;
+        };
+        let started = Instant::now();
+        shards.store().get_range(&key, range).await?;
+        latencies.push(started.elapsed());
+    }
+    Ok(ReadFigures::new(latencies, 1.0, 0.0, 0.0))
+}

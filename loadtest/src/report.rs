@@ -1,0 +1,328 @@
+//! The figures, as JSON and as a Markdown table, with the goals checked against them.
+
+use serde::Serialize;
+use vera_source::corpus::{CorpusSummary, Kind};
+use vera_store::shards::CacheStats;
+
+use crate::ingest::IngestResult;
+use crate::reads::ReadFigures;
+use crate::space::{TarZstdSizes, VeraSizes};
+
+/// Everything one run measured.
+pub struct RunInfo {
+    pub quick: bool,
+    pub server: String,
+    pub mix: Vec<(Kind, u32)>,
+    pub corpus: CorpusSummary,
+    pub generate_seconds: f64,
+    pub vera: IngestResult,
+    pub segments: u64,
+    pub naive: IngestResult,
+    pub vera_sizes: VeraSizes,
+    pub naive_bytes: u64,
+    pub tar_zstd: TarZstdSizes,
+    pub cold: ReadFigures,
+    pub warm: ReadFigures,
+    pub direct: ReadFigures,
+    pub cache: CacheStats,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub command: String,
+    pub machine: Machine,
+    pub s3_server: String,
+    pub mode: &'static str,
+    pub seconds: f64,
+    pub corpus: Corpus,
+    pub vera: IngestResult,
+    pub naive: IngestResult,
+    pub ratios: Ratios,
+    pub space: Space,
+    pub read: Reads,
+    pub reader: ReaderMemory,
+    pub goals: Vec<Goal>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub os: String,
+}
+
+impl Machine {
+    fn read() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|line| line.starts_with("model name"))
+            .and_then(|line| line.split_once(':'))
+            .map_or_else(|| "unknown".to_owned(), |(_, name)| name.trim().to_owned());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_kib: f64 = meminfo
+            .lines()
+            .find(|line| line.starts_with("MemTotal:"))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0.0);
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_gib: (memory_kib / (1024.0 * 1024.0) * 10.0).round() / 10.0,
+            os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Corpus {
+    pub files: u64,
+    pub bytes: u64,
+    pub mean_file_bytes: f64,
+    pub mix: String,
+    pub generate_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ratios {
+    /// VERA files/min ÷ naive files/min.
+    pub ingest_speedup: f64,
+    /// Naive PUTs ÷ VERA PUTs.
+    pub put_reduction: f64,
+    pub segments: u64,
+    pub files_per_segment: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Space {
+    pub raw_bytes: u64,
+    pub vera_bytes: u64,
+    pub naive_bytes: u64,
+    pub tar_zstd_bytes: u64,
+    /// vera_bytes ÷ tar_zstd_bytes − 1.
+    pub vera_over_tar_zstd: f64,
+    pub text: TextSpace,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TextSpace {
+    pub raw_bytes: u64,
+    pub vera_bytes: u64,
+    pub tar_zstd_bytes: u64,
+    /// 1 − vera_bytes ÷ raw_bytes.
+    pub vera_saved: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Reads {
+    pub cold: ReadFigures,
+    pub warm: ReadFigures,
+    /// The same records as the warm reads, by bare S3 range GET (no reader, no HTTP hop):
+    /// the floor the reader's latency sits on.
+    pub direct_s3_range_get: ReadFigures,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReaderMemory {
+    /// The index cache's resident bytes (its byte budget's weigher) per cached file, with
+    /// every segment's index loaded.
+    pub bytes_per_cached_file: f64,
+    pub cached_files: u64,
+    pub cached_segments: u64,
+    pub cache_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Goal {
+    pub goal: &'static str,
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+fn ratio(numerator: f64, denominator: f64) -> f64 {
+    if denominator > 0.0 { numerator / denominator } else { 0.0 }
+}
+
+impl Report {
+    pub fn build(run: RunInfo) -> Self {
+        let corpus = Corpus {
+            files: run.corpus.good_rows,
+            bytes: run.corpus.payload_bytes,
+            mean_file_bytes: ratio(run.corpus.payload_bytes as f64, run.corpus.good_rows as f64),
+            mix: run.mix.iter().map(|(kind, weight)| format!("{}={weight}", kind.name())).collect::<Vec<_>>().join(","),
+            generate_seconds: run.generate_seconds,
+        };
+        let ratios = Ratios {
+            ingest_speedup: ratio(run.vera.files_per_minute, run.naive.files_per_minute),
+            put_reduction: ratio(run.naive.puts as f64, run.vera.puts as f64),
+            segments: run.segments,
+            files_per_segment: ratio(run.vera.files as f64, run.segments as f64),
+        };
+        let space = Space {
+            raw_bytes: run.tar_zstd.all_raw_bytes,
+            vera_bytes: run.vera_sizes.bucket_bytes,
+            naive_bytes: run.naive_bytes,
+            tar_zstd_bytes: run.tar_zstd.all_bytes,
+            vera_over_tar_zstd: ratio(run.vera_sizes.bucket_bytes as f64, run.tar_zstd.all_bytes as f64) - 1.0,
+            text: TextSpace {
+                raw_bytes: run.vera_sizes.text_raw_bytes,
+                vera_bytes: run.vera_sizes.text_stored_bytes,
+                tar_zstd_bytes: run.tar_zstd.text_bytes,
+                vera_saved: 1.0 - ratio(run.vera_sizes.text_stored_bytes as f64, run.vera_sizes.text_raw_bytes as f64),
+            },
+        };
+        let reader = ReaderMemory {
+            bytes_per_cached_file: ratio(run.cache.bytes as f64, run.cache.files as f64),
+            cached_files: run.cache.files,
+            cached_segments: run.cache.segments,
+            cache_bytes: run.cache.bytes,
+        };
+        let goals = vec![
+            Goal {
+                goal: "ingest rate vs naive",
+                target: "≥ 50×".into(),
+                measured: format!("{:.1}×", ratios.ingest_speedup),
+                met: ratios.ingest_speedup >= 50.0,
+            },
+            Goal {
+                goal: "fewer PUTs than naive",
+                target: "≥ 1,000×".into(),
+                measured: format!("{:.0}×", ratios.put_reduction),
+                met: ratios.put_reduction >= 1000.0,
+            },
+            Goal {
+                goal: "warm read p99",
+                target: "≤ 5 ms".into(),
+                measured: format!("{:.2} ms", run.warm.p99_ms),
+                met: run.warm.p99_ms <= 5.0,
+            },
+            Goal {
+                goal: "GETs per warm read",
+                target: "1".into(),
+                measured: format!("{:.3}", run.warm.gets_per_read),
+                met: run.warm.gets_per_read <= 1.0,
+            },
+            Goal {
+                goal: "GETs per cold read",
+                target: "≤ 2".into(),
+                measured: format!("{:.3}", run.cold.gets_per_read),
+                met: run.cold.gets_per_read <= 2.0,
+            },
+            Goal {
+                goal: "space vs tar | zstd -3",
+                target: "within 15 %".into(),
+                measured: format!("{:+.1} %", space.vera_over_tar_zstd * 100.0),
+                met: space.vera_over_tar_zstd <= 0.15,
+            },
+            Goal {
+                goal: "saved on the text-heavy part",
+                target: "≥ 40 %".into(),
+                measured: format!("{:.1} %", space.text.vera_saved * 100.0),
+                met: space.text.vera_saved >= 0.40,
+            },
+            Goal {
+                goal: "reader bytes per cached file",
+                target: "≤ 12 B".into(),
+                measured: format!("{:.1} B", reader.bytes_per_cached_file),
+                met: reader.bytes_per_cached_file <= 12.0,
+            },
+        ];
+        Report {
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            machine: Machine::read(),
+            s3_server: run.server,
+            mode: if run.quick { "quick" } else { "full" },
+            seconds: run.seconds,
+            corpus,
+            vera: run.vera,
+            naive: run.naive,
+            ratios,
+            space,
+            read: Reads { cold: run.cold, warm: run.warm, direct_s3_range_get: run.direct },
+            reader,
+            goals,
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mb = |bytes: u64| format!("{:.1} MB", bytes as f64 / 1e6);
+        let (v, n) = (&self.vera, &self.naive);
+        let mut out = format!(
+            "Load test ({} mode): {} files, {} ({:.1} KiB mean), mix {}; {} cores ({}), {:.0} GiB; {}.\n\n",
+            self.mode,
+            self.corpus.files,
+            mb(self.corpus.bytes),
+            self.corpus.mean_file_bytes / 1024.0,
+            self.corpus.mix,
+            self.machine.cores,
+            self.machine.cpu,
+            self.machine.memory_gib,
+            self.s3_server.split(" (").next().unwrap_or(&self.s3_server),
+        );
+        out += "| Ingest | VERA | naive (1 object per file) | VERA vs naive |\n|---|---:|---:|---:|\n";
+        out += &format!(
+            "| files per minute | {:.0} | {:.0} | {:.1}× |\n",
+            v.files_per_minute, n.files_per_minute, self.ratios.ingest_speedup
+        );
+        out += &format!("| wall seconds | {:.2} | {:.2} | |\n", v.seconds, n.seconds);
+        out += &format!("| PUT requests | {} | {} | {:.0}× fewer |\n", v.puts, n.puts, self.ratios.put_reduction);
+        out += &format!(
+            "| GET / HEAD / LIST requests | {} / {} / {} | {} / {} / {} | |\n",
+            v.gets, v.heads, v.lists, n.gets, n.heads, n.lists
+        );
+        out += &format!("| objects | {} | {} | |\n", v.objects, n.objects);
+        out += &format!("| PUTs in flight (at most) | {} | {} | |\n\n", v.concurrency, n.concurrency);
+        let s = &self.space;
+        out += "| Bytes stored | VERA | naive | tar \\| zstd -3 | raw |\n|---|---:|---:|---:|---:|\n";
+        out += &format!(
+            "| whole corpus | {} ({:+.1} % vs tar+zstd) | {} | {} | {} |\n",
+            mb(s.vera_bytes),
+            s.vera_over_tar_zstd * 100.0,
+            mb(s.naive_bytes),
+            mb(s.tar_zstd_bytes),
+            mb(s.raw_bytes)
+        );
+        out += &format!(
+            "| text-heavy part | {} ({:.1} % saved) | {} | {} | {} |\n\n",
+            mb(s.text.vera_bytes),
+            s.text.vera_saved * 100.0,
+            mb(s.text.raw_bytes),
+            mb(s.text.tar_zstd_bytes),
+            mb(s.text.raw_bytes)
+        );
+        out += "| Reads through the reader (HTTP) | reads | p50 ms | p95 ms | p99 ms | S3 GETs per read | of which sidecar GETs |\n|---|---:|---:|---:|---:|---:|---:|\n";
+        for (name, r) in [
+            ("cold (caches emptied before each read)", &self.read.cold),
+            ("warm", &self.read.warm),
+            ("bare S3 range GET of the same records (floor)", &self.read.direct_s3_range_get),
+        ] {
+            out += &format!(
+                "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} |\n",
+                r.reads, r.p50_ms, r.p95_ms, r.p99_ms, r.gets_per_read, r.sidecar_gets_per_read
+            );
+        }
+        let m = &self.reader;
+        out += &format!(
+            "\nReader index cache: {:.1} B per cached file ({} files in {} segments, {}).\n\n",
+            m.bytes_per_cached_file,
+            m.cached_files,
+            m.cached_segments,
+            mb(m.cache_bytes),
+        );
+        out += "| Goal | target | measured | met |\n|---|---|---|---|\n";
+        for goal in &self.goals {
+            let name = goal.goal.replace('|', "\\|");
+            out += &format!(
+                "| {name} | {} | {} | {} |\n",
+                goal.target,
+                goal.measured,
+                if goal.met { "yes" } else { "**no**" }
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,74 @@
+//! A tiny load test end to end (s3s-fs must be installed: `scripts/s3s-fs`, which
+//! `scripts/services` runs): every figure the README quotes is produced, consistent, and
+//! derived from the run, and every read returned the stored bytes (the load test checks
+//! each body's BLAKE3 and fails otherwise).
+
+use std::process::Command;
+
+#[test]
+fn a_small_run_reports_every_field_consistently() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("figures.json");
+    let markdown = dir.path().join("table.md");
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--files", "400", "--cold-reads", "20", "--warm-reads", "60", "--days", "2"])
+        .arg("--out")
+        .arg(&out)
+        .arg("--markdown")
+        .arg(&markdown)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .output()
+        .expect("run the load test");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "loadtest failed:\n{stderr}");
+    let figures: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let number = |pointer: &str| {
+        figures.pointer(pointer).and_then(serde_json::Value::as_f64).unwrap_or_else(|| panic!("{pointer} missing"))
+    };
+    // The fields the issue names.
+    for pointer in [
+        "/vera/files_per_minute",
+        "/naive/files_per_minute",
+        "/vera/puts",
+        "/naive/puts",
+        "/read/warm/p99_ms",
+        "/read/warm/gets_per_read",
+        "/read/cold/gets_per_read",
+        "/space/vera_bytes",
+        "/space/naive_bytes",
+        "/space/tar_zstd_bytes",
+        "/reader/bytes_per_cached_file",
+    ] {
+        assert!(number(pointer) > 0.0, "{pointer} = {}", number(pointer));
+    }
+    assert_eq!(number("/vera/files"), 400.0);
+    assert_eq!(number("/naive/files"), 400.0);
+    assert_eq!(number("/naive/puts"), 400.0, "one PUT per file, counted on the wire");
+    assert!(number("/vera/puts") < 40.0, "segments, not files: {}", number("/vera/puts"));
+    assert_eq!(number("/reader/cached_files"), 400.0, "every segment's index was loaded");
+    assert_eq!(number("/read/cold/reads"), 20.0);
+    assert_eq!(number("/read/warm/reads"), 60.0);
+    assert!(number("/read/cold/gets_per_read") >= 2.0, "a cold read needs the index and the data");
+    assert!(number("/read/warm/gets_per_read") >= 1.0, "a warm read still fetches the data");
+    // The naive path stores the raw bytes: its bucket holds exactly the corpus.
+    assert_eq!(number("/space/naive_bytes"), number("/corpus/bytes"));
+    let goals = figures["goals"].as_array().unwrap();
+    assert_eq!(goals.len(), 8);
+    let table = std::fs::read_to_string(&markdown).unwrap();
+    assert!(table.contains("| files per minute |") && table.contains("| warm |"), "{table}");
+    assert!(table.contains(&format!("| PUT requests | {} | 400 |", number("/vera/puts"))), "{table}");
+}
+
+#[test]
+fn bad_arguments_are_refused_with_a_reason() {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest")).args(["--mix", "paper=3"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown kind \"paper\""));
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--files", "10", "--s3s-fs", "/nonexistent/s3s-fs"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot start /nonexistent/s3s-fs"));
+}
