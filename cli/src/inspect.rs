@@ -34,6 +34,16 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
     let shards = args.store.shards(store);
     let read = shards.read_file(&args.store.routing()?, &args.uid, created_at).await?;
+    if let Some(tombstone) = vera_lifecycle::tombstone_of(shards.store().as_ref(), &read.key, &args.uid).await? {
+        anyhow::bail!(
+            "file {} is gone: erased at {} ({:?}, request {}, by {}); VERA no longer serves it",
+            args.uid,
+            tombstone.at.to_rfc3339(),
+            tombstone.reason,
+            tombstone.request_id,
+            tombstone.operator
+        );
+    }
     match &args.out {
         Some(path) => std::fs::write(path, &read.bytes)?,
         None => std::io::stdout().lock().write_all(&read.bytes)?,

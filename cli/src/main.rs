@@ -4,6 +4,7 @@ mod bus;
 mod common;
 mod demo;
 mod inspect;
+mod lifecycle;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +40,10 @@ enum Command {
     /// Serve files over HTTP: GET/HEAD /v1/files/{uid}?created_at=…, /metrics, /healthz,
     /// /readyz, /openapi.yaml. Stateless; run as many as you like.
     Serve(run::ServeArgs),
+    /// Erase files (GDPR Art. 17 and friends): tombstone them in their segments'
+    /// sidecars, publish the tombstone events and DELETE audit events. The reader and
+    /// `vera get` answer "gone" from then on; repack removes the bytes later. Idempotent.
+    Delete(lifecycle::DeleteArgs),
     /// Read one file by uid and created_at (two calls at most: index, then range).
     Get(inspect::GetArgs),
     /// Re-read every segment and check every hash.
@@ -112,6 +117,10 @@ async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
             common::init_tracing("info");
             run::setup_bucket(args).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete(args) => {
+            common::init_tracing("warn");
+            lifecycle::delete(args).await
         }
         Command::Get(args) => {
             common::init_tracing("warn");

@@ -96,6 +96,33 @@ fn serve_answers_files_over_http_and_audits_each_read() {
         assert!(Instant::now() < deadline, "no READ audit event reached the bus");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // `vera delete`: the file is gone for `vera get` at once and for the server within its
+    // sidecar TTL (5 s by default); deleting again is a no-op; an unknown uid is an error.
+    let delete = ["--request-id", "gdpr-7", "--operator", "dpo.test", "--data-dir", &data];
+    let deleted = Instant::now();
+    let out = vera(&[&["delete", &uid, "--created-at", &created_at][..], &delete[..]].concat());
+    assert!(out.starts_with(&format!("tombstoned {uid} in ")), "{out}");
+    let again = vera(&[&["delete", &uid, "--created-at", &created_at][..], &delete[..]].concat());
+    assert!(again.starts_with(&format!("already tombstoned {uid}")), "{again}");
+    let get = Command::new(env!("CARGO_BIN_EXE_vera"))
+        .args(["get", &uid, "--created-at", &created_at, "--data-dir", &data])
+        .output()
+        .unwrap();
+    assert!(!get.status.success());
+    assert!(String::from_utf8_lossy(&get.stderr).contains("is gone: erased at"), "{get:?}");
+    while !http_get(port, &path).unwrap().0.contains(" 410 ") {
+        assert!(deleted.elapsed() < Duration::from_secs(10), "still served 10 s after the delete");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("vera delete → HTTP 410 in {} ms (sidecar TTL 5 s)", deleted.elapsed().as_millis());
+    let unknown = Command::new(env!("CARGO_BIN_EXE_vera"))
+        .args([&["delete", "no-such-file", "--created-at", &created_at][..], &delete[..]].concat())
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no file \"no-such-file\""), "{unknown:?}");
+
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -181,7 +181,7 @@ impl ReadFailure {
             ReadFailure::MalformedUid => (
                 StatusCode::BAD_REQUEST,
                 "malformed_uid",
-                "a uid is 1 to 128 characters of A-Z a-z 0-9 . _ : -".to_owned(),
+                "a uid is 1 to 255 bytes of UTF-8 without control characters".to_owned(),
             ),
             ReadFailure::BadCreatedAt(why) => (StatusCode::BAD_REQUEST, "bad_created_at", why.clone()),
             ReadFailure::NotFound { uid, created_at } => (
@@ -250,7 +250,7 @@ fn parse_range(value: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
 }
 
 async fn read(reader: &Reader, uid: &str, created_at: Option<&str>) -> Result<FileRead, ReadFailure> {
-    if !vera_protocol::ids::is_valid_id(uid) {
+    if vera_protocol::routing::validate_uid(uid).is_err() {
         return Err(ReadFailure::MalformedUid);
     }
     let text = created_at

@@ -131,7 +131,7 @@ async fn bad_requests_each_get_their_own_status_and_code() {
     let store = packed_store(dir.path()).await;
     let (_, app) = service(Arc::new(store), Duration::from_secs(5));
     let cases = [
-        ("/v1/files/bad%20uid?created_at=2026-11-21T00:00:00Z", StatusCode::BAD_REQUEST, "malformed_uid"),
+        ("/v1/files/bad%01uid?created_at=2026-11-21T00:00:00Z", StatusCode::BAD_REQUEST, "malformed_uid"),
         ("/v1/files/r0001", StatusCode::BAD_REQUEST, "bad_created_at"),
         ("/v1/files/r0001?created_at=yesterday", StatusCode::BAD_REQUEST, "bad_created_at"),
         ("/v1/files/r0001?created_at=2026-11-25T09:00:00Z", StatusCode::NOT_FOUND, "not_found"),
@@ -296,4 +296,21 @@ async fn the_suffix_length_learns_from_indexes_that_did_not_fit() {
         shards.index(key).await.unwrap();
     }
     assert_eq!(counts.snapshot().gets - first, segments.len() as u64, "one suffix GET per cold index now");
+}
+
+/// Any uid VERA packs can be read back: 1 to 255 bytes of UTF-8 without control
+/// characters, spaces and non-ASCII included (percent-encoded in the path).
+#[tokio::test]
+async fn uids_with_spaces_and_unicode_are_not_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = packed_store(dir.path()).await;
+    let reader = Arc::new(Reader::new(ShardStore::new(Arc::new(store)), routing(), None, ReaderSettings::default()));
+    let app = router(reader, None);
+    for path in
+        ["/v1/files/a%20b?created_at=2026-11-21T00:00:00Z", "/v1/files/caf%C3%A9?created_at=2026-11-21T00:00:00Z"]
+    {
+        let (status, _, body) = call(&app, "GET", path, &[]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: a valid uid that is not stored");
+        assert!(String::from_utf8_lossy(&body).contains("not_found"));
+    }
 }

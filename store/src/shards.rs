@@ -14,6 +14,10 @@ use vera_protocol::shard::{ReadError, ReadLimits, SegmentIndex, SuffixOpen};
 
 use crate::{ObjectStore, StoreError, StoreErrorKind};
 
+/// Object metadata key holding a segment's BLAKE3 (hex), set by the worker that wrote it:
+/// a HEAD tells a segment's hash without reading it.
+pub const META_OBJECT_HASH: &str = "vera-object-blake3";
+
 /// Default suffix read: footer plus, usually, the whole index region.
 pub const DEFAULT_SUFFIX_BYTES: u64 = 64 * 1024;
 

@@ -37,8 +37,7 @@ use vera_store::{ObjectStore, PutOptions, Retention, StoreError, StoreErrorKind}
 use crate::rows::{RejectReason, Rejection, ValidRow, validate_row};
 use crate::settings::WorkerSettings;
 
-/// Object metadata key holding the segment's BLAKE3 (hex).
-pub const META_OBJECT_HASH: &str = "vera-object-blake3";
+pub use vera_store::shards::META_OBJECT_HASH;
 /// Object metadata key holding the task that wrote the segment.
 pub const META_TASK: &str = "vera-task";
 /// How many generations a task may skip past concurrent writers before giving up.
