@@ -37,13 +37,23 @@ fn payload(id: i64) -> Vec<u8> {
 
 struct World {
     _dir: tempfile::TempDir,
-    store: LocalStore,
+    store: Arc<dyn ObjectStore>,
     bus: Arc<SqliteBus>,
     lifecycle: Lifecycle,
 }
 
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalStore::open(dir.path().join("store")).unwrap());
+    world_on(dir, store, None).await
+}
+
+/// Packs ROWS files into `store` with the real worker.
+async fn world_on(
+    dir: tempfile::TempDir,
+    store: Arc<dyn ObjectStore>,
+    retention: Option<vera_worker::RetentionPolicy>,
+) -> World {
     let path = dir.path().join("src.sqlite");
     let mut connection = vera_source::sqlite::create_demo_database(&path).await.unwrap();
     for id in 1..=ROWS {
@@ -57,18 +67,16 @@ async fn world() -> World {
             .unwrap();
     }
     let source = SqliteSource::open("demo", &path, SourceMapping::demo()).await.unwrap();
-    let store = LocalStore::open(dir.path().join("store")).unwrap();
     let task = PackTask {
         task_id: "demo:0-120".into(),
         source: "demo".into(),
         slot: Slot { after: 0, up_to: ROWS, rows: ROWS as u64, bytes: 0 },
         routing: routing(),
     };
-    let settings = vera_worker::WorkerSettings { retention: None, ..vera_worker::WorkerSettings::default() };
-    vera_worker::pack_task(&task, &source, &ShardStore::new(Arc::new(store.clone())), &settings).await.unwrap();
+    let settings = vera_worker::WorkerSettings { retention, ..vera_worker::WorkerSettings::default() };
+    vera_worker::pack_task(&task, &source, &ShardStore::new(Arc::clone(&store)), &settings).await.unwrap();
     let bus = Arc::new(SqliteBus::open(dir.path().join("bus.sqlite"), 3).await.unwrap());
-    let lifecycle =
-        Lifecycle::new(ShardStore::new(Arc::new(store.clone())), routing(), bus.clone(), Arc::new(SystemClock));
+    let lifecycle = Lifecycle::new(ShardStore::new(Arc::clone(&store)), routing(), bus.clone(), Arc::new(SystemClock));
     World { _dir: dir, store, bus, lifecycle }
 }
 
@@ -113,7 +121,7 @@ async fn a_deleted_file_answers_410_and_the_deletion_is_published() {
 
     // The shard read path still has the bytes (segments are immutable); the sidecar is
     // what the reader and `vera get` consult. Other files in the segment are untouched.
-    let shards = ShardStore::new(Arc::new(world.store.clone()));
+    let shards = ShardStore::new(Arc::clone(&world.store));
     assert!(shards.read_file(&routing(), &uid(8), created_at(8)).await.is_ok());
 }
 
@@ -154,7 +162,29 @@ async fn unknown_and_malformed_files_are_clear_errors() {
 
 #[tokio::test]
 async fn concurrent_deletes_in_one_segment_all_land() {
-    let world = world().await;
+    concurrent_deletes_land(world().await).await;
+}
+
+/// The same on S3 (moto, `VERA_TEST_S3_ENDPOINT`) with Object Lock: `If-Match` decides the
+/// races, and the segment itself stays locked, untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_s3_with_object_lock_tombstones_race_safely_and_the_segment_stays_locked() {
+    use vera_store_s3::{BucketSetup, S3Settings, S3Store, ensure_bucket};
+    let endpoint = std::env::var("VERA_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5055".into());
+    let bucket = format!("vera-lifecycle-{:08x}", rand::random::<u32>());
+    let settings = S3Settings { endpoint: Some(endpoint), force_path_style: true, ..S3Settings::new(&bucket) };
+    let s3 = S3Store::with_static_credentials(&settings, "test", "test");
+    ensure_bucket(&s3, BucketSetup { default_retention: None, allow_without_object_lock: false }).await.unwrap();
+    let retention = vera_worker::RetentionPolicy { mode: vera_store::LockMode::Compliance, retain_days: 30 };
+    let world = world_on(tempfile::tempdir().unwrap(), Arc::new(s3), Some(retention)).await;
+    let store = Arc::clone(&world.store);
+    let segment = concurrent_deletes_land(world).await;
+    let error = store.delete(&segment).await.unwrap_err();
+    assert_eq!(error.kind, vera_store::StoreErrorKind::Locked, "the segment is still under its lock");
+}
+
+/// Deletes up to 12 files of one segment at once; returns the segment's key.
+async fn concurrent_deletes_land(world: World) -> String {
     let lifecycle = Arc::new(world.lifecycle);
     // Files with the same created_at day and address share a segment; delete 12 of them at once.
     let addr = routing().locate(&uid(2), created_at(2)).unwrap();
@@ -179,6 +209,7 @@ async fn concurrent_deletes_in_one_segment_all_land() {
         assert!(sidecar.is_tombstoned(&uid(*id)), "{} lost in a compare-and-swap race", uid(*id));
     }
     assert_eq!(sidecar.tombstones.len(), same.len());
+    sidecar.segment_key
 }
 
 /// The reader answers 410 once its sidecar cache entry lapses (TTL) or is invalidated.
@@ -210,9 +241,9 @@ mod vera_reader_probe {
     }
 
     impl Probe {
-        pub fn new(store: LocalStore, ttl: Duration) -> Self {
+        pub fn new(store: Arc<dyn ObjectStore>, ttl: Duration) -> Self {
             let settings = vera_reader::ReaderSettings { sidecar_ttl: ttl, ..vera_reader::ReaderSettings::default() };
-            let reader = vera_reader::Reader::new(ShardStore::new(Arc::new(store)), routing(), None, settings);
+            let reader = vera_reader::Reader::new(ShardStore::new(store), routing(), None, settings);
             Probe { app: vera_reader::router(Arc::new(reader), None) }
         }
 

@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use aws_sdk_s3::config::{Credentials, Region, SharedCredentialsProvider};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use vera_store_s3::{S3Settings, S3Store};
@@ -121,13 +120,6 @@ impl S3Server {
             (Ok(access), Ok(secret)) if self._child.is_none() => (access, secret),
             _ => (ACCESS_KEY.to_owned(), SECRET_KEY.to_owned()),
         };
-        let shared = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                access, secret, None, None, "loadtest",
-            )))
-            .build();
         let settings = S3Settings {
             endpoint: Some(self.endpoint.clone()),
             force_path_style: true,
@@ -135,7 +127,7 @@ impl S3Server {
             suffix_fallback: self._child.is_some(),
             ..S3Settings::new(bucket)
         };
-        let store = S3Store::from_sdk_config(&shared, &settings);
+        let store = S3Store::with_static_credentials(&settings, &access, &secret);
         match counts {
             Some(counts) => store.with_request_counts(counts),
             None => store,

@@ -124,6 +124,19 @@ impl S3Store {
         }
     }
 
+    /// A client with fixed credentials instead of the AWS chain: for S3-compatible test and
+    /// benchmark servers (moto, s3s-fs) whose keys are not secrets.
+    pub fn with_static_credentials(settings: &S3Settings, access_key: &str, secret_key: &str) -> Self {
+        use aws_sdk_s3::config::{Credentials, Region, SharedCredentialsProvider};
+        let credentials = Credentials::new(access_key, secret_key, None, None, "vera-static");
+        let shared = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()))
+            .credentials_provider(SharedCredentialsProvider::new(credentials))
+            .build();
+        Self::from_sdk_config(&shared, settings)
+    }
+
     /// Counts every HTTP request this store's client transmits (retries and multipart parts
     /// included) into `counts`, by S3 request class; see [`requests`].
     pub fn with_request_counts(mut self, counts: std::sync::Arc<vera_store::counting::RequestCounts>) -> Self {

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use aws_sdk_s3::config::{Credentials, Region, SharedCredentialsProvider};
 use vera_protocol::Timestamp;
 use vera_protocol::message::{PackTask, Slot};
 use vera_protocol::routing::{RoutingEpoch, RoutingTable};
@@ -30,15 +29,11 @@ fn created_at(id: i64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_packs_into_s3_with_object_lock_and_every_file_reads_back() {
     let endpoint = std::env::var("VERA_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5055".into());
-    let shared = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "moto")))
-        .build();
     let bucket = format!("vera-pipeline-{:08x}", rand::random::<u32>());
-    let s3 = S3Store::from_sdk_config(
-        &shared,
+    let s3 = S3Store::with_static_credentials(
         &S3Settings { endpoint: Some(endpoint), force_path_style: true, ..S3Settings::new(&bucket) },
+        "test",
+        "test",
     );
     ensure_bucket(&s3, BucketSetup { default_retention: None, allow_without_object_lock: false }).await.unwrap();
 

@@ -2,7 +2,6 @@
 //! `scripts/services` starts it), a server that accepts `CreateBucket` with the Object
 //! Lock flag and ignores it: `ensure_bucket` must notice instead of trusting the 200.
 
-use aws_sdk_s3::config::{Credentials, Region, SharedCredentialsProvider};
 use vera_store::StoreErrorKind;
 use vera_store_s3::{BucketSetup, BucketState, S3Settings, S3Store, ensure_bucket};
 
@@ -12,14 +11,10 @@ fn s3(bucket: &str) -> S3Store {
 
 fn s3_with(bucket: &str, suffix_fallback: bool) -> S3Store {
     let endpoint = std::env::var("VERA_TEST_S3S_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8014".into());
-    let shared = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "s3s")))
-        .build();
-    S3Store::from_sdk_config(
-        &shared,
+    S3Store::with_static_credentials(
         &S3Settings { endpoint: Some(endpoint), force_path_style: true, suffix_fallback, ..S3Settings::new(bucket) },
+        "test",
+        "test",
     )
 }
 
