@@ -25,10 +25,15 @@ use bytes::Bytes;
 pub mod topics {
     /// `PackTask`s from the producer to the workers.
     pub const PACK: &str = "pack";
-    /// `ShardSealed`, `TombstoneRequested`, `RepackRequested`: keyed by shard address.
+    /// `ShardSealed` and `TombstoneRequested`: keyed by shard address; the lifecycle
+    /// tracker consumes them.
     pub const EVENTS: &str = "events";
     /// `AuditEvent`s for the audit writer.
     pub const AUDIT: &str = "audit";
+    /// `RepackRequested`: work for repack workers, from the lifecycle tracker.
+    pub const REPACK: &str = "repack";
+    /// Every topic `vera setup-bus` creates.
+    pub const ALL: [&str; 4] = [PACK, EVENTS, AUDIT, REPACK];
 }
 
 /// A message to publish.

@@ -113,6 +113,41 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+fn parse_threshold(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    if value > 0.0 && value <= 1.0 {
+        Ok(value)
+    } else {
+        Err(format!("the threshold is a share of a segment's bytes, above 0 and at most 1; got {value}"))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrackerArgs {
+    /// Share of a segment's stored bytes tombstoned that requests its repack.
+    #[arg(long, env = "VERA_REPACK_THRESHOLD", default_value = "0.3", value_parser = parse_threshold)]
+    pub threshold: f64,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Runs the lifecycle tracker until Ctrl-C; prints its figures as JSON when it stops.
+pub async fn tracker(args: TrackerArgs) -> anyhow::Result<ExitCode> {
+    let store = args.store.object_store().await?;
+    let bus = args.store.bus(5).await?;
+    let lifecycle = Arc::new(Lifecycle::new(
+        args.store.shards(store),
+        args.store.routing()?,
+        Arc::clone(&bus),
+        Arc::new(vera_store::SystemClock),
+    ));
+    let shutdown = crate::run::ctrl_c_token();
+    tracing::info!(threshold = args.threshold, "lifecycle tracker running");
+    let stats = vera_lifecycle::tracker::run_tracker(lifecycle, bus, args.threshold, shutdown).await;
+    println!("{}", serde_json::to_string_pretty(&stats)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +160,14 @@ mod tests {
         assert!(parse_list("f1\n").unwrap_err().to_string().contains("line 1"));
         assert!(format!("{:#}", parse_list("ok 2026-11-20T10:00:00Z\nf2 yesterday\n").unwrap_err()).contains("line 2"));
         assert!(parse_list("a b c\n").unwrap_err().to_string().contains("UID CREATED_AT"));
+    }
+
+    #[test]
+    fn thresholds_are_shares() {
+        assert_eq!(parse_threshold("0.3"), Ok(0.3));
+        assert_eq!(parse_threshold("1"), Ok(1.0));
+        assert!(parse_threshold("0").unwrap_err().contains("above 0"));
+        assert!(parse_threshold("30").unwrap_err().contains("at most 1"));
+        assert!(parse_threshold("lots").unwrap_err().contains("not a number"));
     }
 }

@@ -44,6 +44,9 @@ enum Command {
     /// sidecars, publish the tombstone events and DELETE audit events. The reader and
     /// `vera get` answer "gone" from then on; repack removes the bytes later. Idempotent.
     Delete(lifecycle::DeleteArgs),
+    /// Run the lifecycle tracker: consume tombstone events, request a repack (on the
+    /// `repack` topic) of every segment whose tombstoned share passes --threshold.
+    LifecycleTracker(lifecycle::TrackerArgs),
     /// Read one file by uid and created_at (two calls at most: index, then range).
     Get(inspect::GetArgs),
     /// Re-read every segment and check every hash.
@@ -121,6 +124,10 @@ async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Delete(args) => {
             common::init_tracing("warn");
             lifecycle::delete(args).await
+        }
+        Command::LifecycleTracker(args) => {
+            common::init_tracing("info");
+            lifecycle::tracker(args).await
         }
         Command::Get(args) => {
             common::init_tracing("warn");

@@ -59,7 +59,7 @@ pub struct ProducerArgs {
     pub source: SourceArgs,
 }
 
-fn ctrl_c_token() -> CancellationToken {
+pub fn ctrl_c_token() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {
@@ -121,7 +121,7 @@ pub async fn worker(args: WorkerCommandArgs) -> anyhow::Result<()> {
         vera_worker::metrics::describe();
         tokio::spawn(vera_worker::metrics::report_queue_depth(
             Arc::clone(&bus),
-            vec![topics::PACK, topics::EVENTS, topics::AUDIT],
+            topics::ALL.to_vec(),
             Duration::from_secs(5),
             shutdown.clone(),
         ));
@@ -199,19 +199,21 @@ pub struct SetupBusArgs {
     pub store: StoreArgs,
 }
 
-const ALL_TOPICS: [&str; 3] = [topics::PACK, topics::EVENTS, topics::AUDIT];
-
 pub async fn setup_bus(args: SetupBusArgs) -> anyhow::Result<()> {
     let bus = args.store.bus(args.max_attempts).await?;
-    bus.ensure_topics(&ALL_TOPICS).await?;
-    println!("bus ready: topics {} with dead-letter queues, max_attempts {}", ALL_TOPICS.join(", "), args.max_attempts);
+    bus.ensure_topics(&topics::ALL).await?;
+    println!(
+        "bus ready: topics {} with dead-letter queues, max_attempts {}",
+        topics::ALL.join(", "),
+        args.max_attempts
+    );
     Ok(())
 }
 
 pub async fn bus_status(args: SetupBusArgs) -> anyhow::Result<()> {
     let bus = args.store.bus(args.max_attempts).await?;
     let mut report = serde_json::Map::new();
-    for topic in ALL_TOPICS {
+    for topic in topics::ALL {
         let depth = bus.depth(topic).await?;
         let dead: Vec<serde_json::Value> = bus
             .dead_letters(topic, 20)

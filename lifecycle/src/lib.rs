@@ -11,7 +11,9 @@
 //! count tombstones per uid). The sidecar holds uids, times, reasons, request ids and
 //! operator ids: never file content or other personal data.
 
-use std::collections::BTreeMap;
+pub mod tracker;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -239,6 +241,22 @@ pub async fn tombstone_of(
             Ok(sidecar.tombstones.get(uid).cloned())
         }
         Err(error) if error.kind == StoreErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The uids tombstoned in `segment_key`'s sidecar (none when it has no sidecar).
+pub async fn tombstones_of(
+    store: &dyn vera_store::ObjectStore,
+    segment_key: &str,
+) -> Result<BTreeSet<String>, LifecycleError> {
+    match store.get(&sidecar_key_of(segment_key)).await {
+        Ok(got) => {
+            let sidecar = Sidecar::decode(&got.body)
+                .map_err(|source| LifecycleError::CorruptSidecar { segment_key: segment_key.to_owned(), source })?;
+            Ok(sidecar.tombstones.into_keys().collect())
+        }
+        Err(error) if error.kind == StoreErrorKind::NotFound => Ok(BTreeSet::new()),
         Err(error) => Err(error.into()),
     }
 }

@@ -254,3 +254,68 @@ mod vera_reader_probe {
         }
     }
 }
+
+/// The tracker turns tombstone events into a repack request once 30 % of a segment's
+/// stored bytes are tombstoned, and not before; a malformed event is dead-lettered.
+#[tokio::test]
+async fn tombstones_past_the_threshold_request_a_repack_by_themselves() {
+    use vera_bus::Outgoing;
+    use vera_lifecycle::tracker::{DEFAULT_THRESHOLD, run_tracker};
+    let world = world().await;
+    let bus: Arc<dyn Bus> = world.bus.clone();
+    let lifecycle = Arc::new(world.lifecycle);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let tracker =
+        tokio::spawn(run_tracker(Arc::clone(&lifecycle), Arc::clone(&bus), DEFAULT_THRESHOLD, shutdown.clone()));
+    let drained = |bus: Arc<dyn Bus>| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let depth = bus.depth(topics::EVENTS).await.unwrap();
+            if depth.visible == 0 && depth.in_flight == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "events not consumed: {depth:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    bus.publish(topics::EVENTS, vec![Outgoing { key: None, payload: bytes::Bytes::from_static(b"{not json") }])
+        .await
+        .unwrap();
+
+    let addr = routing().locate(&uid(2), created_at(2)).unwrap();
+    let mut same: Vec<i64> =
+        (1..=ROWS).filter(|id| routing().locate(&uid(*id), created_at(*id)).unwrap() == addr).collect();
+    same.sort_by_key(|id| std::cmp::Reverse(*id)); // the largest files first
+    let first = lifecycle.delete(&request(same[0], "req-first")).await.unwrap();
+    let segment = first.segment_key().to_owned();
+    drained(Arc::clone(&bus)).await;
+    let (dead, total) = lifecycle.tombstoned_share(&segment).await.unwrap();
+    assert!((dead as f64) < 0.3 * total as f64, "one file is under the threshold: {dead}/{total}");
+    assert_eq!(bus.depth(topics::REPACK).await.unwrap().visible, 0, "no repack below the threshold");
+    assert_eq!(bus.depth(topics::EVENTS).await.unwrap().dead, 1, "the malformed event is dead-lettered");
+
+    for id in &same[1..] {
+        lifecycle.delete(&request(*id, &format!("req-{id}"))).await.unwrap();
+        let (dead, total) = lifecycle.tombstoned_share(&segment).await.unwrap();
+        if dead as f64 >= 0.3 * total as f64 {
+            break;
+        }
+    }
+    drained(Arc::clone(&bus)).await;
+    // The tracker reads the share when it handles an event, so events it handles after
+    // the crossing each request the repack again (idempotent downstream); none before.
+    let requests = messages(bus.as_ref(), topics::REPACK).await;
+    assert!(!requests.is_empty(), "the crossing requested a repack");
+    for (key, message) in &requests {
+        let Message::RepackRequested(repack) = message else { panic!("{message:?}") };
+        assert_eq!(key.as_deref(), Some(addr.key_prefix().as_str()), "keyed by shard address");
+        assert_eq!(repack.key, segment);
+        assert!(repack.tombstoned_bytes as f64 >= 0.3 * repack.total_bytes as f64, "{repack:?}");
+    }
+    shutdown.cancel();
+    let stats = tracker.await.unwrap();
+    assert_eq!(stats.dead_lettered, 1);
+    let depth = bus.depth(topics::REPACK).await.unwrap();
+    assert_eq!(stats.repacks_requested, depth.visible + depth.in_flight, "every request is on the repack topic");
+    assert!(stats.tombstone_events >= 2);
+}
