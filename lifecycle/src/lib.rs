@@ -227,6 +227,20 @@ impl Lifecycle {
     }
 }
 
+/// A segment's sidecar, if it has one.
+pub async fn sidecar_of(
+    store: &dyn vera_store::ObjectStore,
+    segment_key: &str,
+) -> Result<Option<Sidecar>, LifecycleError> {
+    match store.get(&sidecar_key_of(segment_key)).await {
+        Ok(got) => Sidecar::decode(&got.body)
+            .map(Some)
+            .map_err(|source| LifecycleError::CorruptSidecar { segment_key: segment_key.to_owned(), source }),
+        Err(error) if error.kind == StoreErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// The tombstone of `uid` in `segment_key`'s sidecar, if it has one (what `vera get` and
 /// any other reader outside the HTTP service must check before returning bytes).
 pub async fn tombstone_of(
@@ -234,15 +248,7 @@ pub async fn tombstone_of(
     segment_key: &str,
     uid: &str,
 ) -> Result<Option<Tombstone>, LifecycleError> {
-    match store.get(&sidecar_key_of(segment_key)).await {
-        Ok(got) => {
-            let sidecar = Sidecar::decode(&got.body)
-                .map_err(|source| LifecycleError::CorruptSidecar { segment_key: segment_key.to_owned(), source })?;
-            Ok(sidecar.tombstones.get(uid).cloned())
-        }
-        Err(error) if error.kind == StoreErrorKind::NotFound => Ok(None),
-        Err(error) => Err(error.into()),
-    }
+    Ok(sidecar_of(store, segment_key).await?.and_then(|mut sidecar| sidecar.tombstones.remove(uid)))
 }
 
 /// The uids tombstoned in `segment_key`'s sidecar (none when it has no sidecar).
@@ -250,13 +256,8 @@ pub async fn tombstones_of(
     store: &dyn vera_store::ObjectStore,
     segment_key: &str,
 ) -> Result<BTreeSet<String>, LifecycleError> {
-    match store.get(&sidecar_key_of(segment_key)).await {
-        Ok(got) => {
-            let sidecar = Sidecar::decode(&got.body)
-                .map_err(|source| LifecycleError::CorruptSidecar { segment_key: segment_key.to_owned(), source })?;
-            Ok(sidecar.tombstones.into_keys().collect())
-        }
-        Err(error) if error.kind == StoreErrorKind::NotFound => Ok(BTreeSet::new()),
-        Err(error) => Err(error.into()),
-    }
+    Ok(sidecar_of(store, segment_key)
+        .await?
+        .map(|sidecar| sidecar.tombstones.into_keys().collect())
+        .unwrap_or_default())
 }
