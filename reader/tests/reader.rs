@@ -296,6 +296,10 @@ async fn the_suffix_length_learns_from_indexes_that_did_not_fit() {
         shards.index(key).await.unwrap();
     }
     assert_eq!(counts.snapshot().gets - first, segments.len() as u64, "one suffix GET per cold index now");
+    // Indexes loaded right after emptying the cache stay cached, all of them.
+    let stats = shards.cache_stats();
+    assert_eq!(stats.segments, segments.len() as u64, "{stats:?}");
+    assert_eq!(stats.files, ROWS as u64);
 }
 
 /// Any uid VERA packs can be read back: 1 to 255 bytes of UTF-8 without control
