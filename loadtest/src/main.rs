@@ -234,7 +234,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut warm_order = warm_sample.clone();
     warm_order.shuffle(&mut rng);
     let warm = service.measure(&warm_order, false, &read_counts).await?;
-    let direct = reads::direct_range_gets(reader.shards(), &routing, &warm_order).await?;
+    let direct = reads::direct_range_gets(reader.shards(), &routing, &warm_order, &read_counts).await?;
 
     // Reader memory: every segment's index in the cache.
     reader.forget_everything().await;

@@ -124,13 +124,16 @@ impl Service {
 }
 
 /// The floor under the reader: the same records fetched with a bare S3 range GET from the
-/// same client library, indexes already in hand. Latency percentiles only.
+/// same client library, indexes already in hand (GETs counted, bytes per read measured).
 pub async fn direct_range_gets(
     shards: &vera_store::shards::ShardStore,
     routing: &vera_protocol::routing::RoutingTable,
     sample: &[&StoredFile],
+    counts: &RequestCounts,
 ) -> anyhow::Result<ReadFigures> {
     let mut latencies = Vec::with_capacity(sample.len());
+    let mut gets = 0u64;
+    let mut bytes = 0u64;
     for file in sample {
         let addr = routing.locate(&file.uid, file.created_at)?;
         let mut generation = 0;
@@ -142,9 +145,14 @@ pub async fn direct_range_gets(
             }
             generation += 1;
         };
+        let before = counts.snapshot();
         let started = Instant::now();
         shards.store().get_range(&key, range).await?;
         latencies.push(started.elapsed());
+        let after = counts.snapshot();
+        gets += after.gets - before.gets;
+        bytes += after.bytes_got - before.bytes_got;
     }
-    Ok(ReadFigures::new(latencies, 1.0, 0.0, 0.0))
+    let reads = sample.len().max(1) as f64;
+    Ok(ReadFigures::new(latencies, gets as f64 / reads, 0.0, bytes as f64 / reads))
 }

@@ -17,7 +17,7 @@ pub const SECRET_KEY: &str = "loadtest-secret";
 pub struct S3Server {
     pub endpoint: String,
     pub description: String,
-    _child: Option<Child>,
+    child: Option<Child>,
 }
 
 /// Finds the s3s-fs binary: `--s3s-fs`, then PATH, then `~/.cargo/bin`.
@@ -106,25 +106,25 @@ impl S3Server {
         Ok(S3Server {
             endpoint: format!("http://127.0.0.1:{relay}"),
             description: format!("s3s-fs ({}) over {}, through a quick-ACK relay", binary.display(), root.display()),
-            _child: Some(child),
+            child: Some(child),
         })
     }
 
     pub fn external(endpoint: String) -> Self {
-        S3Server { description: format!("S3 server at {endpoint}"), endpoint, _child: None }
+        S3Server { description: format!("S3 server at {endpoint}"), endpoint, child: None }
     }
 
     /// A client for `bucket`, counting its requests into `counts` when given.
     pub fn store(&self, bucket: &str, counts: Option<std::sync::Arc<vera_store::counting::RequestCounts>>) -> S3Store {
         let (access, secret) = match (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
-            (Ok(access), Ok(secret)) if self._child.is_none() => (access, secret),
+            (Ok(access), Ok(secret)) if self.child.is_none() => (access, secret),
             _ => (ACCESS_KEY.to_owned(), SECRET_KEY.to_owned()),
         };
         let settings = S3Settings {
             endpoint: Some(self.endpoint.clone()),
             force_path_style: true,
             // s3s-fs fails suffix ranges longer than the object (small segments).
-            suffix_fallback: self._child.is_some(),
+            suffix_fallback: self.child.is_some(),
             ..S3Settings::new(bucket)
         };
         let store = S3Store::with_static_credentials(&settings, &access, &secret);

@@ -51,6 +51,7 @@ fn a_small_run_reports_every_field_consistently() {
     assert_eq!(number("/read/warm/reads"), 60.0);
     assert!(number("/read/cold/gets_per_read") >= 2.0, "a cold read needs the index and the data");
     assert!(number("/read/warm/gets_per_read") >= 1.0, "a warm read still fetches the data");
+    assert_eq!(number("/read/direct_s3_range_get/gets_per_read"), 1.0, "the floor is one counted range GET");
     // The naive path stores the raw bytes: its bucket holds exactly the corpus.
     assert_eq!(number("/space/naive_bytes"), number("/corpus/bytes"));
     let goals = figures["goals"].as_array().unwrap();
