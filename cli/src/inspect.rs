@@ -12,6 +12,7 @@ use vera_protocol::compress::Codec;
 use vera_protocol::routing::ShardAddr;
 use vera_protocol::shard::verify_segment;
 use vera_store::ObjectStore;
+use vera_store::shards::ShardError;
 
 use crate::common::StoreArgs;
 
@@ -33,17 +34,23 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let created_at = Timestamp::parse(&args.created_at)?;
     let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
     let shards = args.store.shards(store);
-    let read = shards.read_file(&args.store.routing()?, &args.uid, created_at).await?;
-    if let Some(tombstone) = vera_lifecycle::tombstone_of(shards.store().as_ref(), &read.key, &args.uid).await? {
-        anyhow::bail!(
-            "file {} is gone: erased at {} ({:?}, request {}, by {}); VERA no longer serves it",
-            args.uid,
-            tombstone.at.to_rfc3339(),
-            tombstone.reason,
-            tombstone.request_id,
-            tombstone.operator
-        );
-    }
+    let read = match shards.read_file(&args.store.routing()?, &args.uid, created_at).await {
+        Ok(read) => read,
+        Err(ShardError::Gone { key, .. }) => {
+            let Some(tombstone) = vera_lifecycle::tombstone_of(shards.store().as_ref(), &key, &args.uid).await? else {
+                anyhow::bail!("file {} is gone (tombstoned in {key}); VERA no longer serves it", args.uid);
+            };
+            anyhow::bail!(
+                "file {} is gone: erased at {} ({:?}, request {}, by {}); VERA no longer serves it",
+                args.uid,
+                tombstone.at.to_rfc3339(),
+                tombstone.reason,
+                tombstone.request_id,
+                tombstone.operator
+            );
+        }
+        Err(other) => return Err(other.into()),
+    };
     match &args.out {
         Some(path) => std::fs::write(path, &read.bytes)?,
         None => std::io::stdout().lock().write_all(&read.bytes)?,

@@ -1,4 +1,5 @@
-//! `vera delete`: tombstones, one file or a list.
+//! Lifecycle commands: `vera delete` (tombstones, one file or a list), `vera retain`,
+//! `vera hold`, `vera lifecycle-tracker` and `vera repack`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use vera_lifecycle::{DeleteOutcome, DeleteRequest, Lifecycle};
+use vera_lifecycle::{DeleteOutcome, DeleteRequest, HoldRequest, Lifecycle, LockOutcome, RetainRequest};
 use vera_protocol::Timestamp;
 use vera_protocol::sidecar::TombstoneReason;
 
@@ -83,13 +84,7 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
         (None, Some(uid), Some(created_at)) => vec![(uid.clone(), Timestamp::parse(created_at)?)],
         _ => anyhow::bail!("name a file (UID --created-at TIME) or a --list"),
     };
-    let store = args.store.object_store().await?;
-    let lifecycle = Lifecycle::new(
-        args.store.shards(store),
-        args.store.routing()?,
-        args.store.bus(5).await?,
-        Arc::new(vera_store::SystemClock),
-    );
+    let (lifecycle, _) = lifecycle(&args.store).await?;
     let mut failed = 0;
     for (uid, created_at) in files {
         let request = DeleteRequest {
@@ -133,19 +128,155 @@ pub struct TrackerArgs {
 
 /// Runs the lifecycle tracker until Ctrl-C; prints its figures as JSON when it stops.
 pub async fn tracker(args: TrackerArgs) -> anyhow::Result<ExitCode> {
-    let store = args.store.object_store().await?;
-    let bus = args.store.bus(5).await?;
-    let lifecycle = Arc::new(Lifecycle::new(
-        args.store.shards(store),
-        args.store.routing()?,
-        Arc::clone(&bus),
-        Arc::new(vera_store::SystemClock),
-    ));
+    let (lifecycle, bus) = lifecycle(&args.store).await?;
+    let lifecycle = Arc::new(lifecycle);
     let shutdown = crate::run::ctrl_c_token();
     tracing::info!(threshold = args.threshold, "lifecycle tracker running");
     let stats = vera_lifecycle::tracker::run_tracker(lifecycle, bus, args.threshold, shutdown).await;
     println!("{}", serde_json::to_string_pretty(&stats)?);
     Ok(ExitCode::SUCCESS)
+}
+
+async fn lifecycle(store: &StoreArgs) -> anyhow::Result<(Lifecycle, Arc<dyn vera_bus::Bus>)> {
+    let bus = store.bus(5).await?;
+    let lifecycle = Lifecycle::new(
+        store.shards(store.object_store().await?),
+        store.routing()?,
+        Arc::clone(&bus),
+        Arc::new(vera_store::SystemClock),
+    );
+    Ok((lifecycle, bus))
+}
+
+fn print_lock(uid: &str, outcome: &LockOutcome) {
+    let until = outcome.segment_retain_until.map_or_else(|| "no retention".to_owned(), |t| t.to_rfc3339());
+    println!(
+        "{uid}: {} in {}; segment locked until {until}, legal hold {}",
+        if outcome.changed { "recorded" } else { "already recorded" },
+        outcome.segment_key,
+        if outcome.segment_legal_hold { "on" } else { "off" }
+    );
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RetainArgs {
+    /// The file's uid.
+    pub uid: String,
+    /// The file's created_at (RFC 3339, or integer microseconds since the Unix epoch).
+    #[arg(long)]
+    pub created_at: String,
+    /// Keep the file at least until this time (RFC 3339). Earlier than its current
+    /// retention is refused: retention only ever grows.
+    #[arg(long)]
+    pub until: String,
+    /// The ticket or request this extension answers.
+    #[arg(long)]
+    pub request_id: String,
+    #[arg(long, env = "VERA_OPERATOR")]
+    pub operator: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Extends one file's retention: recorded in its segment's sidecar, and the segment's
+/// Object Lock raised to cover it.
+pub async fn retain(args: RetainArgs) -> anyhow::Result<()> {
+    let (lifecycle, _) = lifecycle(&args.store).await?;
+    let request = RetainRequest {
+        uid: args.uid.clone(),
+        created_at: Timestamp::parse(&args.created_at)?,
+        retain_until: Timestamp::parse(&args.until)?,
+        request_id: args.request_id,
+        operator: args.operator,
+    };
+    print_lock(&args.uid, &lifecycle.retain(&request).await?);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HoldArgs {
+    /// The file's uid.
+    pub uid: String,
+    /// The file's created_at (RFC 3339, or integer microseconds since the Unix epoch).
+    #[arg(long)]
+    pub created_at: String,
+    /// Set the legal hold.
+    #[arg(long, conflicts_with = "off", required_unless_present = "off")]
+    pub on: bool,
+    /// Clear the legal hold (the segment's own hold goes when no file in it is held).
+    #[arg(long)]
+    pub off: bool,
+    /// The case or request behind the hold.
+    #[arg(long)]
+    pub request_id: String,
+    #[arg(long, env = "VERA_OPERATOR")]
+    pub operator: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Sets or clears one file's legal hold.
+pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
+    let (lifecycle, _) = lifecycle(&args.store).await?;
+    let request = HoldRequest {
+        uid: args.uid.clone(),
+        created_at: Timestamp::parse(&args.created_at)?,
+        on: args.on,
+        request_id: args.request_id,
+        operator: args.operator,
+    };
+    print_lock(&args.uid, &lifecycle.hold(&request).await?);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RepackArgs {
+    /// Segment keys to repack now (e.g. e1/d2026-11-24/n04-a/g000000.vera).
+    #[arg(conflicts_with = "from_bus")]
+    pub segments: Vec<String>,
+    /// Take the segments from RepackRequested messages on the `repack` topic instead,
+    /// and stop when it is empty (the form a Kubernetes CronJob runs).
+    #[arg(long)]
+    pub from_bus: bool,
+    /// With --from-bus: keep consuming until Ctrl-C instead of stopping when idle.
+    #[arg(long, requires = "from_bus")]
+    pub follow: bool,
+    /// Recorded in the sidecars and the REPACK audit anchor of segments named here.
+    #[arg(long, default_value = "operator-repack")]
+    pub request_id: String,
+    /// Do not tag superseded segments for the archive lifecycle rule.
+    #[arg(long)]
+    pub no_archive: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Repacks segments: drops tombstoned files that are under neither retention nor hold
+/// into a new segment and supersedes the old one. Resumes an interrupted repack.
+pub async fn repack(args: RepackArgs) -> anyhow::Result<ExitCode> {
+    let (lifecycle, bus) = lifecycle(&args.store).await?;
+    let settings = vera_lifecycle::RepackSettings { archive: !args.no_archive, ..Default::default() };
+    if args.from_bus {
+        let shutdown = crate::run::ctrl_c_token();
+        let stats =
+            vera_lifecycle::repack::run_repacker(Arc::new(lifecycle), bus, settings, shutdown, !args.follow).await;
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+        return Ok(if stats.dead_lettered == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    if args.segments.is_empty() {
+        anyhow::bail!("name the segments to repack, or use --from-bus");
+    }
+    let mut failed = 0;
+    for key in &args.segments {
+        match lifecycle.repack(key, &args.request_id, &settings).await {
+            Ok(report) => println!("{}", serde_json::to_string(&report)?),
+            Err(error) => {
+                failed += 1;
+                eprintln!("error: {key}: {:#}", anyhow::Error::from(error));
+            }
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 #[cfg(test)]

@@ -47,6 +47,16 @@ enum Command {
     /// Run the lifecycle tracker: consume tombstone events, request a repack (on the
     /// `repack` topic) of every segment whose tombstoned share passes --threshold.
     LifecycleTracker(lifecycle::TrackerArgs),
+    /// Extend one file's retention (never shorten it): recorded in the sidecar, and the
+    /// segment's Object Lock raised to the longest retention of any file in it.
+    Retain(lifecycle::RetainArgs),
+    /// Set (--on) or clear (--off) one file's legal hold; the segment's Object Lock legal
+    /// hold stays on while any file in it is held.
+    Hold(lifecycle::HoldArgs),
+    /// Repack segments: rewrite their live files into a new segment without the erased
+    /// ones, anchor it in the audit log, supersede and archive the old segment. Name
+    /// segments, or take them from the `repack` topic with --from-bus (CronJob form).
+    Repack(lifecycle::RepackArgs),
     /// Read one file by uid and created_at (two calls at most: index, then range).
     Get(inspect::GetArgs),
     /// Re-read every segment and check every hash.
@@ -128,6 +138,20 @@ async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::LifecycleTracker(args) => {
             common::init_tracing("info");
             lifecycle::tracker(args).await
+        }
+        Command::Retain(args) => {
+            common::init_tracing("warn");
+            lifecycle::retain(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hold(args) => {
+            common::init_tracing("warn");
+            lifecycle::hold(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Repack(args) => {
+            common::init_tracing("info");
+            lifecycle::repack(args).await
         }
         Command::Get(args) => {
             common::init_tracing("warn");

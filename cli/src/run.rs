@@ -166,6 +166,16 @@ pub struct SetupBucketArgs {
     /// only for throwaway data.
     #[arg(long)]
     pub allow_without_object_lock: bool,
+    /// Storage class that segments superseded by a repack move to, by a bucket lifecycle
+    /// rule filtered on their `vera-state=superseded` tag. GLACIER_IR keeps millisecond
+    /// reads (for verify and exports); GLACIER or DEEP_ARCHIVE cost less but need a
+    /// restore first. `none` installs no rule. The rule only transitions: archived
+    /// segments stay under their Object Lock, and nothing is ever expired by it.
+    #[arg(long, default_value = "GLACIER_IR")]
+    pub archive_storage_class: String,
+    /// Days after tagging before the transition.
+    #[arg(long, default_value_t = 1)]
+    pub archive_after_days: i32,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -181,6 +191,18 @@ pub async fn setup_bucket(args: SetupBucketArgs) -> anyhow::Result<()> {
     };
     let state = vera_store_s3::ensure_bucket(&store, setup).await?;
     println!("bucket {bucket}: {state:?}");
+    if !args.archive_storage_class.eq_ignore_ascii_case("none") {
+        let tag = vera_lifecycle::repack::ARCHIVE_TAG;
+        vera_store_s3::ensure_archive_rule(&store, tag, &args.archive_storage_class, args.archive_after_days).await?;
+        println!(
+            "archive rule {}: objects tagged {}={} move to {} after {} days",
+            vera_store_s3::ARCHIVE_RULE_ID,
+            tag.0,
+            tag.1,
+            args.archive_storage_class,
+            args.archive_after_days
+        );
+    }
     Ok(())
 }
 

@@ -11,7 +11,12 @@
 //! count tombstones per uid). The sidecar holds uids, times, reasons, request ids and
 //! operator ids: never file content or other personal data.
 
+pub mod repack;
+pub mod retention;
 pub mod tracker;
+
+pub use repack::{RepackReport, RepackSettings};
+pub use retention::{HoldRequest, LockOutcome, RetainRequest};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -22,7 +27,7 @@ use vera_protocol::Timestamp;
 use vera_protocol::message::{AuditAction, AuditEvent, AuditOutcome, Envelope, Message, TombstoneRequested};
 use vera_protocol::routing::{RoutingTable, ShardAddr, sidecar_key_of};
 use vera_protocol::sidecar::{Change, Sidecar, SidecarError, Tombstone, TombstoneReason};
-use vera_store::shards::{META_OBJECT_HASH, ShardError, ShardStore};
+use vera_store::shards::{Located, META_OBJECT_HASH, ShardError, ShardStore, StoreSidecars};
 use vera_store::{Clock, PutOptions, StoreError, StoreErrorKind};
 
 /// How often a sidecar write is retried after losing a compare-and-swap race.
@@ -40,6 +45,14 @@ pub enum LifecycleError {
     MissingObjectHash { segment_key: String },
     #[error("the sidecar of {segment_key} kept changing: {attempts} compare-and-swap attempts lost")]
     Contended { segment_key: String, attempts: u32 },
+    #[error("file {uid:?} was erased: a repack of {segment_key} dropped its bytes, nothing is left to change")]
+    Erased { uid: String, segment_key: String },
+    #[error("segment {segment_key} was replaced by a repack; its sidecar is frozen")]
+    Superseded { segment_key: String },
+    #[error("retention of {uid:?} cannot be shortened: it is kept until {current}, {requested} was asked")]
+    WouldShortenRetention { uid: String, current: String, requested: String },
+    #[error("the repack of {segment_key} cannot go on: {reason}")]
+    Repack { segment_key: String, reason: String },
     #[error("reading the segments failed")]
     Shards(#[from] ShardError),
     #[error("object store request failed")]
@@ -94,34 +107,50 @@ impl Lifecycle {
         self
     }
 
-    /// The segment holding `uid`, probing generations in order.
-    async fn segment_of(&self, uid: &str, created_at: Timestamp) -> Result<(ShardAddr, String), LifecycleError> {
-        let unknown = || LifecycleError::UnknownFile { uid: uid.to_owned(), created_at: created_at.to_rfc3339() };
-        let addr = self.routing.locate(uid, created_at).map_err(|e| LifecycleError::InvalidRequest(e.to_string()))?;
-        for generation in 0..=u32::MAX {
-            let key = addr.segment_key(generation);
-            match self.shards.index(&key).await {
-                Ok(index) if index.find(uid).is_some() => return Ok((addr, key)),
-                Ok(_) => continue,
-                Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => return Err(unknown()),
-                Err(other) => return Err(other.into()),
+    async fn locate(&self, uid: &str, created_at: Timestamp) -> Result<Located, LifecycleError> {
+        let sidecars = StoreSidecars(self.shards.store().as_ref());
+        match self.shards.locate(&self.routing, uid, created_at, &sidecars).await {
+            Ok(located) => Ok(located),
+            Err(ShardError::NotFound { .. }) => {
+                Err(LifecycleError::UnknownFile { uid: uid.to_owned(), created_at: created_at.to_rfc3339() })
+            }
+            Err(ShardError::Routing { source, .. }) => Err(LifecycleError::InvalidRequest(source.to_string())),
+            Err(ShardError::Sidecar { key, source }) => {
+                Err(LifecycleError::CorruptSidecar { segment_key: key, source })
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Applies `change` to the sidecar of the segment holding `uid` now. A repack that
+    /// supersedes that segment meanwhile freezes its sidecar; the change then goes to
+    /// the new segment's sidecar instead. Returns the segment key and the sidecar as
+    /// written (or as found, when nothing changed).
+    async fn change_file(
+        &self,
+        uid: &str,
+        created_at: Timestamp,
+        change: impl Fn(&mut Sidecar, &str) -> Result<Change, LifecycleError>,
+    ) -> Result<(ShardAddr, String, Change, Sidecar), LifecycleError> {
+        let mut previous: Option<String> = None;
+        for _ in 0..=vera_store::shards::MAX_REPACK_HOPS {
+            let located = self.locate(uid, created_at).await?;
+            if previous.as_deref() == Some(located.key.as_str()) {
+                // Superseded, yet the file is still found here: a repack dropped it.
+                return Err(LifecycleError::Erased { uid: uid.to_owned(), segment_key: located.key });
+            }
+            match self.update_sidecar(&located.key, |sidecar| change(sidecar, &located.key)).await {
+                Err(LifecycleError::Superseded { .. }) => previous = Some(located.key),
+                Ok((changed, sidecar)) => return Ok((located.addr, located.key, changed, sidecar)),
+                Err(other) => return Err(other),
             }
         }
-        Err(unknown())
+        Err(LifecycleError::Contended { segment_key: uid.to_owned(), attempts: self.cas_attempts })
     }
 
     /// Tombstones one file; see the module docs.
     pub async fn delete(&self, request: &DeleteRequest) -> Result<DeleteOutcome, LifecycleError> {
-        vera_protocol::routing::validate_uid(&request.uid)
-            .map_err(|e| LifecycleError::InvalidRequest(format!("uid {:?}: {e}", request.uid)))?;
-        for (field, value) in [("request_id", &request.request_id), ("operator", &request.operator)] {
-            if !vera_protocol::ids::is_valid_id(value) {
-                return Err(LifecycleError::InvalidRequest(format!(
-                    "{field} {value:?} must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"
-                )));
-            }
-        }
-        let (addr, segment_key) = self.segment_of(&request.uid, request.created_at).await?;
+        validate_request(&request.uid, &request.request_id, &request.operator)?;
         let now = self.clock.now();
         let tombstone = Tombstone {
             at: now,
@@ -129,11 +158,11 @@ impl Lifecycle {
             request_id: request.request_id.clone(),
             operator: request.operator.clone(),
         };
-        let changed = self
-            .update_sidecar(&segment_key, |sidecar| {
+        let (addr, segment_key, changed, _) = self
+            .change_file(&request.uid, request.created_at, |sidecar, segment_key| {
                 sidecar
                     .tombstone(&request.uid, tombstone.clone())
-                    .map_err(|source| LifecycleError::CorruptSidecar { segment_key: segment_key.clone(), source })
+                    .map_err(|source| LifecycleError::CorruptSidecar { segment_key: segment_key.to_owned(), source })
             })
             .await?;
         let event = Message::TombstoneRequested(TombstoneRequested {
@@ -179,11 +208,12 @@ impl Lifecycle {
 
     /// Reads the segment's sidecar (or starts one), applies `change`, and writes it back by
     /// compare-and-swap, retrying from a fresh read when another writer won.
+    /// Refuses with [`LifecycleError::Superseded`] once a repack froze the sidecar.
     async fn update_sidecar(
         &self,
         segment_key: &str,
         change: impl Fn(&mut Sidecar) -> Result<Change, LifecycleError>,
-    ) -> Result<Change, LifecycleError> {
+    ) -> Result<(Change, Sidecar), LifecycleError> {
         let store = self.shards.store();
         let sidecar_key = sidecar_key_of(segment_key);
         for attempt in 1..=self.cas_attempts {
@@ -199,14 +229,17 @@ impl Lifecycle {
                 Err(error) => return Err(error.into()),
             };
             if change(&mut sidecar)? == Change::Unchanged {
-                return Ok(Change::Unchanged);
+                return Ok((Change::Unchanged, sidecar));
+            }
+            if sidecar.superseded.is_some() {
+                return Err(LifecycleError::Superseded { segment_key: segment_key.to_owned() });
             }
             let options = match etag {
                 Some(etag) => PutOptions::update(etag),
                 None => PutOptions::create(),
             };
             match store.put(&sidecar_key, Bytes::from(sidecar.encode()), options).await {
-                Ok(_) => return Ok(Change::Changed),
+                Ok(_) => return Ok((Change::Changed, sidecar)),
                 Err(error) if matches!(error.kind, StoreErrorKind::Precondition | StoreErrorKind::AlreadyExists) => {
                     tracing::debug!(sidecar = %sidecar_key, attempt, "sidecar changed meanwhile; reading it again");
                 }
@@ -227,22 +260,63 @@ impl Lifecycle {
     }
 }
 
+/// Claims batches from `topic` until `shutdown`, or, with `until_idle`, until a claim
+/// comes back empty (the one-shot form a CronJob runs). Claim errors are retried.
+pub(crate) async fn next_batch(
+    bus: &dyn Bus,
+    topic: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    until_idle: bool,
+) -> Option<Vec<vera_bus::Delivery>> {
+    while !shutdown.is_cancelled() {
+        let claimed = match bus.claim(topic, 32, std::time::Duration::from_secs(300)).await {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(%error, topic, "claiming failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if !claimed.is_empty() {
+            return Some(claimed);
+        }
+        if until_idle {
+            return None;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+    }
+    None
+}
+
+/// Checks what every operator request carries: a uid, a request id and an operator id.
+fn validate_request(uid: &str, request_id: &str, operator: &str) -> Result<(), LifecycleError> {
+    vera_protocol::routing::validate_uid(uid)
+        .map_err(|e| LifecycleError::InvalidRequest(format!("uid {uid:?}: {e}")))?;
+    for (field, value) in [("request_id", request_id), ("operator", operator)] {
+        if !vera_protocol::ids::is_valid_id(value) {
+            return Err(LifecycleError::InvalidRequest(format!(
+                "{field} {value:?} must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A segment's sidecar, if it has one.
 pub async fn sidecar_of(
     store: &dyn vera_store::ObjectStore,
     segment_key: &str,
 ) -> Result<Option<Sidecar>, LifecycleError> {
-    match store.get(&sidecar_key_of(segment_key)).await {
-        Ok(got) => Sidecar::decode(&got.body)
-            .map(Some)
-            .map_err(|source| LifecycleError::CorruptSidecar { segment_key: segment_key.to_owned(), source }),
-        Err(error) if error.kind == StoreErrorKind::NotFound => Ok(None),
-        Err(error) => Err(error.into()),
-    }
+    vera_store::shards::sidecar_of(store, segment_key).await.map_err(|error| match error {
+        ShardError::Sidecar { key, source } => LifecycleError::CorruptSidecar { segment_key: key, source },
+        other => LifecycleError::Shards(other),
+    })
 }
 
-/// The tombstone of `uid` in `segment_key`'s sidecar, if it has one (what `vera get` and
-/// any other reader outside the HTTP service must check before returning bytes).
+/// The tombstone of `uid` in `segment_key`'s sidecar, if it has one.
 pub async fn tombstone_of(
     store: &dyn vera_store::ObjectStore,
     segment_key: &str,

@@ -34,15 +34,20 @@ pub struct TrackerStats {
 }
 
 impl Lifecycle {
-    /// (tombstoned stored bytes, all stored bytes) of a segment.
+    /// (stored bytes a repack would drop, all stored bytes) of a segment: tombstoned files
+    /// under neither retention nor hold.
     pub async fn tombstoned_share(&self, segment_key: &str) -> Result<(u64, u64), LifecycleError> {
         let index = self.shards.index(segment_key).await?;
-        let tombstones = crate::tombstones_of(self.shards.store().as_ref(), segment_key).await?;
+        let Some(sidecar) = crate::sidecar_of(self.shards.store().as_ref(), segment_key).await? else {
+            return Ok((0, index.files().map(|file| u64::from(file.entry.stored_len)).sum()));
+        };
+        let now = self.clock.now();
         let (mut dead, mut total) = (0u64, 0u64);
         for file in index.files() {
             let stored = u64::from(file.entry.stored_len);
             total += stored;
-            if tombstones.contains(file.uid) {
+            // Files under retention or hold stay whatever happens: they do not count.
+            if sidecar.is_tombstoned(file.uid) && !sidecar.must_keep(file.uid, now) {
                 dead += stored;
             }
         }
@@ -55,13 +60,17 @@ impl Lifecycle {
         event: &TombstoneRequested,
         threshold: f64,
     ) -> Result<Option<RepackRequested>, LifecycleError> {
-        let (addr, segment_key) = self.segment_of(&event.uid, event.created_at).await?;
+        let located = self.locate(&event.uid, event.created_at).await?;
+        if located.sidecar.as_ref().is_some_and(|sidecar| sidecar.superseded.is_some() || sidecar.repack.is_some()) {
+            return Ok(None); // already repacked (or being repacked): the file is gone from it
+        }
+        let (addr, segment_key) = (located.addr, located.key);
         let (tombstoned_bytes, total_bytes) = self.tombstoned_share(&segment_key).await?;
         if total_bytes == 0 || (tombstoned_bytes as f64) < threshold * total_bytes as f64 {
             return Ok(None);
         }
-        let (_, generation) =
-            ShardAddr::from_segment_key(&segment_key).map_err(|e| LifecycleError::InvalidRequest(e.to_string()))?;
+        let (_, generation, _) = ShardAddr::parse_any_segment_key(&segment_key)
+            .map_err(|e| LifecycleError::InvalidRequest(e.to_string()))?;
         let now = self.clock.now();
         let request = RepackRequested {
             addr,
@@ -87,22 +96,8 @@ pub async fn run_tracker(
     shutdown: CancellationToken,
 ) -> TrackerStats {
     let mut stats = TrackerStats::default();
-    while !shutdown.is_cancelled() {
-        let claimed = match bus.claim(topics::EVENTS, 32, Duration::from_secs(60)).await {
-            Ok(claimed) => claimed,
-            Err(error) => {
-                tracing::warn!(%error, "claiming events failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if claimed.is_empty() {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-            }
-        }
-        for delivery in claimed {
+    while let Some(batch) = crate::next_batch(bus.as_ref(), topics::EVENTS, &shutdown, false).await {
+        for delivery in batch {
             handle(&lifecycle, bus.as_ref(), &delivery, threshold, &mut stats).await;
         }
     }

@@ -4,96 +4,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vera_bus::sqlite::SqliteBus;
 use vera_bus::{Bus, topics};
-use vera_lifecycle::{DeleteOutcome, DeleteRequest, Lifecycle, LifecycleError};
+use vera_lifecycle::{DeleteOutcome, LifecycleError};
 use vera_protocol::Timestamp;
-use vera_protocol::message::{AuditAction, Envelope, Message, PackTask, Slot};
-use vera_protocol::routing::{RoutingEpoch, RoutingTable, sidecar_key_of};
-use vera_protocol::sidecar::{Sidecar, TombstoneReason};
-use vera_source::SourceMapping;
-use vera_source::sqlite::SqliteSource;
-use vera_store::local::LocalStore;
+use vera_protocol::message::{AuditAction, Message};
+use vera_protocol::routing::sidecar_key_of;
+use vera_protocol::sidecar::Sidecar;
+use vera_store::ObjectStore;
 use vera_store::shards::ShardStore;
-use vera_store::{ObjectStore, SystemClock};
 
-const ROWS: i64 = 120;
+mod common;
 
-fn routing() -> RoutingTable {
-    RoutingTable::single(RoutingEpoch::v1(1).unwrap())
-}
-
-fn uid(id: i64) -> String {
-    format!("f{id:04}")
-}
-
-fn created_at(id: i64) -> Timestamp {
-    Timestamp::parse(&format!("2026-11-2{}T{:02}:00:00Z", id % 2 + 1, id % 24)).unwrap()
-}
-
-fn payload(id: i64) -> Vec<u8> {
-    format!("secret payload of file {id}: {}", "x".repeat(id as usize)).into_bytes()
-}
-
-struct World {
-    _dir: tempfile::TempDir,
-    store: Arc<dyn ObjectStore>,
-    bus: Arc<SqliteBus>,
-    lifecycle: Lifecycle,
-}
-
-async fn world() -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(LocalStore::open(dir.path().join("store")).unwrap());
-    world_on(dir, store, None).await
-}
-
-/// Packs ROWS files into `store` with the real worker.
-async fn world_on(
-    dir: tempfile::TempDir,
-    store: Arc<dyn ObjectStore>,
-    retention: Option<vera_worker::RetentionPolicy>,
-) -> World {
-    let path = dir.path().join("src.sqlite");
-    let mut connection = vera_source::sqlite::create_demo_database(&path).await.unwrap();
-    for id in 1..=ROWS {
-        sqlx::query("INSERT INTO files VALUES (?, ?, ?, 'text/plain', ?)")
-            .bind(id)
-            .bind(uid(id))
-            .bind(created_at(id).to_rfc3339())
-            .bind(payload(id))
-            .execute(&mut connection)
-            .await
-            .unwrap();
-    }
-    let source = SqliteSource::open("demo", &path, SourceMapping::demo()).await.unwrap();
-    let task = PackTask {
-        task_id: "demo:0-120".into(),
-        source: "demo".into(),
-        slot: Slot { after: 0, up_to: ROWS, rows: ROWS as u64, bytes: 0 },
-        routing: routing(),
-    };
-    let settings = vera_worker::WorkerSettings { retention, ..vera_worker::WorkerSettings::default() };
-    vera_worker::pack_task(&task, &source, &ShardStore::new(Arc::clone(&store)), &settings).await.unwrap();
-    let bus = Arc::new(SqliteBus::open(dir.path().join("bus.sqlite"), 3).await.unwrap());
-    let lifecycle = Lifecycle::new(ShardStore::new(Arc::clone(&store)), routing(), bus.clone(), Arc::new(SystemClock));
-    World { _dir: dir, store, bus, lifecycle }
-}
-
-fn request(id: i64, request_id: &str) -> DeleteRequest {
-    DeleteRequest {
-        uid: uid(id),
-        created_at: created_at(id),
-        reason: TombstoneReason::GdprErasure,
-        request_id: request_id.to_owned(),
-        operator: "dpo.alice".to_owned(),
-    }
-}
-
-async fn messages(bus: &dyn Bus, topic: &str) -> Vec<(Option<String>, Message)> {
-    let claimed = bus.claim(topic, 1000, Duration::from_secs(60)).await.unwrap();
-    claimed.iter().map(|d| (d.key.clone(), Envelope::decode(&d.payload).unwrap().message)).collect()
-}
+use common::*;
 
 #[tokio::test]
 async fn a_deleted_file_answers_410_and_the_deletion_is_published() {
@@ -119,10 +41,12 @@ async fn a_deleted_file_answers_410_and_the_deletion_is_published() {
     assert!(audit.iter().any(|(_, m)| matches!(m, Message::AuditEvent(e) if e.action == AuditAction::Delete
         && e.uid.as_deref() == Some(uid(7).as_str()))));
 
-    // The shard read path still has the bytes (segments are immutable); the sidecar is
-    // what the reader and `vera get` consult. Other files in the segment are untouched.
+    // The segment still has the bytes (it is immutable) but every read path consults the
+    // sidecar and refuses them; other files in the segment are untouched.
     let shards = ShardStore::new(Arc::clone(&world.store));
     assert!(shards.read_file(&routing(), &uid(8), created_at(8)).await.is_ok());
+    let gone = shards.read_file(&routing(), &uid(7), created_at(7)).await.unwrap_err();
+    assert!(matches!(gone, vera_store::shards::ShardError::Gone { .. }), "{gone:?}");
 }
 
 #[tokio::test]
@@ -217,7 +141,7 @@ async fn concurrent_deletes_land(world: World) -> String {
 #[tokio::test]
 async fn the_reader_answers_410_within_its_sidecar_ttl() {
     let world = world().await;
-    let reader = vera_reader_probe::Probe::new(world.store.clone(), Duration::from_secs(1));
+    let reader = Probe::new(world.store.clone(), Duration::from_secs(1));
     assert_eq!(reader.status(11).await, 200);
     let deleted = Instant::now();
     world.lifecycle.delete(&request(11, "req-11")).await.unwrap();
@@ -228,31 +152,6 @@ async fn the_reader_answers_410_within_its_sidecar_ttl() {
     let elapsed = deleted.elapsed();
     eprintln!("delete → 410 in {} ms with a 1 s sidecar TTL", elapsed.as_millis());
     assert_eq!(reader.status(12).await, 200, "its neighbours are still served");
-}
-
-mod vera_reader_probe {
-    use super::*;
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-
-    pub struct Probe {
-        app: axum::Router,
-    }
-
-    impl Probe {
-        pub fn new(store: Arc<dyn ObjectStore>, ttl: Duration) -> Self {
-            let settings = vera_reader::ReaderSettings { sidecar_ttl: ttl, ..vera_reader::ReaderSettings::default() };
-            let reader = vera_reader::Reader::new(ShardStore::new(store), routing(), None, settings);
-            Probe { app: vera_reader::router(Arc::new(reader), None) }
-        }
-
-        pub async fn status(&self, id: i64) -> u16 {
-            let uri = format!("/v1/files/{}?created_at={}", uid(id), created_at(id).to_rfc3339());
-            let response = self.app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
-            response.status().as_u16()
-        }
-    }
 }
 
 /// The tracker turns tombstone events into a repack request once 30 % of a segment's
@@ -315,7 +214,7 @@ async fn tombstones_past_the_threshold_request_a_repack_by_themselves() {
     shutdown.cancel();
     let stats = tracker.await.unwrap();
     assert_eq!(stats.dead_lettered, 1);
-    let depth = bus.depth(topics::REPACK).await.unwrap();
-    assert_eq!(stats.repacks_requested, depth.visible + depth.in_flight, "every request is on the repack topic");
+    let later = messages(bus.as_ref(), topics::REPACK).await.len();
+    assert_eq!(stats.repacks_requested as usize, requests.len() + later, "every request is on the repack topic");
     assert!(stats.tombstone_events >= 2);
 }

@@ -40,6 +40,29 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Hash, D
     decode(&text).ok_or_else(|| serde::de::Error::custom("expected 64 lowercase hex digits"))
 }
 
+/// Serde for `Option<Hash>`: `null` or 64 hex digits.
+pub mod option {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::merkle::Hash;
+
+    pub fn serialize<S: Serializer>(hash: &Option<Hash>, serializer: S) -> Result<S::Ok, S::Error> {
+        match hash {
+            Some(hash) => serializer.serialize_str(&super::encode(hash)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Hash>, D::Error> {
+        match Option::<std::borrow::Cow<str>>::deserialize(deserializer)? {
+            None => Ok(None),
+            Some(text) => super::decode(&text)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom("expected 64 lowercase hex digits")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

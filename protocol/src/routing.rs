@@ -394,17 +394,48 @@ impl ShardAddr {
         Ok(addr)
     }
 
-    /// Parses a segment key produced by [`ShardAddr::segment_key`].
+    /// Parses a segment key produced by [`ShardAddr::segment_key`] (a packed segment,
+    /// never a repacked one).
     pub fn from_segment_key(key: &str) -> Result<(Self, u32), RoutingError> {
+        match Self::parse_any_segment_key(key)? {
+            (addr, generation, 0) => Ok((addr, generation)),
+            _ => Err(RoutingError::BadPrefix { prefix: key.chars().take(128).collect() }),
+        }
+    }
+
+    /// The key of the segment that repack round `round` (1, 2, …) of generation
+    /// `generation` writes: `…/g000000.r1.vera`. Round 0 is the packed segment itself.
+    /// Readers never probe these keys: they reach them through the `superseded` link in
+    /// the replaced segment's sidecar.
+    pub fn repacked_segment_key(&self, generation: u32, round: u32) -> String {
+        if round == 0 {
+            return self.segment_key(generation);
+        }
+        format!("{}g{:06}.r{}.vera", self.key_prefix(), generation, round)
+    }
+
+    /// Parses any segment key, packed or repacked: `(address, generation, round)`, with
+    /// round 0 for a packed segment. Only the canonical spelling is accepted.
+    pub fn parse_any_segment_key(key: &str) -> Result<(Self, u32, u32), RoutingError> {
         let bad = || RoutingError::BadPrefix { prefix: key.chars().take(128).collect() };
         let (prefix, file) = key.rsplit_once('/').ok_or_else(bad)?;
-        let generation_text = file.strip_prefix('g').and_then(|rest| rest.strip_suffix(".vera")).ok_or_else(bad)?;
+        let name = file.strip_prefix('g').and_then(|rest| rest.strip_suffix(".vera")).ok_or_else(bad)?;
+        let (generation_text, round) = match name.split_once(".r") {
+            None => (name, 0),
+            Some((generation_text, round_text)) => {
+                let round: u32 = parse_decimal(round_text).ok_or_else(bad)?;
+                if round == 0 || round_text.starts_with('0') {
+                    return Err(bad());
+                }
+                (generation_text, round)
+            }
+        };
         if generation_text.len() != 6 {
             return Err(bad());
         }
         let generation: u32 = parse_decimal(generation_text).ok_or_else(bad)?;
         let addr = Self::from_key_prefix(prefix)?;
-        Ok((addr, generation))
+        Ok((addr, generation, round))
     }
 }
 
@@ -576,6 +607,15 @@ mod tests {
         }
         assert!(ShardAddr::from_segment_key("e1/d2026-11-24/n04-a/g1.vera").is_err());
         assert!(ShardAddr::from_segment_key("e1/d2026-11-24/n04-a/g000001.vera").is_ok());
+        let parse = ShardAddr::parse_any_segment_key;
+        let (addr, generation, round) = parse("e1/d2026-11-24/n04-a/g000001.r12.vera").unwrap();
+        assert_eq!((generation, round), (1, 12));
+        assert_eq!(addr.repacked_segment_key(1, 12), "e1/d2026-11-24/n04-a/g000001.r12.vera");
+        assert_eq!(addr.repacked_segment_key(1, 0), addr.segment_key(1));
+        assert!(ShardAddr::from_segment_key("e1/d2026-11-24/n04-a/g000001.r1.vera").is_err());
+        for bad in ["g000001.r0.vera", "g000001.r01.vera", "g000001.r.vera", "g000001.rx.vera", "g1.r1.vera"] {
+            assert!(parse(&format!("e1/d2026-11-24/n04-a/{bad}")).is_err(), "{bad} was accepted");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! of the structs below, maps sorted by uid). It holds no personal data beyond uids:
 //! reasons are codes, and requests and operators are opaque ids (see [`crate::ids`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -80,14 +80,32 @@ pub struct LegalHold {
     pub operator: String,
 }
 
-/// Set when a repack has replaced this segment; readers then use `segment_key`.
+/// Set when a repack has replaced this segment; readers then use `segment_key`. From
+/// then on this sidecar is frozen: lifecycle operations on the segment's files go to the
+/// new segment's sidecar.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Superseded {
-    pub segment_key: String,
-    #[serde(with = "crate::hex")]
-    pub segment_hash: Hash,
+    /// The segment holding the live files now; `None` when the repack dropped every file
+    /// (all of them were tombstoned and none was under retention or hold).
+    pub segment_key: Option<String>,
+    #[serde(with = "crate::hex::option")]
+    pub segment_hash: Option<Hash>,
     pub at: Timestamp,
+    pub request_id: String,
+}
+
+/// A repack, fixed before its segment is written so that an interrupted repack resumes
+/// with the same inputs and writes byte-identical output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepackPlan {
+    /// Key the repacked segment is written to (create-if-absent).
+    pub target_key: String,
+    /// Uids left out: tombstoned when the plan was made, and under neither a retention
+    /// extension reaching past that moment nor a legal hold.
+    pub dropped: BTreeSet<String>,
+    pub planned_at: Timestamp,
     pub request_id: String,
 }
 
@@ -107,8 +125,14 @@ pub struct Sidecar {
     pub retention: BTreeMap<String, RetentionExtension>,
     #[serde(default)]
     pub holds: BTreeMap<String, LegalHold>,
+    /// The repack of this segment, once planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repack: Option<RepackPlan>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded: Option<Superseded>,
+    /// On a repacked segment's sidecar: the segment it replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repacked_from: Option<String>,
 }
 
 /// Whether an operation changed the sidecar (and so needs a CAS write).
@@ -134,7 +158,9 @@ impl Sidecar {
             tombstones: BTreeMap::new(),
             retention: BTreeMap::new(),
             holds: BTreeMap::new(),
+            repack: None,
             superseded: None,
+            repacked_from: None,
         }
     }
 
@@ -176,16 +202,30 @@ impl Sidecar {
             .flat_map(|t| [&t.request_id, &t.operator])
             .chain(self.retention.values().flat_map(|r| [&r.request_id, &r.operator]))
             .chain(self.holds.values().flat_map(|h| [&h.request_id, &h.operator]))
-            .chain(self.superseded.iter().map(|s| &s.request_id));
+            .chain(self.superseded.iter().map(|s| &s.request_id))
+            .chain(self.repack.iter().map(|r| &r.request_id));
         for id in ids {
             if !is_valid_id(id) {
                 return Err(SidecarError::InvalidField { field: "request_id or operator" });
             }
         }
+        let other_key = |key: &str| !key.is_empty() && key.len() <= 1024 && key != self.segment_key;
         if let Some(superseded) = &self.superseded
-            && (superseded.segment_key.is_empty() || superseded.segment_key == self.segment_key)
+            && (superseded.segment_key.as_deref().is_some_and(|key| !other_key(key))
+                || superseded.segment_key.is_some() != superseded.segment_hash.is_some())
         {
             return Err(SidecarError::InvalidField { field: "superseded.segment_key" });
+        }
+        if let Some(plan) = &self.repack {
+            if !other_key(&plan.target_key) {
+                return Err(SidecarError::InvalidField { field: "repack.target_key" });
+            }
+            for uid in &plan.dropped {
+                validate_uid(uid).map_err(|_| SidecarError::InvalidField { field: "repack.dropped" })?;
+            }
+        }
+        if self.repacked_from.as_deref().is_some_and(|key| !other_key(key)) {
+            return Err(SidecarError::InvalidField { field: "repacked_from" });
         }
         Ok(())
     }
@@ -196,6 +236,27 @@ impl Sidecar {
 
     pub fn is_held(&self, uid: &str) -> bool {
         self.holds.contains_key(uid)
+    }
+
+    /// Whether repack must keep `uid`'s bytes at `now`: it is held, or a retention
+    /// extension reaches past `now`. Tombstoned files under retention or hold stay hidden
+    /// from readers but are never dropped.
+    pub fn must_keep(&self, uid: &str, now: Timestamp) -> bool {
+        self.is_held(uid) || self.retention.get(uid).is_some_and(|extension| extension.retain_until > now)
+    }
+
+    /// The state a repacked segment's sidecar starts from: this (frozen) sidecar's
+    /// tombstones, retention extensions and holds for the files that moved.
+    pub fn inherit(&self, new_key: &str, new_hash: Hash, moved: &BTreeSet<String>) -> Sidecar {
+        fn moved_only<V: Clone>(map: &BTreeMap<String, V>, moved: &BTreeSet<String>) -> BTreeMap<String, V> {
+            map.iter().filter(|(uid, _)| moved.contains(*uid)).map(|(uid, v)| (uid.clone(), v.clone())).collect()
+        }
+        let mut next = Sidecar::new(new_key, new_hash);
+        next.tombstones = moved_only(&self.tombstones, moved);
+        next.retention = moved_only(&self.retention, moved);
+        next.holds = moved_only(&self.holds, moved);
+        next.repacked_from = Some(self.segment_key.clone());
+        next
     }
 
     /// Adds a tombstone; a second tombstone for the same uid changes nothing.

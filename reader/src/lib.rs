@@ -7,9 +7,11 @@
 //!
 //! Read path: `locate_shard` → generation 0, 1, … of the address → the segment index from
 //! the cache (one suffix GET on a miss) → one range GET → decode (with the segment's
-//! dictionary) → BLAKE3 check. The segment's `.vera.meta` sidecar is consulted for
-//! tombstones from a cache whose entries live `sidecar_ttl` (default 5 s): a tombstoned
-//! file answers 410 Gone within that time. Corrupt data answers 500 `corrupt_segment`,
+//! dictionary) → BLAKE3 check. The segment's `.vera.meta` sidecar is consulted from a
+//! cache whose entries live `sidecar_ttl` (default 5 s): a tombstoned file answers 410
+//! Gone within that time, and a segment a repack superseded sends the read on to its
+//! successor (`ShardStore::locate`), so a repack never hides a live file or shows one
+//! twice. Corrupt data answers 500 `corrupt_segment`,
 //! never wrong bytes, and counts in `vera_reader_corrupt_total`.
 //!
 //! Errors are JSON `{"error": CODE, "message": TEXT}` with distinct statuses: 400
@@ -40,7 +42,7 @@ use vera_protocol::Timestamp;
 use vera_protocol::message::{AuditAction, AuditEvent, AuditOutcome};
 use vera_protocol::routing::{RoutingTable, sidecar_key_of};
 use vera_protocol::sidecar::Sidecar;
-use vera_store::shards::{FileRead, ShardError, ShardStore};
+use vera_store::shards::{FileRead, ShardError, ShardStore, Sidecars, sidecar_of};
 use vera_store::{StoreError, StoreErrorKind};
 
 /// The OpenAPI description served at `/openapi.yaml`.
@@ -65,7 +67,7 @@ impl Default for ReaderSettings {
 pub struct Reader {
     shards: ShardStore,
     routing: RoutingTable,
-    sidecars: moka::future::Cache<String, Arc<Option<Sidecar>>>,
+    sidecars: moka::future::Cache<String, Option<Arc<Sidecar>>>,
     audit: Option<audit::AuditSender>,
     settings: ReaderSettings,
     store_counts: Option<Arc<vera_store::counting::RequestCounts>>,
@@ -132,26 +134,28 @@ impl Reader {
     pub fn shards(&self) -> &ShardStore {
         &self.shards
     }
+}
 
-    async fn sidecar(&self, segment_key: &str) -> Result<Arc<Option<Sidecar>>, ReadFailure> {
-        let key = sidecar_key_of(segment_key);
+/// The reader's sidecar cache: each sidecar (or its absence) is trusted for
+/// `sidecar_ttl`, then read again.
+#[async_trait::async_trait]
+impl Sidecars for Reader {
+    async fn sidecar(&self, segment_key: &str) -> Result<Option<Arc<Sidecar>>, ShardError> {
         let store = self.shards.store().clone();
-        let fetch_key = key.clone();
+        let fetch_key = segment_key.to_owned();
         let fetches = &self.sidecar_fetches;
         self.sidecars
-            .try_get_with(key, async move {
+            .try_get_with(sidecar_key_of(segment_key), async move {
                 fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 metrics::counter!("vera_reader_sidecar_fetches_total").increment(1);
-                match store.get(&fetch_key).await {
-                    Ok(got) => Sidecar::decode(&got.body)
-                        .map(|sidecar| Arc::new(Some(sidecar)))
-                        .map_err(|e| ReadFailure::Corrupt(format!("sidecar {fetch_key} is unreadable: {e}"))),
-                    Err(error) if error.kind == StoreErrorKind::NotFound => Ok(Arc::new(None)),
-                    Err(error) => Err(ReadFailure::from_store(error)),
-                }
+                Ok::<_, ShardError>(sidecar_of(store.as_ref(), &fetch_key).await?.map(Arc::new))
             })
             .await
-            .map_err(|shared: Arc<ReadFailure>| (*shared).clone())
+            .map_err(|shared: Arc<ShardError>| match shared.as_ref() {
+                ShardError::Sidecar { key, source } => ShardError::Sidecar { key: key.clone(), source: source.clone() },
+                ShardError::Store(error) => ShardError::Store(StoreError::new(error.kind, &error.key, &error.message)),
+                other => ShardError::Store(StoreError::new(StoreErrorKind::Other, segment_key, other.to_string())),
+            })
     }
 }
 
@@ -257,25 +261,21 @@ async fn read(reader: &Reader, uid: &str, created_at: Option<&str>) -> Result<Fi
         .ok_or_else(|| ReadFailure::BadCreatedAt("the created_at query parameter is required (RFC 3339)".to_owned()))?;
     let at = Timestamp::parse(text)
         .map_err(|e| ReadFailure::BadCreatedAt(format!("created_at {text:?} is not an RFC 3339 time: {e}")))?;
-    let file = match reader.shards.read_file(&reader.routing, uid, at).await {
-        Ok(file) => file,
+    match reader.shards.read_file_with(&reader.routing, uid, at, reader).await {
+        Ok(file) => Ok(file),
         Err(ShardError::NotFound { .. }) => {
-            return Err(ReadFailure::NotFound { uid: uid.to_owned(), created_at: at.to_rfc3339() });
+            Err(ReadFailure::NotFound { uid: uid.to_owned(), created_at: at.to_rfc3339() })
         }
+        Err(ShardError::Gone { .. }) => Err(ReadFailure::Gone),
         Err(ShardError::Routing { source, .. }) => {
-            return Err(ReadFailure::BadCreatedAt(format!("created_at {text} cannot be routed: {source}")));
+            Err(ReadFailure::BadCreatedAt(format!("created_at {text} cannot be routed: {source}")))
         }
-        Err(ShardError::Segment { key, source }) => {
-            return Err(ReadFailure::Corrupt(format!("segment {key}: {source}")));
+        Err(ShardError::Segment { key, source }) => Err(ReadFailure::Corrupt(format!("segment {key}: {source}"))),
+        Err(ShardError::Sidecar { key, source }) => {
+            Err(ReadFailure::Corrupt(format!("sidecar of {key} is unreadable: {source}")))
         }
-        Err(ShardError::Store(error)) => return Err(ReadFailure::from_store(error)),
-    };
-    if let Some(sidecar) = reader.sidecar(&file.key).await?.as_ref()
-        && sidecar.is_tombstoned(uid)
-    {
-        return Err(ReadFailure::Gone);
+        Err(ShardError::Store(error)) => Err(ReadFailure::from_store(error)),
     }
-    Ok(file)
 }
 
 async fn file(

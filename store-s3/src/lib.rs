@@ -23,6 +23,7 @@
 
 pub mod requests;
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use async_trait::async_trait;
@@ -32,7 +33,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     DefaultRetention, ObjectLockConfiguration, ObjectLockEnabled, ObjectLockLegalHold, ObjectLockLegalHoldStatus,
-    ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode, ObjectLockRule,
+    ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode, ObjectLockRule, Tag, Tagging,
 };
 use aws_smithy_types::DateTime;
 use bytes::Bytes;
@@ -400,6 +401,91 @@ pub async fn ensure_bucket(store: &S3Store, setup: BucketSetup) -> Result<Bucket
     Ok(state)
 }
 
+/// Id of the bucket lifecycle rule that moves superseded segments to the archive class.
+pub const ARCHIVE_RULE_ID: &str = "vera-archive-superseded";
+
+/// Installs (or updates) the bucket lifecycle rule that moves objects tagged
+/// `tag_key = tag_value` (segments a repack superseded) to `storage_class` after
+/// `after_days`. Other rules in the bucket's lifecycle configuration are kept. Storage
+/// class transitions do not touch Object Lock: an archived segment stays locked until its
+/// retention expires. The rule never expires (deletes) anything.
+pub async fn ensure_archive_rule(
+    store: &S3Store,
+    tag: (&str, &str),
+    storage_class: &str,
+    after_days: i32,
+) -> Result<(), StoreError> {
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, ExpirationStatus, LifecycleRule, LifecycleRuleFilter, Transition,
+        TransitionStorageClass,
+    };
+    let bucket = store.bucket.as_str();
+    let invalid = |e: aws_sdk_s3::error::BuildError| {
+        StoreError::new(StoreErrorKind::InvalidInput, bucket, "invalid lifecycle rule").with_source(e)
+    };
+    if after_days < 0 {
+        return Err(StoreError::new(StoreErrorKind::InvalidInput, bucket, "archive days must be 0 or more"));
+    }
+    let class = TransitionStorageClass::from(storage_class);
+    if matches!(class, TransitionStorageClass::Unknown(_)) {
+        return Err(StoreError::new(
+            StoreErrorKind::InvalidInput,
+            bucket,
+            format!("unknown storage class {storage_class:?} (e.g. GLACIER_IR, GLACIER, DEEP_ARCHIVE, STANDARD_IA)"),
+        ));
+    }
+    let rule = LifecycleRule::builder()
+        .id(ARCHIVE_RULE_ID)
+        .status(ExpirationStatus::Enabled)
+        .filter(
+            LifecycleRuleFilter::builder()
+                .tag(Tag::builder().key(tag.0).value(tag.1).build().map_err(invalid)?)
+                .build(),
+        )
+        .transitions(Transition::builder().days(after_days).storage_class(class).build())
+        .build()
+        .map_err(invalid)?;
+    let mut rules: Vec<LifecycleRule> =
+        match store.client.get_bucket_lifecycle_configuration().bucket(bucket).send().await {
+            Ok(current) => current.rules().iter().filter(|r| r.id() != Some(ARCHIVE_RULE_ID)).cloned().collect(),
+            Err(error) => {
+                let code = error.as_service_error().and_then(|e| e.code()).unwrap_or_default().to_owned();
+                if code != "NoSuchLifecycleConfiguration" {
+                    return Err(map_error(bucket, error, Op::Read));
+                }
+                Vec::new()
+            }
+        };
+    rules.push(rule);
+    let configuration = BucketLifecycleConfiguration::builder().set_rules(Some(rules)).build().map_err(invalid)?;
+    store
+        .client
+        .put_bucket_lifecycle_configuration()
+        .bucket(bucket)
+        .lifecycle_configuration(configuration)
+        .send()
+        .await
+        .map_err(|e| map_error(bucket, e, Op::Write))?;
+    Ok(())
+}
+
+/// The transitions (storage class, days) of the archive rule, if the bucket has it.
+pub async fn archive_rule(store: &S3Store) -> Result<Option<Vec<(String, i32)>>, StoreError> {
+    let bucket = store.bucket.as_str();
+    match store.client.get_bucket_lifecycle_configuration().bucket(bucket).send().await {
+        Ok(current) => Ok(current.rules().iter().find(|r| r.id() == Some(ARCHIVE_RULE_ID)).map(|rule| {
+            rule.transitions()
+                .iter()
+                .map(|t| (t.storage_class().map(|c| c.as_str().to_owned()).unwrap_or_default(), t.days().unwrap_or(0)))
+                .collect()
+        })),
+        Err(error) if error.as_service_error().and_then(|e| e.code()) == Some("NoSuchLifecycleConfiguration") => {
+            Ok(None)
+        }
+        Err(error) => Err(map_error(bucket, error, Op::Read)),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Read,
@@ -733,5 +819,37 @@ impl ObjectStore for S3Store {
         }
         request.send().await.map_err(|e| map_error(key, e, Op::Write))?;
         Ok(())
+    }
+
+    async fn set_tags(&self, key: &str, tags: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        validate_key(key)?;
+        let head = self.head_raw(key).await?;
+        let invalid = |e: aws_sdk_s3::error::BuildError| {
+            StoreError::new(StoreErrorKind::InvalidInput, key, "invalid object tags").with_source(e)
+        };
+        let tag_set = tags
+            .iter()
+            .map(|(name, value)| Tag::builder().key(name).value(value).build().map_err(invalid))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tagging = Tagging::builder().set_tag_set(Some(tag_set)).build().map_err(invalid)?;
+        let mut request = self.client.put_object_tagging().bucket(&self.bucket).key(key).tagging(tagging);
+        if let Some(version) = head.version_id() {
+            request = request.version_id(version);
+        }
+        request.send().await.map_err(|e| map_error(key, e, Op::Write))?;
+        Ok(())
+    }
+
+    async fn tags(&self, key: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        validate_key(key)?;
+        let output = self
+            .client
+            .get_object_tagging()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| map_error(key, e, Op::Read))?;
+        Ok(output.tag_set().iter().map(|tag| (tag.key().to_owned(), tag.value().to_owned())).collect())
     }
 }

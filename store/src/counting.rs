@@ -140,4 +140,14 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         bump(&self.counts.lock_updates, 1);
         self.inner.set_legal_hold(key, on).await
     }
+
+    async fn set_tags(&self, key: &str, tags: &std::collections::BTreeMap<String, String>) -> Result<(), StoreError> {
+        bump(&self.counts.lock_updates, 1);
+        self.inner.set_tags(key, tags).await
+    }
+
+    async fn tags(&self, key: &str) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        bump(&self.counts.gets, 1);
+        self.inner.tags(key).await
+    }
 }

@@ -121,4 +121,18 @@ impl<S: ObjectStore> ObjectStore for FlakyStore<S> {
         }
         self.inner.set_legal_hold(key, on).await
     }
+
+    async fn set_tags(&self, key: &str, tags: &std::collections::BTreeMap<String, String>) -> Result<(), StoreError> {
+        if self.roll() {
+            return Err(Self::fault(key, "set_tags"));
+        }
+        self.inner.set_tags(key, tags).await
+    }
+
+    async fn tags(&self, key: &str) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        if self.roll() {
+            return Err(Self::fault(key, "tags"));
+        }
+        self.inner.tags(key).await
+    }
 }

@@ -22,6 +22,7 @@ pub mod shards;
 pub mod types;
 pub mod upload;
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use async_trait::async_trait;
@@ -74,6 +75,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn set_retention(&self, key: &str, retention: Retention) -> Result<(), StoreError>;
 
     async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), StoreError>;
+
+    /// Replaces the object's tags (S3 object tagging). Tags are not data: setting them
+    /// is allowed under Object Lock, and bucket lifecycle rules can filter on them.
+    async fn set_tags(&self, key: &str, tags: &BTreeMap<String, String>) -> Result<(), StoreError>;
+
+    /// The object's tags.
+    async fn tags(&self, key: &str) -> Result<BTreeMap<String, String>, StoreError>;
 }
 
 /// Checks a key against the rules in [`ObjectStore`]'s docs.
@@ -138,5 +146,13 @@ impl ObjectStore for std::sync::Arc<dyn ObjectStore> {
 
     async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), StoreError> {
         (**self).set_legal_hold(key, on).await
+    }
+
+    async fn set_tags(&self, key: &str, tags: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        (**self).set_tags(key, tags).await
+    }
+
+    async fn tags(&self, key: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        (**self).tags(key).await
     }
 }

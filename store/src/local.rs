@@ -52,6 +52,9 @@ struct ObjectHeader {
 struct LockState {
     retention: Option<Retention>,
     legal_hold: bool,
+    /// Object tags; kept with the lock state because both change without the data.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    tags: std::collections::BTreeMap<String, String>,
 }
 
 /// See the module docs.
@@ -273,7 +276,8 @@ impl Inner {
             (PutMode::Create | PutMode::Overwrite, false) => {}
         }
         let (temp, etag) = self.write_object_temp(key, body, &options.metadata)?;
-        let state = LockState { retention: options.retention, legal_hold: options.legal_hold };
+        let state =
+            LockState { retention: options.retention, legal_hold: options.legal_hold, tags: Default::default() };
         // Lock state first: a crash after this line leaves a lock on a missing object
         // (harmless, replaced by the next create), never an object without its lock.
         self.write_lock_state(key, &state)?;
@@ -335,6 +339,24 @@ impl Inner {
         let mut state = self.lock_state(key)?;
         state.legal_hold = on;
         self.write_lock_state(key, &state)
+    }
+
+    fn set_tags(&self, key: &str, tags: &std::collections::BTreeMap<String, String>) -> Result<(), StoreError> {
+        let _mutex = self.mutex(key)?;
+        if !self.object_path(key).exists() {
+            return Err(StoreError::new(StoreErrorKind::NotFound, key, "no such object"));
+        }
+        validate_tags(key, tags)?;
+        let mut state = self.lock_state(key)?;
+        state.tags = tags.clone();
+        self.write_lock_state(key, &state)
+    }
+
+    fn tags(&self, key: &str) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        if !self.object_path(key).exists() {
+            return Err(StoreError::new(StoreErrorKind::NotFound, key, "no such object"));
+        }
+        Ok(self.lock_state(key)?.tags)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
@@ -480,4 +502,21 @@ impl ObjectStore for LocalStore {
         let key_owned = key.to_owned();
         self.blocking(key, move |inner| inner.set_legal_hold(&key_owned, on)).await
     }
+
+    async fn set_tags(&self, key: &str, tags: &std::collections::BTreeMap<String, String>) -> Result<(), StoreError> {
+        let (key_owned, tags) = (key.to_owned(), tags.clone());
+        self.blocking(key, move |inner| inner.set_tags(&key_owned, &tags)).await
+    }
+
+    async fn tags(&self, key: &str) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let key_owned = key.to_owned();
+        self.blocking(key, move |inner| inner.tags(&key_owned)).await
+    }
+}
+
+/// S3's limits on object tags: at most 10, keys 1..=128 and values 0..=256 characters.
+fn validate_tags(key: &str, tags: &std::collections::BTreeMap<String, String>) -> Result<(), StoreError> {
+    let ok = tags.len() <= 10
+        && tags.iter().all(|(k, v)| !k.is_empty() && k.chars().count() <= 128 && v.chars().count() <= 256);
+    if ok { Ok(()) } else { Err(StoreError::new(StoreErrorKind::InvalidInput, key, "invalid object tags")) }
 }

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use vera_protocol::Timestamp;
-use vera_protocol::routing::{RoutingTable, ShardAddr};
+use vera_protocol::routing::{RoutingTable, ShardAddr, sidecar_key_of};
 use vera_protocol::shard::{ReadError, ReadLimits, SegmentIndex, SuffixOpen};
+use vera_protocol::sidecar::Sidecar;
 
 use crate::{ObjectStore, StoreError, StoreErrorKind};
 
@@ -36,8 +37,15 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
+/// How many repacks a read follows from a packed segment to the one holding the file now.
+pub const MAX_REPACK_HOPS: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
+    #[error("file {uid:?} was deleted (tombstoned in {key})")]
+    Gone { uid: String, key: String },
+    #[error("the sidecar of {key} is unreadable")]
+    Sidecar { key: String, source: vera_protocol::sidecar::SidecarError },
     #[error("object store request failed")]
     Store(#[from] StoreError),
     #[error("segment {key} is unreadable")]
@@ -51,6 +59,51 @@ pub enum ShardError {
 impl ShardError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, ShardError::NotFound { .. })
+    }
+}
+
+/// Where the sidecars on a read path come from: the store itself ([`StoreSidecars`]), or
+/// a reader's cache whose entries live a few seconds.
+#[async_trait::async_trait]
+pub trait Sidecars: Send + Sync {
+    async fn sidecar(&self, segment_key: &str) -> Result<Option<Arc<Sidecar>>, ShardError>;
+}
+
+/// Sidecars read from the store on every call (one GET; 404 means none).
+pub struct StoreSidecars<'a>(pub &'a dyn ObjectStore);
+
+#[async_trait::async_trait]
+impl Sidecars for StoreSidecars<'_> {
+    async fn sidecar(&self, segment_key: &str) -> Result<Option<Arc<Sidecar>>, ShardError> {
+        Ok(sidecar_of(self.0, segment_key).await?.map(Arc::new))
+    }
+}
+
+/// A segment's sidecar, if it has one.
+pub async fn sidecar_of(store: &dyn ObjectStore, segment_key: &str) -> Result<Option<Sidecar>, ShardError> {
+    match store.get(&sidecar_key_of(segment_key)).await {
+        Ok(got) => Sidecar::decode(&got.body)
+            .map(Some)
+            .map_err(|source| ShardError::Sidecar { key: segment_key.to_owned(), source }),
+        Err(error) if error.kind == StoreErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The segment that holds a file now: the packed segment it was found in, or the end of
+/// the chain of repacks that replaced it.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub addr: ShardAddr,
+    pub key: String,
+    pub index: Arc<SegmentIndex>,
+    /// That segment's sidecar, if it has one.
+    pub sidecar: Option<Arc<Sidecar>>,
+}
+
+impl Located {
+    pub fn is_tombstoned(&self, uid: &str) -> bool {
+        self.sidecar.as_ref().is_some_and(|sidecar| sidecar.is_tombstoned(uid))
     }
 }
 
@@ -208,41 +261,87 @@ impl ShardStore {
         self.indexes.run_pending_tasks();
     }
 
-    /// Locates, fetches, decodes and verifies one file.
+    /// Finds the segment holding `uid` now: probes generations 0, 1, … of its address
+    /// (stopping at the first missing one), then follows `superseded` links in the
+    /// sidecars through any repacks. A file a repack dropped ends the walk at the segment
+    /// whose sidecar tombstoned it.
+    pub async fn locate(
+        &self,
+        routing: &RoutingTable,
+        uid: &str,
+        created_at: Timestamp,
+        sidecars: &dyn Sidecars,
+    ) -> Result<Located, ShardError> {
+        let addr =
+            routing.locate(uid, created_at).map_err(|source| ShardError::Routing { uid: uid.to_owned(), source })?;
+        let not_found = || ShardError::NotFound { uid: uid.to_owned(), prefix: addr.key_prefix() };
+        let mut generation = 0u32;
+        let (mut key, mut index) = loop {
+            let key = addr.segment_key(generation);
+            match self.index(&key).await {
+                Ok(index) if index.find(uid).is_some() => break (key, index),
+                Ok(_) => {}
+                Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => return Err(not_found()),
+                Err(other) => return Err(other),
+            }
+            generation = generation.checked_add(1).ok_or_else(not_found)?;
+        };
+        let broken = |key: &str, reason: &'static str| ShardError::Segment {
+            key: key.to_owned(),
+            source: ReadError::Corrupt { reason },
+        };
+        for _ in 0..MAX_REPACK_HOPS {
+            let sidecar = sidecars.sidecar(&key).await?;
+            let Some(next) = sidecar.as_ref().and_then(|sidecar| sidecar.superseded.as_ref()) else {
+                return Ok(Located { addr, key, index, sidecar });
+            };
+            let tombstoned = sidecar.as_ref().is_some_and(|sidecar| sidecar.is_tombstoned(uid));
+            let next_index = match &next.segment_key {
+                Some(next_key) => Some((next_key.clone(), self.index(next_key).await?)),
+                None => None,
+            };
+            match next_index {
+                Some((next_key, next_index)) if next_index.find(uid).is_some() => (key, index) = (next_key, next_index),
+                // Dropped by the repack: it was tombstoned here.
+                _ if tombstoned => return Ok(Located { addr, key, index, sidecar }),
+                _ => return Err(broken(&key, "a repack lost a live file (superseding segment lacks it)")),
+            }
+        }
+        Err(broken(&key, "too many repacks in a row"))
+    }
+
+    /// Locates, fetches, decodes and verifies one file, refusing a tombstoned one with
+    /// [`ShardError::Gone`]. Sidecars are read from the store.
     pub async fn read_file(
         &self,
         routing: &RoutingTable,
         uid: &str,
         created_at: Timestamp,
     ) -> Result<FileRead, ShardError> {
-        let addr =
-            routing.locate(uid, created_at).map_err(|source| ShardError::Routing { uid: uid.to_owned(), source })?;
-        let mut generation = 0u32;
-        loop {
-            let key = addr.segment_key(generation);
-            let index = match self.index(&key).await {
-                Ok(index) => index,
-                Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => {
-                    return Err(ShardError::NotFound { uid: uid.to_owned(), prefix: addr.key_prefix() });
-                }
-                Err(other) => return Err(other),
-            };
-            if let Some(file) = index.find(uid) {
-                let range = file.entry.record_range();
-                let record = self.store.get_range(&key, range).await?;
-                let bytes = index
-                    .decode(file, &record, &self.limits)
-                    .map_err(|source| ShardError::Segment { key: key.clone(), source })?;
-                return Ok(FileRead {
-                    bytes,
-                    content_type: file.content_type.to_owned(),
-                    key,
-                    content_hash: file.entry.content_hash,
-                });
-            }
-            generation = generation
-                .checked_add(1)
-                .ok_or_else(|| ShardError::NotFound { uid: uid.to_owned(), prefix: addr.key_prefix() })?;
+        self.read_file_with(routing, uid, created_at, &StoreSidecars(self.store.as_ref())).await
+    }
+
+    /// [`ShardStore::read_file`] with sidecars from `sidecars` (a reader's cache).
+    pub async fn read_file_with(
+        &self,
+        routing: &RoutingTable,
+        uid: &str,
+        created_at: Timestamp,
+        sidecars: &dyn Sidecars,
+    ) -> Result<FileRead, ShardError> {
+        let located = self.locate(routing, uid, created_at, sidecars).await?;
+        if located.is_tombstoned(uid) {
+            return Err(ShardError::Gone { uid: uid.to_owned(), key: located.key });
         }
+        let Located { key, index, .. } = located;
+        let Some(file) = index.find(uid) else {
+            return Err(ShardError::NotFound { uid: uid.to_owned(), prefix: key });
+        };
+        let range = file.entry.record_range();
+        let record = self.store.get_range(&key, range).await?;
+        let bytes = index
+            .decode(file, &record, &self.limits)
+            .map_err(|source| ShardError::Segment { key: key.clone(), source })?;
+        Ok(FileRead { bytes, content_type: file.content_type.to_owned(), key, content_hash: file.entry.content_hash })
     }
 }

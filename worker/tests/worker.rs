@@ -272,6 +272,16 @@ impl ObjectStore for BlindLister {
     async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), vera_store::StoreError> {
         self.0.set_legal_hold(key, on).await
     }
+    async fn set_tags(
+        &self,
+        key: &str,
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), vera_store::StoreError> {
+        self.0.set_tags(key, tags).await
+    }
+    async fn tags(&self, key: &str) -> Result<std::collections::BTreeMap<String, String>, vera_store::StoreError> {
+        self.0.tags(key).await
+    }
 }
 
 #[tokio::test]
