@@ -174,6 +174,19 @@ pub async fn retention_and_legal_hold(store: &dyn ObjectStore, prefix: &str, tim
     store.set_retention(&key, longer).await.expect("extend retention");
     assert_eq!(&store.get(&key).await.expect("still readable").body[..], b"sealed");
 
+    // Tags change under the lock (the archive lifecycle rule filters on them); the
+    // object's bytes do not.
+    assert!(store.tags(&key).await.expect("tags").is_empty());
+    let tags = std::collections::BTreeMap::from([("vera-state".to_owned(), "superseded".to_owned())]);
+    store.set_tags(&key, &tags).await.expect("tag a locked object");
+    assert_eq!(store.tags(&key).await.expect("tags"), tags);
+    assert_eq!(&store.get(&key).await.expect("still readable").body[..], b"sealed");
+    expect_kind(
+        store.set_tags(&format!("{prefix}/lock/missing"), &tags).await,
+        StoreErrorKind::NotFound,
+        "tag a missing object",
+    );
+
     let held = format!("{prefix}/lock/held.vera");
     store.put(&held, Bytes::from_static(b"held"), PutOptions::create()).await.expect("put");
     store.set_legal_hold(&held, true).await.expect("hold on");
