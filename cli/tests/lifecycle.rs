@@ -42,9 +42,19 @@ fn delete_track_repack_retain_and_hold_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("source.sqlite");
     let (source_s, data) = (source.display().to_string(), dir.path().join("data").display().to_string());
-    vera(&["generate", "--db", &source_s, "--files", "200", "--days", "1"]);
+    vera(&["generate", "--db", &source_s, "--files", "200", "--days", "1", "--bad-rows-per-kind", "0"]);
     vera(&["producer", "--drain", "--data-dir", &data, "--source-db", &source_s]);
-    vera(&["worker", "--exit-when-idle-ms", "500", "--retain-days", "0", "--data-dir", &data, "--source-db", &source_s]);
+    vera(&[
+        "worker",
+        "--exit-when-idle-ms",
+        "500",
+        "--retain-days",
+        "0",
+        "--data-dir",
+        &data,
+        "--source-db",
+        &source_s,
+    ]);
     let rows = rows(&source);
     let (erased, kept) = rows.split_at(rows.len() * 6 / 10);
 
@@ -96,7 +106,8 @@ fn delete_track_repack_retain_and_hold_from_the_command_line() {
 
     // Retention only grows; a hold is set on the segment's lock.
     let (uid, at, _) = &kept[0];
-    let args = ["--created-at", at.as_str(), "--request-id", "keep-1", "--operator", "records.bob", "--data-dir", &data];
+    let args =
+        ["--created-at", at.as_str(), "--request-id", "keep-1", "--operator", "records.bob", "--data-dir", &data];
     let out = vera(&[&["retain", uid, "--until", "2090-01-01T00:00:00Z"][..], &args[..]].concat());
     assert!(out.contains("locked until 2090-01-01"), "{out}");
     let refused = run(&[&["retain", uid, "--until", "2080-01-01T00:00:00Z"][..], &args[..]].concat());
