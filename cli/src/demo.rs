@@ -198,14 +198,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
         let valid = validate_row(row, max_file_bytes, &mut seen).ok();
         async move { Ok(valid) }
     });
+    // Tombstones and repacks are checked once per segment, not once per file.
+    let sidecars = vera_store::shards::MemoSidecars::new(shards.store().as_ref());
     let outcomes: Vec<Result<ReadOutcome, anyhow::Error>> = expected
         .map(|row| {
-            let (shards, routing, progress) = (&shards, &routing, &progress);
+            let (shards, routing, progress, sidecars) = (&shards, &routing, &progress, &sidecars);
             async move {
                 let row = row?;
                 progress.inc(1);
                 let expected_hash = blake3::hash(&row.bytes);
-                Ok(match shards.read_file(routing, &row.uid, row.created_at).await {
+                Ok(match shards.read_file_with(routing, &row.uid, row.created_at, sidecars).await {
                     // read_file has already checked the bytes against their stored hash.
                     Ok(read) if read.content_hash == *expected_hash.as_bytes() => ReadOutcome::Verified,
                     Ok(_) => ReadOutcome::Mismatched,

@@ -79,6 +79,31 @@ impl Sidecars for StoreSidecars<'_> {
     }
 }
 
+/// Sidecars read from the store once per segment and kept for the value's lifetime: for
+/// batch jobs (read-back checks) that read many files of the same segments at one moment.
+pub struct MemoSidecars<'a> {
+    store: &'a dyn ObjectStore,
+    seen: moka::sync::Cache<String, Option<Arc<Sidecar>>>,
+}
+
+impl<'a> MemoSidecars<'a> {
+    pub fn new(store: &'a dyn ObjectStore) -> Self {
+        MemoSidecars { store, seen: moka::sync::Cache::new(100_000) }
+    }
+}
+
+#[async_trait::async_trait]
+impl Sidecars for MemoSidecars<'_> {
+    async fn sidecar(&self, segment_key: &str) -> Result<Option<Arc<Sidecar>>, ShardError> {
+        if let Some(found) = self.seen.get(segment_key) {
+            return Ok(found);
+        }
+        let found = sidecar_of(self.store, segment_key).await?.map(Arc::new);
+        self.seen.insert(segment_key.to_owned(), found.clone());
+        Ok(found)
+    }
+}
+
 /// A segment's sidecar, if it has one.
 pub async fn sidecar_of(store: &dyn ObjectStore, segment_key: &str) -> Result<Option<Sidecar>, ShardError> {
     match store.get(&sidecar_key_of(segment_key)).await {
