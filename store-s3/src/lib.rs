@@ -427,7 +427,7 @@ pub async fn ensure_archive_rule(
         return Err(StoreError::new(StoreErrorKind::InvalidInput, bucket, "archive days must be 0 or more"));
     }
     let class = TransitionStorageClass::from(storage_class);
-    if matches!(class, TransitionStorageClass::Unknown(_)) {
+    if !TransitionStorageClass::values().contains(&storage_class) {
         return Err(StoreError::new(
             StoreErrorKind::InvalidInput,
             bucket,
