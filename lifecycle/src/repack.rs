@@ -25,9 +25,10 @@
 //!    compare-and-swap. Lifecycle operations that raced in between make the swap fail and
 //!    the step starts again from a fresh read; once it succeeds the old sidecar is frozen
 //!    and every later operation goes to the new segment's sidecar.
-//! 5. **Archive.** The old segment is tagged [`ARCHIVE_TAG`]` = superseded`; the bucket's
-//!    lifecycle rule (installed by `vera setup-bucket`) moves tagged objects to the archive
-//!    storage class. It stays under its own Object Lock until that expires.
+//! 5. **Archive.** The old segment's legal hold, if any, is released (its held files are
+//!    held in the new segment), and it is tagged [`ARCHIVE_TAG`]` = superseded`; the
+//!    bucket's lifecycle rule (installed by `vera setup-bucket`) moves tagged objects to
+//!    the archive storage class. It stays under its own retention until that expires.
 //!
 //! Readers never see a file twice or miss one: until step 4 they read the old segment;
 //! from then on they follow the `superseded` link (see `ShardStore::locate`).
@@ -429,6 +430,12 @@ impl Lifecycle {
     }
 
     async fn archive(&self, old_key: &str, settings: &RepackSettings) -> Result<(), LifecycleError> {
+        // Held files moved (with their hold) to the new segment, and holds on them are
+        // recorded there from now on: the old copy no longer needs one, and keeping it
+        // would stop the old segment from ever expiring.
+        if self.shards.store().head(old_key).await?.legal_hold {
+            self.shards.store().set_legal_hold(old_key, false).await?;
+        }
         if settings.archive {
             let tags = BTreeMap::from([(ARCHIVE_TAG.0.to_owned(), ARCHIVE_TAG.1.to_owned())]);
             self.shards.store().set_tags(old_key, &tags).await?;

@@ -118,6 +118,7 @@ async fn check_repacked(world: &World, plan: &Plan) {
     // Locks: the new segment is held and kept as long as its longest-kept file.
     let meta = store.head(&new_key).await.unwrap();
     assert!(meta.legal_hold, "a held file moved in: the segment is held");
+    assert!(!store.head(&plan.segment).await.unwrap().legal_hold, "the old copy is no longer held");
     assert!(meta.retention.unwrap().retain_until >= at("2099-01-01T00:00:00Z"));
     assert_eq!(
         store.tags(&plan.segment).await.unwrap().get(ARCHIVE_TAG.0).map(String::as_str),
