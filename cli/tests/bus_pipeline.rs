@@ -229,9 +229,11 @@ fn pipeline(bus: String, kind: SourceKind, broker_counts_crashed_deliveries: boo
     let stats: Vec<serde_json::Value> =
         survivors.into_iter().map(|h| serde_json::from_str(h.join().unwrap().trim()).unwrap()).collect();
     // The killed worker never acked its task, so the survivors did every task: the killed
-    // one came back to them.
+    // one came back to them. Delivery is at least once: a Kafka rebalance while a survivor
+    // is mid-task hands that task to the other one too, so a task may be done twice (the
+    // second time finds everything stored). `verify` below proves each row is stored once.
     let done: u64 = stats.iter().map(|s| s["tasks_done"].as_u64().unwrap()).sum();
-    assert_eq!(done, tasks, "the killed worker's task was delivered again: {stats:?}");
+    assert!(done >= tasks, "the killed worker's task was delivered again: {done} of {tasks} tasks, {stats:?}");
     if broker_counts_crashed_deliveries {
         let redelivered: u64 = stats.iter().map(|s| s["redelivered"].as_u64().unwrap()).sum();
         assert!(redelivered >= 1, "the broker counted the lost delivery: {stats:?}");
