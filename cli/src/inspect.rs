@@ -143,6 +143,9 @@ pub struct StatsReport {
     pub indexes_over_64k_suffix: u64,
     pub files_by_codec: BTreeMap<String, u64>,
     pub locked_segments: u64,
+    /// Segments a repack replaced: kept (locked, archived) but not counted above, since
+    /// their live files are counted in the segments that replaced them.
+    pub superseded_segments: u64,
 }
 
 impl StatsReport {
@@ -165,6 +168,7 @@ impl StatsReport {
             ("index bytes per file", format!("{:.1}", self.index_bytes_per_file)),
             ("indexes over a 64 KiB suffix", self.indexes_over_64k_suffix.to_string()),
             ("segments under Object Lock", self.locked_segments.to_string()),
+            ("superseded by a repack", self.superseded_segments.to_string()),
         ];
         for (codec, count) in &self.files_by_codec {
             lines.push(("files stored as", format!("{codec}: {count}")));
@@ -184,7 +188,12 @@ pub async fn stats(args: InspectArgs) -> anyhow::Result<StatsReport> {
     let progress = progress_bar(segments.len() as u64, "reading", args.json);
     for meta in segments {
         progress.inc(1);
-        let Ok((addr, _)) = ShardAddr::from_segment_key(&meta.key) else { continue };
+        let Ok((addr, _, _)) = ShardAddr::parse_any_segment_key(&meta.key) else { continue };
+        let sidecar = vera_store::shards::sidecar_of(store.as_ref(), &meta.key).await?;
+        if sidecar.is_some_and(|sidecar| sidecar.superseded.is_some()) {
+            report.superseded_segments += 1;
+            continue;
+        }
         let index = shards.index(&meta.key).await?;
         report.segments += 1;
         *per_address.entry(addr).or_default() += 1;

@@ -103,6 +103,10 @@ fn delete_track_repack_retain_and_hold_from_the_command_line() {
     }
     let verify: serde_json::Value = serde_json::from_str(&vera(&["verify", "--json", "--data-dir", &data])).unwrap();
     assert_eq!(verify["failures"].as_array().unwrap().len(), 0, "{verify}");
+    // Stats count the files readers can reach through current segments, once each.
+    let stats: serde_json::Value = serde_json::from_str(&vera(&["stats", "--json", "--data-dir", &data])).unwrap();
+    assert!(stats["superseded_segments"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(stats["files"].as_u64().unwrap() < rows.len() as u64, "erased files no longer counted: {stats}");
 
     // Retention only grows; a hold is set on the segment's lock.
     let (uid, at, _) = &kept[0];
