@@ -167,10 +167,11 @@ pub struct SetupBucketArgs {
     #[arg(long)]
     pub allow_without_object_lock: bool,
     /// Storage class that segments superseded by a repack move to, by a bucket lifecycle
-    /// rule filtered on their `vera-state=superseded` tag. GLACIER_IR keeps millisecond
-    /// reads (for verify and exports); GLACIER or DEEP_ARCHIVE cost less but need a
-    /// restore first. `none` installs no rule. The rule only transitions: archived
-    /// segments stay under their Object Lock, and nothing is ever expired by it.
+    /// rule filtered on their `vera-state=superseded` tag: GLACIER_IR, STANDARD_IA,
+    /// ONEZONE_IA or INTELLIGENT_TIERING. Readers still read a superseded segment's
+    /// footer and index on a cold cache, so classes that need a restore (GLACIER,
+    /// DEEP_ARCHIVE) are refused. `none` installs no rule. The rule only transitions:
+    /// archived segments stay under their Object Lock, and nothing is ever expired by it.
     #[arg(long, default_value = "GLACIER_IR")]
     pub archive_storage_class: String,
     /// Days after tagging before the transition.

@@ -403,14 +403,16 @@ async fn on_s3_repack_keeps_the_old_segment_locked_and_archives_it() {
     let s3 = S3Store::with_static_credentials(&settings, "test", "test");
     ensure_bucket(&s3, BucketSetup { default_retention: None, allow_without_object_lock: false }).await.unwrap();
     vera_store_s3::ensure_archive_rule(&s3, ARCHIVE_TAG, "GLACIER_IR", 1).await.unwrap();
-    vera_store_s3::ensure_archive_rule(&s3, ARCHIVE_TAG, "DEEP_ARCHIVE", 2).await.unwrap();
+    vera_store_s3::ensure_archive_rule(&s3, ARCHIVE_TAG, "STANDARD_IA", 30).await.unwrap();
     assert_eq!(
         vera_store_s3::archive_rule(&s3).await.unwrap(),
-        Some(vec![("DEEP_ARCHIVE".to_owned(), 2)]),
+        Some(vec![("STANDARD_IA".to_owned(), 30)]),
         "installing the rule again replaces it"
     );
-    let bad = vera_store_s3::ensure_archive_rule(&s3, ARCHIVE_TAG, "PAPER", 1).await.unwrap_err();
-    assert_eq!(bad.kind, StoreErrorKind::InvalidInput);
+    for bad in ["PAPER", "DEEP_ARCHIVE", "GLACIER"] {
+        let refused = vera_store_s3::ensure_archive_rule(&s3, ARCHIVE_TAG, bad, 1).await.unwrap_err();
+        assert_eq!(refused.kind, StoreErrorKind::InvalidInput, "{bad}: readers need the index without a restore");
+    }
     let retention = vera_worker::RetentionPolicy { mode: vera_store::LockMode::Compliance, retain_days: 30 };
     let world = world_on(tempfile::tempdir().unwrap(), Arc::new(s3), Some(retention)).await;
     let plan = erase_half(&world).await;

@@ -401,6 +401,10 @@ pub async fn ensure_bucket(store: &S3Store, setup: BucketSetup) -> Result<Bucket
     Ok(state)
 }
 
+/// Storage classes a superseded segment may move to: cheaper, yet readable with a plain
+/// GET (readers still read its footer and index on a cold cache).
+pub const INSTANT_ARCHIVE_CLASSES: &[&str] = &["GLACIER_IR", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING"];
+
 /// Id of the bucket lifecycle rule that moves superseded segments to the archive class.
 pub const ARCHIVE_RULE_ID: &str = "vera-archive-superseded";
 
@@ -427,11 +431,15 @@ pub async fn ensure_archive_rule(
         return Err(StoreError::new(StoreErrorKind::InvalidInput, bucket, "archive days must be 0 or more"));
     }
     let class = TransitionStorageClass::from(storage_class);
-    if !TransitionStorageClass::values().contains(&storage_class) {
+    if !INSTANT_ARCHIVE_CLASSES.contains(&storage_class) {
         return Err(StoreError::new(
             StoreErrorKind::InvalidInput,
             bucket,
-            format!("unknown storage class {storage_class:?} (e.g. GLACIER_IR, GLACIER, DEEP_ARCHIVE, STANDARD_IA)"),
+            format!(
+                "storage class {storage_class:?} is not one of {INSTANT_ARCHIVE_CLASSES:?}: readers still fetch a \
+                 superseded segment's footer and index to learn which files it held, so it must stay readable \
+                 without a restore (GLACIER and DEEP_ARCHIVE are not)"
+            ),
         ));
     }
     let rule = LifecycleRule::builder()
