@@ -18,7 +18,7 @@ pub mod tracker;
 pub use repack::{RepackReport, RepackSettings};
 pub use retention::{HoldRequest, LockOutcome, RetainRequest};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -323,15 +323,4 @@ pub async fn tombstone_of(
     uid: &str,
 ) -> Result<Option<Tombstone>, LifecycleError> {
     Ok(sidecar_of(store, segment_key).await?.and_then(|mut sidecar| sidecar.tombstones.remove(uid)))
-}
-
-/// The uids tombstoned in `segment_key`'s sidecar (none when it has no sidecar).
-pub async fn tombstones_of(
-    store: &dyn vera_store::ObjectStore,
-    segment_key: &str,
-) -> Result<BTreeSet<String>, LifecycleError> {
-    Ok(sidecar_of(store, segment_key)
-        .await?
-        .map(|sidecar| sidecar.tombstones.into_keys().collect())
-        .unwrap_or_default())
 }

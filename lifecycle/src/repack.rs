@@ -86,18 +86,12 @@ pub struct RepackReport {
     pub dropped: u64,
     /// Tombstoned files kept because of retention or a legal hold (hidden, not erased).
     pub kept_tombstoned: u64,
-    #[serde(with = "hex_option")]
+    #[serde(serialize_with = "vera_protocol::hex::option::serialize")]
     pub moved_uids_root: Option<Hash>,
     /// False when there was nothing to drop: the segment was left alone.
     pub repacked: bool,
     /// True when an earlier run had already finished every step but the archive tag.
     pub already_superseded: bool,
-}
-
-mod hex_option {
-    pub fn serialize<S: serde::Serializer>(hash: &Option<super::Hash>, s: S) -> Result<S::Ok, S::Error> {
-        vera_protocol::hex::option::serialize(hash, s)
-    }
 }
 
 /// The new segment, built or found.
@@ -511,47 +505,45 @@ async fn handle_repack(
     settings: &RepackSettings,
     stats: &mut RepackerStats,
 ) {
-    {
-        let settled = match vera_protocol::message::Envelope::decode(&delivery.payload).map(|e| e.message) {
-            Ok(Message::RepackRequested(request)) => {
-                stats.requests += 1;
-                let request_id = format!(
-                    "auto-repack:{}",
-                    &vera_protocol::hex::encode(blake3::hash(request.key.as_bytes()).as_bytes())[..16]
-                );
-                match lifecycle.repack(&request.key, &request_id, settings).await {
-                    Ok(report) => {
-                        match (report.repacked, report.already_superseded) {
-                            (false, _) => stats.nothing_to_drop += 1,
-                            (true, true) => stats.already_done += 1,
-                            (true, false) => stats.repacked += 1,
-                        }
-                        bus.ack(delivery).await
+    let settled = match vera_protocol::message::Envelope::decode(&delivery.payload).map(|e| e.message) {
+        Ok(Message::RepackRequested(request)) => {
+            stats.requests += 1;
+            let request_id = format!(
+                "auto-repack:{}",
+                &vera_protocol::hex::encode(blake3::hash(request.key.as_bytes()).as_bytes())[..16]
+            );
+            match lifecycle.repack(&request.key, &request_id, settings).await {
+                Ok(report) => {
+                    match (report.repacked, report.already_superseded) {
+                        (false, _) => stats.nothing_to_drop += 1,
+                        (true, true) => stats.already_done += 1,
+                        (true, false) => stats.repacked += 1,
                     }
-                    Err(error) if is_permanent(&error) => {
-                        stats.dead_lettered += 1;
-                        tracing::error!(segment = %request.key, error = %error, "repack cannot succeed: dead-lettered");
-                        bus.dead_letter(delivery, &error.to_string()).await
-                    }
-                    Err(error) => {
-                        stats.retried += 1;
-                        tracing::warn!(segment = %request.key, error = %error, "repack failed; the bus will retry it");
-                        bus.nack(delivery, std::time::Duration::from_secs(5)).await
-                    }
+                    bus.ack(delivery).await
+                }
+                Err(error) if is_permanent(&error) => {
+                    stats.dead_lettered += 1;
+                    tracing::error!(segment = %request.key, error = %error, "repack cannot succeed: dead-lettered");
+                    bus.dead_letter(delivery, &error.to_string()).await
+                }
+                Err(error) => {
+                    stats.retried += 1;
+                    tracing::warn!(segment = %request.key, error = %error, "repack failed; the bus will retry it");
+                    bus.nack(delivery, std::time::Duration::from_secs(5)).await
                 }
             }
-            Ok(_) => {
-                stats.dead_lettered += 1;
-                bus.dead_letter(delivery, "not a repack_requested message").await
-            }
-            Err(error) => {
-                stats.dead_lettered += 1;
-                bus.dead_letter(delivery, &format!("malformed message: {error}")).await
-            }
-        };
-        if let Err(error) = settled {
-            tracing::warn!(%error, message_id = %delivery.message_id, "settling a repack request failed; it will come back");
         }
+        Ok(_) => {
+            stats.dead_lettered += 1;
+            bus.dead_letter(delivery, "not a repack_requested message").await
+        }
+        Err(error) => {
+            stats.dead_lettered += 1;
+            bus.dead_letter(delivery, &format!("malformed message: {error}")).await
+        }
+    };
+    if let Err(error) = settled {
+        tracing::warn!(%error, message_id = %delivery.message_id, "settling a repack request failed; it will come back");
     }
 }
 
