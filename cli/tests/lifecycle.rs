@@ -3,6 +3,8 @@
 //! form) → erased files are gone, the others read back byte-identical, `vera verify`
 //! passes; `vera retain` refuses to shorten; `vera hold` holds.
 
+mod support;
+
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,21 +16,6 @@ fn vera(args: &[&str]) -> String {
     let output = run(args);
     assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn rows(path: &std::path::Path) -> Vec<(String, String, Vec<u8>)> {
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        use sqlx::{ConnectOptions, Row};
-        let mut connection =
-            sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true).connect().await.unwrap();
-        sqlx::query("SELECT uid, created_at, payload FROM files ORDER BY id")
-            .fetch_all(&mut connection)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|row| (row.get("uid"), row.get("created_at"), row.get("payload")))
-            .collect()
-    })
 }
 
 fn depth(data: &str, topic: &str) -> (u64, u64) {
@@ -55,7 +42,7 @@ fn delete_track_repack_retain_and_hold_from_the_command_line() {
         "--source-db",
         &source_s,
     ]);
-    let rows = rows(&source);
+    let rows = support::all_rows(&source);
     let (erased, kept) = rows.split_at(rows.len() * 6 / 10);
 
     let list = dir.path().join("erase.txt");

@@ -93,14 +93,8 @@ async fn concurrent_deletes_in_one_segment_all_land() {
 /// races, and the segment itself stays locked, untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_s3_with_object_lock_tombstones_race_safely_and_the_segment_stays_locked() {
-    use vera_store_s3::{BucketSetup, S3Settings, S3Store, ensure_bucket};
-    let endpoint = std::env::var("VERA_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5055".into());
-    let bucket = format!("vera-lifecycle-{:08x}", rand::random::<u32>());
-    let settings = S3Settings { endpoint: Some(endpoint), force_path_style: true, ..S3Settings::new(&bucket) };
-    let s3 = S3Store::with_static_credentials(&settings, "test", "test");
-    ensure_bucket(&s3, BucketSetup { default_retention: None, allow_without_object_lock: false }).await.unwrap();
-    let retention = vera_worker::RetentionPolicy { mode: vera_store::LockMode::Compliance, retain_days: 30 };
-    let world = world_on(tempfile::tempdir().unwrap(), Arc::new(s3), Some(retention)).await;
+    let s3 = s3_bucket("vera-lifecycle").await;
+    let world = world_on(tempfile::tempdir().unwrap(), Arc::new(s3), thirty_days()).await;
     let store = Arc::clone(&world.store);
     let segment = concurrent_deletes_land(world).await;
     let error = store.delete(&segment).await.unwrap_err();

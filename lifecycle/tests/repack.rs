@@ -396,12 +396,7 @@ async fn deletes_past_the_threshold_repack_by_themselves_from_bus_events() {
 /// (and VERA refuses to shorten it), holds set the object's legal hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_s3_repack_keeps_the_old_segment_locked_and_archives_it() {
-    use vera_store_s3::{BucketSetup, S3Settings, S3Store, ensure_bucket};
-    let endpoint = std::env::var("VERA_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5055".into());
-    let bucket = format!("vera-repack-{:08x}", rand::random::<u32>());
-    let settings = S3Settings { endpoint: Some(endpoint), force_path_style: true, ..S3Settings::new(&bucket) };
-    let s3 = S3Store::with_static_credentials(&settings, "test", "test");
-    ensure_bucket(&s3, BucketSetup { default_retention: None, allow_without_object_lock: false }).await.unwrap();
+    let s3 = s3_bucket("vera-repack").await;
     vera_store_s3::ensure_archive_rule(&s3, ARCHIVE_TAG, "GLACIER_IR", 1).await.unwrap();
     vera_store_s3::ensure_archive_rule(&s3, ARCHIVE_TAG, "STANDARD_IA", 30).await.unwrap();
     assert_eq!(
@@ -413,8 +408,7 @@ async fn on_s3_repack_keeps_the_old_segment_locked_and_archives_it() {
         let refused = vera_store_s3::ensure_archive_rule(&s3, ARCHIVE_TAG, bad, 1).await.unwrap_err();
         assert_eq!(refused.kind, StoreErrorKind::InvalidInput, "{bad}: readers need the index without a restore");
     }
-    let retention = vera_worker::RetentionPolicy { mode: vera_store::LockMode::Compliance, retain_days: 30 };
-    let world = world_on(tempfile::tempdir().unwrap(), Arc::new(s3), Some(retention)).await;
+    let world = world_on(tempfile::tempdir().unwrap(), Arc::new(s3), thirty_days()).await;
     let plan = erase_half(&world).await;
     let old_lock = world.store.head(&plan.segment).await.unwrap().retention.unwrap();
     assert!(old_lock.retain_until >= at("2099-01-01T00:00:00Z"), "retain raised the lock: {old_lock:?}");

@@ -1,17 +1,30 @@
 //! Helpers shared by the CLI integration tests.
+#![allow(dead_code)]
 
 use std::path::Path;
 
-/// uid, created_at and payload of the first row of a generated SQLite corpus.
-pub fn first_row(path: &Path) -> (String, String, Vec<u8>) {
+/// uid, created_at and payload of the rows `sql` selects from a generated SQLite corpus.
+fn query(path: &Path, sql: &str) -> Vec<(String, String, Vec<u8>)> {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         use sqlx::{ConnectOptions, Row};
         let mut connection =
             sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true).connect().await.unwrap();
-        let row = sqlx::query("SELECT uid, created_at, payload FROM files ORDER BY id LIMIT 1")
-            .fetch_one(&mut connection)
+        sqlx::query(sql)
+            .fetch_all(&mut connection)
             .await
-            .unwrap();
-        (row.get("uid"), row.get("created_at"), row.get("payload"))
+            .unwrap()
+            .into_iter()
+            .map(|row| (row.get("uid"), row.get("created_at"), row.get("payload")))
+            .collect()
     })
+}
+
+/// uid, created_at and payload of the first row of a generated SQLite corpus.
+pub fn first_row(path: &Path) -> (String, String, Vec<u8>) {
+    query(path, "SELECT uid, created_at, payload FROM files ORDER BY id LIMIT 1").remove(0)
+}
+
+/// Every row of a generated corpus without bad rows (`--bad-rows-per-kind 0`), in id order.
+pub fn all_rows(path: &Path) -> Vec<(String, String, Vec<u8>)> {
+    query(path, "SELECT uid, created_at, payload FROM files ORDER BY id")
 }

@@ -152,3 +152,19 @@ pub fn same_segment_as_2() -> Vec<i64> {
     same.sort_by_key(|id| std::cmp::Reverse(*id));
     same
 }
+
+/// A fresh bucket with Object Lock on the moto server (`VERA_TEST_S3_ENDPOINT`).
+pub async fn s3_bucket(name: &str) -> vera_store_s3::S3Store {
+    use vera_store_s3::{BucketSetup, S3Settings, S3Store, ensure_bucket};
+    let endpoint = std::env::var("VERA_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5055".into());
+    let bucket = format!("{name}-{:08x}", rand::random::<u32>());
+    let settings = S3Settings { endpoint: Some(endpoint), force_path_style: true, ..S3Settings::new(&bucket) };
+    let s3 = S3Store::with_static_credentials(&settings, "test", "test");
+    ensure_bucket(&s3, BucketSetup { default_retention: None, allow_without_object_lock: false }).await.unwrap();
+    s3
+}
+
+/// Segments locked COMPLIANCE for 30 days past their day.
+pub fn thirty_days() -> Option<vera_worker::RetentionPolicy> {
+    Some(vera_worker::RetentionPolicy { mode: vera_store::LockMode::Compliance, retain_days: 30 })
+}
