@@ -158,74 +158,70 @@ fn print_lock(uid: &str, outcome: &LockOutcome) {
     );
 }
 
+/// What every per-file lock request names: the file, the request and the operator.
 #[derive(Debug, Clone, Args)]
-pub struct RetainArgs {
+pub struct FileRequestArgs {
     /// The file's uid.
     pub uid: String,
     /// The file's created_at (RFC 3339, or integer microseconds since the Unix epoch).
     #[arg(long)]
     pub created_at: String,
-    /// Keep the file at least until this time (RFC 3339). Earlier than its current
-    /// retention is refused: retention only ever grows.
-    #[arg(long)]
-    pub until: String,
-    /// The ticket or request this extension answers.
+    /// The ticket, case or request behind this change; recorded in the sidecar and the
+    /// audit log.
     #[arg(long)]
     pub request_id: String,
+    /// Who asks (an operator id, not a name with spaces).
     #[arg(long, env = "VERA_OPERATOR")]
     pub operator: String,
     #[command(flatten)]
     pub store: StoreArgs,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct RetainArgs {
+    /// Keep the file at least until this time (RFC 3339). Earlier than its current
+    /// retention is refused: retention only ever grows.
+    #[arg(long)]
+    pub until: String,
+    #[command(flatten)]
+    pub file: FileRequestArgs,
+}
+
 /// Extends one file's retention: recorded in its segment's sidecar, and the segment's
 /// Object Lock raised to cover it.
 pub async fn retain(args: RetainArgs) -> anyhow::Result<()> {
-    let (lifecycle, _) = lifecycle(&args.store).await?;
+    let FileRequestArgs { uid, created_at, request_id, operator, store } = args.file;
+    let (lifecycle, _) = lifecycle(&store).await?;
     let request = RetainRequest {
-        uid: args.uid.clone(),
-        created_at: Timestamp::parse(&args.created_at)?,
+        uid: uid.clone(),
+        created_at: Timestamp::parse(&created_at)?,
         retain_until: Timestamp::parse(&args.until)?,
-        request_id: args.request_id,
-        operator: args.operator,
+        request_id,
+        operator,
     };
-    print_lock(&args.uid, &lifecycle.retain(&request).await?);
+    print_lock(&uid, &lifecycle.retain(&request).await?);
     Ok(())
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct HoldArgs {
-    /// The file's uid.
-    pub uid: String,
-    /// The file's created_at (RFC 3339, or integer microseconds since the Unix epoch).
-    #[arg(long)]
-    pub created_at: String,
     /// Set the legal hold.
     #[arg(long, conflicts_with = "off", required_unless_present = "off")]
     pub on: bool,
     /// Clear the legal hold (the segment's own hold goes when no file in it is held).
     #[arg(long)]
     pub off: bool,
-    /// The case or request behind the hold.
-    #[arg(long)]
-    pub request_id: String,
-    #[arg(long, env = "VERA_OPERATOR")]
-    pub operator: String,
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub file: FileRequestArgs,
 }
 
 /// Sets or clears one file's legal hold.
 pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
-    let (lifecycle, _) = lifecycle(&args.store).await?;
-    let request = HoldRequest {
-        uid: args.uid.clone(),
-        created_at: Timestamp::parse(&args.created_at)?,
-        on: args.on,
-        request_id: args.request_id,
-        operator: args.operator,
-    };
-    print_lock(&args.uid, &lifecycle.hold(&request).await?);
+    let FileRequestArgs { uid, created_at, request_id, operator, store } = args.file;
+    let (lifecycle, _) = lifecycle(&store).await?;
+    let request =
+        HoldRequest { uid: uid.clone(), created_at: Timestamp::parse(&created_at)?, on: args.on, request_id, operator };
+    print_lock(&uid, &lifecycle.hold(&request).await?);
     Ok(())
 }
 
