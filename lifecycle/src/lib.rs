@@ -10,6 +10,12 @@
 //! published again, so a crash between the write and the publish loses nothing; consumers
 //! count tombstones per uid). The sidecar holds uids, times, reasons, request ids and
 //! operator ids: never file content or other personal data.
+//!
+//! [`retention`] extends retention and sets legal holds per file, keeping the segment's
+//! Object Lock in step; [`tracker`] turns tombstone events into repack requests;
+//! [`repack`] rewrites a segment without its erased files. Every operation finds the file
+//! through repacks (`ShardStore::locate`) and writes to the sidecar of the segment that
+//! holds it now.
 
 pub mod repack;
 pub mod retention;

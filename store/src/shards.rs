@@ -3,7 +3,9 @@
 //! Segments under an address are named by generation (`g000000.vera`, `g000001.vera`,
 //! …), so a reader probes generation 0 first, then 1, and stops at the first missing key
 //! — no LIST. An index costs one suffix GET (two if it outgrew the suffix) and is cached;
-//! a file then costs one range GET.
+//! a file then costs one range GET. Before it, the segment's sidecar (from a [`Sidecars`]
+//! source: the store, or a reader's short-lived cache) says whether the file is
+//! tombstoned and whether a repack superseded the segment ([`ShardStore::locate`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
