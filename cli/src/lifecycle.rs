@@ -12,6 +12,8 @@ use vera_protocol::Timestamp;
 use vera_protocol::sidecar::TombstoneReason;
 
 use crate::common::StoreArgs;
+use crate::trust::{AuthArgs, Gate, authorize};
+use vera_audit::operator::Action;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Reason {
@@ -52,14 +54,17 @@ pub struct DeleteArgs {
     /// The ticket or request this erasure answers; recorded in the sidecar and the audit log.
     #[arg(long)]
     pub request_id: String,
-    /// Who asks (an operator id, not a name with spaces).
+    /// Who asks (an operator id, not a name with spaces); for unsigned requests. A signed
+    /// request runs as its principal.
     #[arg(long, env = "VERA_OPERATOR")]
-    pub operator: String,
+    pub operator: Option<String>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
     #[command(flatten)]
     pub store: StoreArgs,
 }
 
-fn parse_list(text: &str) -> anyhow::Result<Vec<(String, Timestamp)>> {
+pub(crate) fn parse_list(text: &str) -> anyhow::Result<Vec<(String, Timestamp)>> {
     let mut files = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -84,7 +89,23 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
         (None, Some(uid), Some(created_at)) => vec![(uid.clone(), Timestamp::parse(created_at)?)],
         _ => anyhow::bail!("name a file (UID --created-at TIME) or a --list"),
     };
-    let (lifecycle, _) = lifecycle(&args.store).await?;
+    let (lifecycle, bus) = lifecycle(&args.store).await?;
+    let listed: Vec<serde_json::Value> =
+        files.iter().map(|(uid, at)| serde_json::json!([uid, at.to_rfc3339()])).collect();
+    let reason = args.reason.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
+    let request_args =
+        json_map([("files", listed.into()), ("reason", reason.into()), ("request_id", args.request_id.clone().into())]);
+    let store = lifecycle.shards().store().clone();
+    let gate = authorize(
+        &args.auth,
+        Action::Delete,
+        request_args,
+        args.operator.as_deref(),
+        store.as_ref(),
+        Some(bus.as_ref()),
+    )
+    .await?;
+    let Gate::Run { operator, .. } = gate else { return Ok(ExitCode::SUCCESS) };
     let mut failed = 0;
     for (uid, created_at) in files {
         let request = DeleteRequest {
@@ -92,7 +113,7 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
             created_at,
             reason: args.reason.into(),
             request_id: args.request_id.clone(),
-            operator: args.operator.clone(),
+            operator: operator.clone(),
         };
         match lifecycle.delete(&request).await {
             Ok(DeleteOutcome::Tombstoned { segment_key }) => println!("tombstoned {uid} in {segment_key}"),
@@ -170,11 +191,41 @@ pub struct FileRequestArgs {
     /// audit log.
     #[arg(long)]
     pub request_id: String,
-    /// Who asks (an operator id, not a name with spaces).
+    /// Who asks (an operator id, not a name with spaces); for unsigned requests. A signed
+    /// request runs as its principal.
     #[arg(long, env = "VERA_OPERATOR")]
-    pub operator: String,
+    pub operator: Option<String>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+impl FileRequestArgs {
+    /// Passes the signed-request gate; `None` when the request was only emitted.
+    async fn gate(
+        &self,
+        action: Action,
+        extra: (&str, serde_json::Value),
+        lifecycle: &Lifecycle,
+        bus: &dyn vera_bus::Bus,
+    ) -> anyhow::Result<Option<String>> {
+        let request_args = json_map([
+            ("uid", self.uid.clone().into()),
+            ("created_at", Timestamp::parse(&self.created_at)?.to_rfc3339().into()),
+            (extra.0, extra.1),
+            ("request_id", self.request_id.clone().into()),
+        ]);
+        let store = lifecycle.shards().store().clone();
+        match authorize(&self.auth, action, request_args, self.operator.as_deref(), store.as_ref(), Some(bus)).await? {
+            Gate::Run { operator, .. } => Ok(Some(operator)),
+            Gate::Emitted => Ok(None),
+        }
+    }
+}
+
+fn json_map<const N: usize>(pairs: [(&str, serde_json::Value); N]) -> serde_json::Map<String, serde_json::Value> {
+    pairs.into_iter().map(|(key, value)| (key.to_owned(), value)).collect()
 }
 
 #[derive(Debug, Clone, Args)]
@@ -190,8 +241,11 @@ pub struct RetainArgs {
 /// Extends one file's retention: recorded in its segment's sidecar, and the segment's
 /// Object Lock raised to cover it.
 pub async fn retain(args: RetainArgs) -> anyhow::Result<()> {
-    let FileRequestArgs { uid, created_at, request_id, operator, store } = args.file;
-    let (lifecycle, _) = lifecycle(&store).await?;
+    let (lifecycle, bus) = lifecycle(&args.file.store).await?;
+    let until = Timestamp::parse(&args.until)?;
+    let gate = args.file.gate(Action::Retain, ("until", until.to_rfc3339().into()), &lifecycle, bus.as_ref()).await?;
+    let Some(operator) = gate else { return Ok(()) };
+    let FileRequestArgs { uid, created_at, request_id, .. } = args.file;
     let request = RetainRequest {
         uid: uid.clone(),
         created_at: Timestamp::parse(&created_at)?,
@@ -217,8 +271,11 @@ pub struct HoldArgs {
 
 /// Sets or clears one file's legal hold.
 pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
-    let FileRequestArgs { uid, created_at, request_id, operator, store } = args.file;
-    let (lifecycle, _) = lifecycle(&store).await?;
+    let (lifecycle, bus) = lifecycle(&args.file.store).await?;
+    let Some(operator) = args.file.gate(Action::Hold, ("hold", args.on.into()), &lifecycle, bus.as_ref()).await? else {
+        return Ok(());
+    };
+    let FileRequestArgs { uid, created_at, request_id, .. } = args.file;
     let request =
         HoldRequest { uid: uid.clone(), created_at: Timestamp::parse(&created_at)?, on: args.on, request_id, operator };
     print_lock(&uid, &lifecycle.hold(&request).await?);
@@ -243,6 +300,10 @@ pub struct RepackArgs {
     /// Do not tag superseded segments for the archive lifecycle rule.
     #[arg(long)]
     pub no_archive: bool,
+    /// Signing for a forced repack of named segments (--from-bus runs what the tracker
+    /// requested and needs none).
+    #[command(flatten)]
+    pub auth: AuthArgs,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -261,6 +322,15 @@ pub async fn repack(args: RepackArgs) -> anyhow::Result<ExitCode> {
     }
     if args.segments.is_empty() {
         anyhow::bail!("name the segments to repack, or use --from-bus");
+    }
+    let request_args =
+        json_map([("segments", args.segments.clone().into()), ("request_id", args.request_id.clone().into())]);
+    let store = lifecycle.shards().store().clone();
+    let gate =
+        authorize(&args.auth, Action::Repack, request_args, Some("operator"), store.as_ref(), Some(bus.as_ref()))
+            .await?;
+    if matches!(gate, Gate::Emitted) {
+        return Ok(ExitCode::SUCCESS);
     }
     let mut failed = 0;
     for key in &args.segments {

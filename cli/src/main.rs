@@ -6,6 +6,7 @@ mod demo;
 mod inspect;
 mod lifecycle;
 mod run;
+mod trust;
 
 use clap::{Parser, Subcommand};
 
@@ -57,6 +58,17 @@ enum Command {
     /// ones, anchor it in the audit log, supersede and archive the old segment. Name
     /// segments, or take them from the `repack` topic with --from-bus (CronJob form).
     Repack(lifecycle::RepackArgs),
+    /// The tamper-evident audit log: `write` (the audit writer), `verify`, `verifier-key`.
+    #[command(subcommand)]
+    Audit(trust::AuditCommand),
+    /// Signed operator requests: `sign` a request file with an SSH key.
+    #[command(subcommand)]
+    Request(trust::RequestCommand),
+    /// Export files for auditors (by --list or --from/--to) with integrity_proof.json.
+    Export(trust::ExportArgs),
+    /// Check an export offline: `vera proof verify DIR --verifier-keys FILE`.
+    #[command(subcommand)]
+    Proof(trust::ProofCommand),
     /// Read one file by uid and created_at (two calls at most: index, then range).
     Get(inspect::GetArgs),
     /// Re-read every segment and check every hash.
@@ -152,6 +164,22 @@ async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Repack(args) => {
             common::init_tracing("info");
             lifecycle::repack(args).await
+        }
+        Command::Audit(command) => {
+            common::init_tracing("info");
+            trust::audit(command).await
+        }
+        Command::Request(command) => {
+            common::init_tracing("warn");
+            trust::request(command)
+        }
+        Command::Export(args) => {
+            common::init_tracing("warn");
+            trust::export_command(args).await
+        }
+        Command::Proof(command) => {
+            common::init_tracing("warn");
+            trust::proof(command)
         }
         Command::Get(args) => {
             common::init_tracing("warn");

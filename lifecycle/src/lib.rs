@@ -108,6 +108,11 @@ impl Lifecycle {
         Lifecycle { shards, routing, bus, clock, cas_attempts: DEFAULT_CAS_ATTEMPTS }
     }
 
+    /// The shard store this lifecycle works on (and through it, the object store).
+    pub fn shards(&self) -> &ShardStore {
+        &self.shards
+    }
+
     pub fn with_cas_attempts(mut self, attempts: u32) -> Self {
         self.cas_attempts = attempts.max(1);
         self

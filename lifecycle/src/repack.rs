@@ -198,6 +198,7 @@ impl Lifecycle {
         if let Some(new) = &written {
             details.insert("new_segment".to_owned(), new.key.clone());
             details.insert("new_segment_hash".to_owned(), vera_protocol::hex::encode(&new.hash));
+            details.insert("new_merkle_root".to_owned(), vera_protocol::hex::encode(&new.merkle_root));
             if let Some(version) = &new.version_id {
                 details.insert("new_version_id".to_owned(), version.clone());
             }

@@ -243,7 +243,8 @@ fn spawn_heartbeat(bus: Arc<dyn Bus>, delivery: Delivery, visibility: Duration) 
     token
 }
 
-async fn publish_events(
+/// Publishes a pack's `ShardSealed` events and its PACK audit anchors (one per segment).
+pub async fn publish_events(
     bus: &dyn Bus,
     worker_id: &str,
     report: &PackReport,

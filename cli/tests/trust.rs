@@ -1,0 +1,139 @@
+//! The trust commands as an operator and an auditor use them, on the embedded
+//! deployment: signed delete (`--emit-request` → `ssh-keygen -Y sign` →
+//! `--signed-request`), unsigned and replayed requests refused, the audit writer and
+//! `vera audit verify`, a signed export and `vera proof verify`, and a tampered export.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vera"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn vera(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let output = run(args, envs);
+    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn keygen(path: &Path) -> String {
+    let status = Command::new("ssh-keygen").args(["-q", "-N", "", "-t", "ed25519", "-f"]).arg(path).status().unwrap();
+    assert!(status.success());
+    std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_owned()
+}
+
+#[test]
+fn signed_admin_requests_audit_log_and_a_verified_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let (source, data) = (path("source.sqlite"), path("data"));
+    vera(&["generate", "--db", &source, "--files", "60", "--days", "1", "--bad-rows-per-kind", "0"], &[]);
+    vera(&["producer", "--drain", "--data-dir", &data, "--source-db", &source], &[]);
+    vera(
+        &["worker", "--exit-when-idle-ms", "500", "--retain-days", "0", "--data-dir", &data, "--source-db", &source],
+        &[],
+    );
+    let rows = support::all_rows(Path::new(&source));
+
+    let alice = keygen(&dir.path().join("alice"));
+    std::fs::write(path("allowed_signers"), format!("alice@bank.example namespaces=\"vera\" {alice}\n")).unwrap();
+    std::fs::write(path("roles"), "alice@bank.example eraser,auditor\n").unwrap();
+    let (signers, roles) = (path("allowed_signers"), path("roles"));
+    let env = [("VERA_ALLOWED_SIGNERS", signers.as_str()), ("VERA_ROLES", roles.as_str())];
+    keygen(&dir.path().join("checkpoint"));
+    let checkpoint = path("checkpoint");
+    let verifier_key = vera(&["audit", "verifier-key", "--checkpoint-key", &checkpoint], &[]);
+    std::fs::write(path("verifier_keys"), &verifier_key).unwrap();
+    let verifier_keys = path("verifier_keys");
+
+    // Unsigned: refused where signatures are required.
+    let (uid, at, _) = &rows[0];
+    let delete = ["delete", uid.as_str(), "--created-at", at.as_str(), "--request-id", "gdpr-7", "--data-dir", &data];
+    let refused = run(&[&delete[..], &["--operator", "dpo.alice"][..]].concat(), &env);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unsigned request refused"), "{refused:?}");
+
+    // Emit, sign with ssh-keygen, run.
+    let request = path("delete.json");
+    vera(&[&delete[..], &["--emit-request", &request, "--principal", "alice@bank.example"][..]].concat(), &env);
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", "vera", "-f"])
+        .arg(dir.path().join("alice"))
+        .arg(&request)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = vera(&[&delete[..], &["--signed-request", &request][..]].concat(), &env);
+    assert!(out.starts_with(&format!("tombstoned {uid}")), "{out}");
+    // Replayed, and reused for other arguments: refused.
+    let replay = run(&[&delete[..], &["--signed-request", &request][..]].concat(), &env);
+    assert!(String::from_utf8_lossy(&replay.stderr).contains("replayed"), "{replay:?}");
+    let (uid2, at2, _) = &rows[1];
+    let other = ["delete", uid2.as_str(), "--created-at", at2.as_str(), "--request-id", "gdpr-7", "--data-dir", &data];
+    let reused = run(&[&other[..], &["--signed-request", &request][..]].concat(), &env);
+    assert!(String::from_utf8_lossy(&reused.stderr).contains("other arguments"), "{reused:?}");
+
+    // The audit writer logs PACK, DELETE and the denials, and signs a checkpoint.
+    let write = [
+        "audit",
+        "write",
+        "--log-id",
+        "w0",
+        "--checkpoint-key",
+        &checkpoint,
+        "--retain-days",
+        "0",
+        "--until-idle",
+        "--data-dir",
+        &data,
+    ];
+    let stats: serde_json::Value = serde_json::from_str(&vera(&write, &[])).unwrap();
+    assert!(stats["appended"].as_u64().unwrap() >= 4, "{stats}");
+
+    // A signed export of three files (one erased), signed by VERA's own signer.
+    let list = path("export.txt");
+    let wanted: Vec<String> = rows[..3].iter().map(|(uid, at, _)| format!("{uid} {at}")).collect();
+    std::fs::write(&list, wanted.join("\n")).unwrap();
+    let out_dir = path("export");
+    let export = ["export", "--list", &list, "--out", &out_dir, "--data-dir", &data];
+    let export_request = path("export.json");
+    vera(&[&export[..], &["--emit-request", &export_request, "--principal", "alice@bank.example"][..]].concat(), &env);
+    vera(&["request", "sign", "--key", &path("alice"), &export_request], &[]);
+    let report: serde_json::Value =
+        serde_json::from_str(&vera(&[&export[..], &["--signed-request", &export_request][..]].concat(), &env)).unwrap();
+    assert_eq!((report["files"].as_u64(), report["excluded"].as_u64()), (Some(2), Some(1)), "{report}");
+    let proof: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("export/integrity_proof.json")).unwrap()).unwrap();
+    assert_eq!(proof["request"]["principal"], "alice@bank.example");
+    for file in proof["files"].as_array().unwrap() {
+        let (_, _, payload) = rows.iter().find(|(uid, _, _)| uid == file["uid"].as_str().unwrap()).unwrap();
+        assert_eq!(&std::fs::read(dir.path().join("export").join(file["path"].as_str().unwrap())).unwrap(), payload);
+    }
+    let verified: serde_json::Value =
+        serde_json::from_str(&vera(&["proof", "verify", &out_dir, "--verifier-keys", &verifier_keys], &[])).unwrap();
+    assert_eq!(verified["files"], 2, "{verified}");
+
+    // The auditor's copy is altered: verification fails.
+    let first = dir.path().join("export").join(proof["files"][0]["path"].as_str().unwrap());
+    std::fs::write(&first, b"altered").unwrap();
+    let failed = run(&["proof", "verify", &out_dir, "--verifier-keys", &verifier_keys], &[]);
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("does not match its BLAKE3"), "{failed:?}");
+
+    // The EXPORT event is logged too; the whole log verifies.
+    vera(&write, &[]);
+    let report: serde_json::Value =
+        serde_json::from_str(&vera(&["audit", "verify", "--verifier-keys", &verifier_keys, "--data-dir", &data], &[]))
+            .unwrap();
+    for action in ["PACK", "DELETE", "EXPORT"] {
+        assert!(report["actions"][action].as_u64().unwrap_or(0) >= 1, "{action}: {report}");
+    }
+    assert_eq!(report["unanchored"], 0, "{report}");
+}
