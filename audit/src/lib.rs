@@ -11,6 +11,7 @@
 //! * `vault` (feature `vault`): S3 credentials from KV v2, dynamic RabbitMQ credentials,
 //!   checkpoint signing in Transit, token renewal.
 
+pub mod breakglass;
 pub mod export;
 pub mod log;
 pub mod note;

@@ -55,6 +55,8 @@ pub enum Action {
     Hold,
     Export,
     Repack,
+    /// Two of these, by two operators, bypass GOVERNANCE retention (see `breakglass`).
+    BreakGlass,
 }
 
 impl Action {
@@ -65,6 +67,7 @@ impl Action {
             Action::Retain | Action::Hold => "retention",
             Action::Export => "auditor",
             Action::Repack => "repacker",
+            Action::BreakGlass => "break-glass",
         }
     }
 
@@ -75,6 +78,7 @@ impl Action {
             Action::Hold => "hold",
             Action::Export => "export",
             Action::Repack => "repack",
+            Action::BreakGlass => "break-glass",
         }
     }
 }

@@ -64,6 +64,10 @@ enum Command {
     /// Signed operator requests: `sign` a request file with an SSH key.
     #[command(subcommand)]
     Request(trust::RequestCommand),
+    /// Two-person break-glass under GOVERNANCE retention: delete an object or shorten its
+    /// retention, with two signed requests by two operators holding the break-glass role.
+    /// COMPLIANCE retention and legal holds are never bypassed.
+    BreakGlass(trust::BreakGlassArgs),
     /// Export files for auditors (by --list or --from/--to) with integrity_proof.json.
     Export(trust::ExportArgs),
     /// Check an export offline: `vera proof verify DIR --verifier-keys FILE`.
@@ -172,6 +176,10 @@ async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Request(command) => {
             common::init_tracing("warn");
             trust::request(command)
+        }
+        Command::BreakGlass(args) => {
+            common::init_tracing("warn");
+            trust::break_glass(args).await
         }
         Command::Export(args) => {
             common::init_tracing("warn");

@@ -85,6 +85,7 @@ fn audit_action(action: Action) -> AuditAction {
         Action::Hold => AuditAction::Hold,
         Action::Export => AuditAction::Export,
         Action::Repack => AuditAction::Repack,
+        Action::BreakGlass => AuditAction::Delete,
     }
 }
 
@@ -95,6 +96,7 @@ async fn audit_denial(bus: Option<&dyn Bus>, action: Action, actor: &str, reason
     let now = SystemClock.now();
     let mut details = BTreeMap::new();
     details.insert("reason".to_owned(), reason.chars().filter(|c| !c.is_control()).take(300).collect());
+    details.insert("request_action".to_owned(), action.name().to_owned());
     let actor = if vera_protocol::ids::is_valid_id(actor) { actor.to_owned() } else { "unknown".to_owned() };
     let event = AuditEvent {
         action: audit_action(action),
@@ -489,4 +491,111 @@ pub fn proof(command: ProofCommand) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BreakGlassOperation {
+    /// Delete the object despite its GOVERNANCE retention.
+    Delete,
+    /// Shorten its GOVERNANCE retention to --until.
+    ShortenRetention,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BreakGlassArgs {
+    #[arg(value_enum)]
+    pub operation: BreakGlassOperation,
+    /// The object key (a segment, sidecar or any other object under GOVERNANCE retention).
+    pub key: String,
+    /// With shorten-retention: the new, earlier retain-until (RFC 3339).
+    #[arg(long, required_if_eq("operation", "shorten-retention"))]
+    pub until: Option<String>,
+    /// The incident or change ticket; part of what both operators sign.
+    #[arg(long)]
+    pub ticket: String,
+    /// A signed request (FILE and FILE.sig); give it twice, one per operator.
+    #[arg(long = "signed-request", value_name = "FILE")]
+    pub signed_requests: Vec<PathBuf>,
+    /// Do not run: write the request for one operator to sign.
+    #[arg(long, value_name = "FILE", requires = "principal", conflicts_with = "signed_requests")]
+    pub emit_request: Option<PathBuf>,
+    #[arg(long)]
+    pub principal: Option<String>,
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    pub valid_for: Duration,
+    #[arg(long, env = "VERA_ALLOWED_SIGNERS")]
+    pub allowed_signers: Option<PathBuf>,
+    #[arg(long, env = "VERA_ROLES")]
+    pub roles: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Two-person GOVERNANCE bypass; see `vera_audit::breakglass`.
+pub async fn break_glass(args: BreakGlassArgs) -> anyhow::Result<ExitCode> {
+    use vera_audit::breakglass::{Operation, approve, execute};
+    let operation = match args.operation {
+        BreakGlassOperation::Delete => Operation::Delete { key: args.key.clone() },
+        BreakGlassOperation::ShortenRetention => Operation::Shorten {
+            key: args.key.clone(),
+            until: Timestamp::parse(args.until.as_deref().context("shorten-retention needs --until")?)?,
+        },
+    };
+    let now = SystemClock.now();
+    if let Some(path) = &args.emit_request {
+        let principal = args.principal.as_deref().context("--emit-request needs --principal")?;
+        let request = Request::new(Action::BreakGlass, principal, now, args.valid_for, operation.args(&args.ticket))?;
+        std::fs::write(path, request.to_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!(
+            "wrote {}; a second operator emits and signs their own request for the same operation",
+            path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = args.store.object_store().await?;
+    let bus = args.store.bus(5).await?;
+    let (Some(signers), Some(roles)) = (&args.allowed_signers, &args.roles) else {
+        anyhow::bail!("break-glass needs --allowed-signers and --roles (or VERA_ALLOWED_SIGNERS and VERA_ROLES)");
+    };
+    let approved = async {
+        let [first, second] = args.signed_requests.as_slice() else {
+            return Err(vera_audit::AuditError::Unsigned(format!(
+                "break-glass needs two signed requests (--signed-request twice), got {}",
+                args.signed_requests.len()
+            )));
+        };
+        let authorizer = Authorizer::new(signers, roles)?;
+        let requests = [SignedRequest::read(first)?, SignedRequest::read(second)?];
+        approve(store.as_ref(), &authorizer, operation, &args.ticket, [&requests[0], &requests[1]], now).await
+    }
+    .await;
+    let approved = match approved {
+        Ok(approved) => approved,
+        Err(error) => {
+            audit_denial(Some(bus.as_ref()), Action::BreakGlass, "unknown", &error.to_string()).await;
+            return Err(error.into());
+        }
+    };
+    let (event, result) = execute(store.as_ref(), &approved, now).await;
+    let envelope =
+        Envelope::new(format!("break-glass/{}", approved.approvers[0].request.nonce), now, Message::AuditEvent(event));
+    let published = bus
+        .publish(
+            topics::AUDIT,
+            vec![Outgoing { key: envelope.ordering_key(), payload: Bytes::from(envelope.encode()) }],
+        )
+        .await;
+    result?;
+    published.context("the bypass was done but its audit event was not published")?;
+    println!(
+        "break-glass {} of {} done, approved by {} and {}",
+        match args.operation {
+            BreakGlassOperation::Delete => "delete",
+            BreakGlassOperation::ShortenRetention => "retention shortening",
+        },
+        args.key,
+        approved.approvers[0].request.principal,
+        approved.approvers[1].request.principal
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -137,3 +137,42 @@ fn signed_admin_requests_audit_log_and_a_verified_export() {
     }
     assert_eq!(report["unanchored"], 0, "{report}");
 }
+
+#[test]
+fn break_glass_takes_two_operators_from_the_command_line() {
+    use vera_store::{Clock, LockMode, ObjectStore, PutOptions, Retention};
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let data = path("data");
+    let alice = keygen(&dir.path().join("alice"));
+    let carol = keygen(&dir.path().join("carol"));
+    std::fs::write(path("allowed_signers"), format!("alice@bank.example {alice}\ncarol@bank.example {carol}\n"))
+        .unwrap();
+    std::fs::write(path("roles"), "alice@bank.example break-glass\ncarol@bank.example break-glass\n").unwrap();
+    let (signers, roles) = (path("allowed_signers"), path("roles"));
+    let env = [("VERA_ALLOWED_SIGNERS", signers.as_str()), ("VERA_ROLES", roles.as_str())];
+
+    let key = "quarantine/upload-7.bin";
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = vera_store::local::LocalStore::open(dir.path().join("data/store")).unwrap();
+        let until =
+            vera_protocol::Timestamp::from_micros(vera_store::SystemClock.now().as_micros() + 86_400_000_000).unwrap();
+        let retention = Retention { mode: LockMode::Governance, retain_until: until };
+        store.put(key, bytes::Bytes::from_static(b"x"), PutOptions::create().with_retention(retention)).await.unwrap();
+    });
+    let base = ["break-glass", "delete", key, "--ticket", "INC-9", "--data-dir", &data];
+    for who in ["alice", "carol"] {
+        let file = path(&format!("{who}.json"));
+        let principal = format!("{who}@bank.example");
+        vera(&[&base[..], &["--emit-request", &file, "--principal", &principal][..]].concat(), &env);
+        vera(&["request", "sign", "--key", &path(who), &file], &[]);
+    }
+    let (a, c) = (path("alice.json"), path("carol.json"));
+    let one = run(&[&base[..], &["--signed-request", &a][..]].concat(), &env);
+    assert!(String::from_utf8_lossy(&one.stderr).contains("two signed requests"), "{one:?}");
+    let out = vera(&[&base[..], &["--signed-request", &a, "--signed-request", &c][..]].concat(), &env);
+    assert!(out.contains("approved by alice@bank.example and carol@bank.example"), "{out}");
+    assert!(!dir.path().join("data/store/objects").join(key).exists());
+    let again = run(&[&base[..], &["--signed-request", &a, "--signed-request", &c][..]].concat(), &env);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("replayed"), "{again:?}");
+}

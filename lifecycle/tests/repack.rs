@@ -361,13 +361,15 @@ async fn deletes_past_the_threshold_repack_by_themselves_from_bus_events() {
         segment = lifecycle.delete(&request(*id, &format!("gdpr-{id}"))).await.unwrap().segment_key().to_owned();
     }
     let store = ShardStore::new(Arc::clone(&world.store));
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // A deadline, not a speed goal: unloaded this takes well under a second, but CI once
+    // missed 30 s while the machine's two cores were also compiling.
+    let deadline = Instant::now() + Duration::from_secs(120);
     let new_key = loop {
         let old = vera_lifecycle::sidecar_of(world.store.as_ref(), &segment).await.unwrap().unwrap();
         if let Some(superseded) = old.superseded {
             break superseded.segment_key.unwrap();
         }
-        assert!(Instant::now() < deadline, "no repack 30 s after crossing the threshold");
+        assert!(Instant::now() < deadline, "no repack 120 s after crossing the threshold");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     for id in &same[same.len() / 2..] {

@@ -40,8 +40,8 @@ use bytes::Bytes;
 use vera_protocol::Timestamp;
 use vera_store::upload::UploadSource;
 use vera_store::{
-    GetOutcome, LockMode, ObjectMeta, ObjectStore, PutMode, PutOptions, PutOutcome, Retention, StoreError,
-    StoreErrorKind, validate_key,
+    GetOutcome, GovernanceBypass, LockMode, ObjectMeta, ObjectStore, PutMode, PutOptions, PutOutcome, Retention,
+    StoreError, StoreErrorKind, validate_key,
 };
 
 /// Where the bucket is and how to reach it. No credentials here: they come from the
@@ -809,6 +809,55 @@ impl ObjectStore for S3Store {
             request = request.version_id(version);
         }
         request.send().await.map_err(|e| map_error(key, e, Op::Write))?;
+        Ok(())
+    }
+
+    async fn bypass_governance(&self, key: &str, bypass: GovernanceBypass) -> Result<(), StoreError> {
+        validate_key(key)?;
+        let head = self.head_raw(key).await?;
+        // VERA refuses what no bypass may do, whatever the server would allow.
+        if head.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On) {
+            return Err(StoreError::new(StoreErrorKind::Locked, key, "under legal hold: release it first"));
+        }
+        if let Some(current) = lock_from_parts(head.object_lock_mode(), head.object_lock_retain_until_date())
+            && current.mode == LockMode::Compliance
+        {
+            return Err(StoreError::new(StoreErrorKind::Locked, key, "COMPLIANCE retention cannot be bypassed"));
+        }
+        match bypass {
+            GovernanceBypass::Delete => {
+                let mut request =
+                    self.client.delete_object().bucket(&self.bucket).key(key).bypass_governance_retention(true);
+                if let Some(version) = head.version_id() {
+                    request = request.version_id(version);
+                }
+                request.send().await.map_err(|e| map_error(key, e, Op::Delete))?;
+            }
+            GovernanceBypass::Shorten(retention) => {
+                if retention.mode != LockMode::Governance {
+                    return Err(StoreError::new(
+                        StoreErrorKind::InvalidInput,
+                        key,
+                        "break-glass sets GOVERNANCE retention only",
+                    ));
+                }
+                let lock = ObjectLockRetention::builder()
+                    .mode(retention_mode(retention.mode))
+                    .retain_until_date(to_datetime(retention.retain_until))
+                    .build();
+                let mut request = self
+                    .client
+                    .put_object_retention()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .retention(lock)
+                    .bypass_governance_retention(true);
+                if let Some(version) = head.version_id() {
+                    request = request.version_id(version);
+                }
+                request.send().await.map_err(|e| map_error(key, e, Op::Write))?;
+            }
+        }
         Ok(())
     }
 

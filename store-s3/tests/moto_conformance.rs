@@ -8,7 +8,7 @@ use aws_sdk_s3::config::{Credentials, Region, SharedCredentialsProvider};
 use bytes::Bytes;
 use vera_protocol::Timestamp;
 use vera_store::conformance::{self, TimeControl};
-use vera_store::{Clock, LockMode, ObjectStore, PutOptions, Retention, StoreErrorKind, SystemClock};
+use vera_store::{Clock, GovernanceBypass, LockMode, ObjectStore, PutOptions, Retention, StoreErrorKind, SystemClock};
 use vera_store_s3::{BucketSetup, BucketState, S3Settings, S3Store, ensure_bucket};
 
 fn endpoint() -> String {
@@ -169,4 +169,37 @@ async fn a_missing_bucket_and_an_unreachable_endpoint_say_what_to_fix() {
     let error = unreachable.head("k").await.expect_err("nothing listens on port 1");
     assert_eq!(error.kind, StoreErrorKind::Transient);
     assert!(error.to_string().contains("reachable"), "{error}");
+}
+
+#[tokio::test]
+async fn break_glass_bypasses_governance_but_never_compliance_or_a_legal_hold() {
+    let bucket = bucket_name("glass");
+    let store = s3(&bucket);
+    ensure_bucket(&store, SETUP).await.unwrap();
+    let until = Timestamp::from_micros(SystemClock.now().as_micros() + 3_600_000_000).unwrap();
+    let governance = Retention { mode: LockMode::Governance, retain_until: until };
+    for key in ["gov/a", "gov/b", "gov/held"] {
+        store.put(key, Bytes::from_static(b"x"), PutOptions::create().with_retention(governance)).await.unwrap();
+    }
+    store.set_legal_hold("gov/held", true).await.unwrap();
+    let compliance = Retention { mode: LockMode::Compliance, retain_until: until };
+    store.put("comp/a", Bytes::from_static(b"x"), PutOptions::create().with_retention(compliance)).await.unwrap();
+
+    // The ordinary paths refuse, as always.
+    assert_eq!(store.delete("gov/a").await.unwrap_err().kind, StoreErrorKind::Locked);
+    // Shortening GOVERNANCE retention works only with the bypass.
+    let sooner = Retention {
+        mode: LockMode::Governance,
+        retain_until: Timestamp::from_micros(until.as_micros() - 1_800_000_000).unwrap(),
+    };
+    assert_eq!(store.set_retention("gov/b", sooner).await.unwrap_err().kind, StoreErrorKind::Locked);
+    store.bypass_governance("gov/b", GovernanceBypass::Shorten(sooner)).await.unwrap();
+    assert_eq!(store.head("gov/b").await.unwrap().retention.map(|r| r.retain_until), Some(sooner.retain_until));
+    store.bypass_governance("gov/a", GovernanceBypass::Delete).await.unwrap();
+    assert_eq!(store.get("gov/a").await.unwrap_err().kind, StoreErrorKind::NotFound);
+    for key in ["gov/held", "comp/a"] {
+        let error = store.bypass_governance(key, GovernanceBypass::Delete).await.unwrap_err();
+        assert_eq!(error.kind, StoreErrorKind::Locked, "{key}: {error}");
+        assert_eq!(&store.get(key).await.unwrap().body[..], b"x");
+    }
 }

@@ -141,6 +141,11 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         self.inner.set_legal_hold(key, on).await
     }
 
+    async fn bypass_governance(&self, key: &str, bypass: crate::GovernanceBypass) -> Result<(), StoreError> {
+        bump(&self.counts.lock_updates, 1);
+        self.inner.bypass_governance(key, bypass).await
+    }
+
     async fn set_tags(&self, key: &str, tags: &std::collections::BTreeMap<String, String>) -> Result<(), StoreError> {
         bump(&self.counts.lock_updates, 1);
         self.inner.set_tags(key, tags).await

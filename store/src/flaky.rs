@@ -122,6 +122,13 @@ impl<S: ObjectStore> ObjectStore for FlakyStore<S> {
         self.inner.set_legal_hold(key, on).await
     }
 
+    async fn bypass_governance(&self, key: &str, bypass: crate::GovernanceBypass) -> Result<(), StoreError> {
+        if self.roll() {
+            return Err(Self::fault(key, "bypass_governance"));
+        }
+        self.inner.bypass_governance(key, bypass).await
+    }
+
     async fn set_tags(&self, key: &str, tags: &std::collections::BTreeMap<String, String>) -> Result<(), StoreError> {
         if self.roll() {
             return Err(Self::fault(key, "set_tags"));

@@ -82,6 +82,23 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// The object's tags.
     async fn tags(&self, key: &str) -> Result<BTreeMap<String, String>, StoreError>;
+
+    /// Break-glass: deletes the object, or shortens its retention, past GOVERNANCE
+    /// retention (S3's `x-amz-bypass-governance-retention`). Still refused with `Locked`
+    /// under COMPLIANCE retention or a legal hold. Only the two-person break-glass flow
+    /// (`vera break-glass`) calls this. Stores without the notion refuse with `Config`.
+    async fn bypass_governance(&self, key: &str, bypass: GovernanceBypass) -> Result<(), StoreError> {
+        let _ = bypass;
+        Err(StoreError::new(StoreErrorKind::Config, key, "this store cannot bypass GOVERNANCE retention"))
+    }
+}
+
+/// What a break-glass request does to an object under GOVERNANCE retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GovernanceBypass {
+    Delete,
+    /// Set this (shorter) GOVERNANCE retention.
+    Shorten(Retention),
 }
 
 /// Checks a key against the rules in [`ObjectStore`]'s docs.
@@ -134,6 +151,10 @@ impl ObjectStore for std::sync::Arc<dyn ObjectStore> {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         (**self).list(prefix).await
+    }
+
+    async fn bypass_governance(&self, key: &str, bypass: GovernanceBypass) -> Result<(), StoreError> {
+        (**self).bypass_governance(key, bypass).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::types::{GetOutcome, LockMode, ObjectMeta, PutMode, PutOptions, PutOutcome, Retention};
-use crate::{ObjectStore, validate_key};
+use crate::{GovernanceBypass, ObjectStore, validate_key};
 
 const OBJECT_MAGIC: &[u8; 8] = b"VERALOBJ";
 const MAX_HEADER_LEN: u32 = 1024 * 1024;
@@ -331,6 +331,34 @@ impl Inner {
         self.write_lock_state(key, &state)
     }
 
+    fn bypass_governance(&self, key: &str, bypass: GovernanceBypass) -> Result<(), StoreError> {
+        let _mutex = self.mutex(key)?;
+        let path = self.object_path(key);
+        if !path.exists() {
+            return Err(StoreError::new(StoreErrorKind::NotFound, key, "no such object"));
+        }
+        let mut state = self.lock_state(key)?;
+        check_bypassable(key, &state, self.clock.now())?;
+        match bypass {
+            GovernanceBypass::Delete => {
+                fs::remove_file(&path).map_err(|e| StoreError::io(key, e))?;
+                sync_parent(&path);
+                self.write_lock_state(key, &LockState::default())
+            }
+            GovernanceBypass::Shorten(retention) => {
+                if retention.mode != LockMode::Governance {
+                    return Err(StoreError::new(
+                        StoreErrorKind::InvalidInput,
+                        key,
+                        "break-glass sets GOVERNANCE retention only",
+                    ));
+                }
+                state.retention = Some(retention);
+                self.write_lock_state(key, &state)
+            }
+        }
+    }
+
     fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), StoreError> {
         let _mutex = self.mutex(key)?;
         if !self.object_path(key).exists() {
@@ -498,6 +526,11 @@ impl ObjectStore for LocalStore {
         self.blocking(key, move |inner| inner.set_retention(&key_owned, retention)).await
     }
 
+    async fn bypass_governance(&self, key: &str, bypass: GovernanceBypass) -> Result<(), StoreError> {
+        let key_owned = key.to_owned();
+        self.blocking(key, move |inner| inner.bypass_governance(&key_owned, bypass)).await
+    }
+
     async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), StoreError> {
         let key_owned = key.to_owned();
         self.blocking(key, move |inner| inner.set_legal_hold(&key_owned, on)).await
@@ -512,6 +545,20 @@ impl ObjectStore for LocalStore {
         let key_owned = key.to_owned();
         self.blocking(key, move |inner| inner.tags(&key_owned)).await
     }
+}
+
+/// What a GOVERNANCE bypass may not override: COMPLIANCE retention and legal holds.
+fn check_bypassable(key: &str, state: &LockState, now: vera_protocol::Timestamp) -> Result<(), StoreError> {
+    if state.legal_hold {
+        return Err(StoreError::new(StoreErrorKind::Locked, key, "under legal hold: release it first"));
+    }
+    if let Some(retention) = state.retention
+        && retention.mode == LockMode::Compliance
+        && retention.retain_until > now
+    {
+        return Err(StoreError::new(StoreErrorKind::Locked, key, "COMPLIANCE retention cannot be bypassed"));
+    }
+    Ok(())
 }
 
 /// S3's limits on object tags: at most 10, keys 1..=128 and values 0..=256 characters.
