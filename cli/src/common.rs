@@ -40,6 +40,12 @@ pub struct StoreArgs {
     /// retry such index reads as HEAD + range GET. Not needed for AWS, MinIO or moto.
     #[arg(long, env = "VERA_S3_SUFFIX_FALLBACK")]
     pub s3_suffix_fallback: bool,
+    /// Take the S3 credentials from this Vault/OpenBao KV v2 secret, `MOUNT/PATH` (e.g.
+    /// `secret/vera/s3`, members access_key_id, secret_access_key, optional session_token)
+    /// instead of the AWS chain. VAULT_ADDR and VAULT_TOKEN (or VAULT_TOKEN_FILE) locate
+    /// Vault. Needs the `vault` feature.
+    #[arg(long, env = "VERA_S3_VAULT_SECRET")]
+    pub s3_vault_secret: Option<String>,
     /// The message bus. Unset: the embedded SQLite queue in --data-dir. Otherwise
     /// `amqp://USER:PASS@HOST:5672/%2f` (RabbitMQ), `sqs://REGION[?endpoint=URL]` or
     /// `kafka://HOST:PORT[,HOST:PORT][?group=NAME]`; each takes `?prefix=` for queue names.
@@ -93,7 +99,18 @@ impl StoreArgs {
 
     #[cfg(feature = "s3")]
     async fn s3_store(&self, bucket: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
-        Ok(Arc::new(vera_store_s3::S3Store::connect(&self.s3_settings(bucket).await).await))
+        Ok(Arc::new(self.s3_client(bucket).await?))
+    }
+
+    /// The S3 store for `bucket`, with credentials from Vault (`--s3-vault-secret`) or the
+    /// AWS chain.
+    #[cfg(feature = "s3")]
+    pub async fn s3_client(&self, bucket: &str) -> anyhow::Result<vera_store_s3::S3Store> {
+        let settings = self.s3_settings(bucket).await;
+        match &self.s3_vault_secret {
+            None => Ok(vera_store_s3::S3Store::connect(&settings).await),
+            Some(secret) => s3_store_from_vault(&settings, secret).await,
+        }
     }
 
     #[cfg(not(feature = "s3"))]
@@ -247,4 +264,32 @@ pub fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default_level},sqlx::query=error")));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(all(feature = "s3", feature = "vault"))]
+async fn s3_store_from_vault(
+    settings: &vera_store_s3::S3Settings,
+    secret: &str,
+) -> anyhow::Result<vera_store_s3::S3Store> {
+    use anyhow::Context;
+    use vera_audit::vault::{Vault, VaultConfig};
+    let (mount, path) = secret.split_once('/').context("--s3-vault-secret is MOUNT/PATH, e.g. secret/vera/s3")?;
+    let vault = Vault::connect(&VaultConfig::from_env()?)?;
+    let credentials = vault.s3_credentials(mount, path).await?;
+    tracing::info!(secret, access_key_id = %credentials.access_key_id, "S3 credentials from Vault");
+    Ok(vera_store_s3::S3Store::with_credentials(
+        settings,
+        &credentials.access_key_id,
+        credentials.secret_access_key.expose(),
+        credentials.session_token.as_ref().map(|token| token.expose().to_owned()),
+        "vault-kv2",
+    ))
+}
+
+#[cfg(all(feature = "s3", not(feature = "vault")))]
+async fn s3_store_from_vault(
+    _settings: &vera_store_s3::S3Settings,
+    _secret: &str,
+) -> anyhow::Result<vera_store_s3::S3Store> {
+    anyhow::bail!("--s3-vault-secret needs a vera built with `--features vault`")
 }

@@ -185,7 +185,7 @@ pub struct SetupBucketArgs {
 #[cfg(feature = "s3")]
 pub async fn setup_bucket(args: SetupBucketArgs) -> anyhow::Result<()> {
     let bucket = args.store.s3_bucket.clone().ok_or_else(|| anyhow::anyhow!("--s3-bucket is required"))?;
-    let store = vera_store_s3::S3Store::connect(&args.store.s3_settings(&bucket).await).await;
+    let store = args.store.s3_client(&bucket).await?;
     let setup = vera_store_s3::BucketSetup {
         default_retention: (args.default_retention_days > 0).then_some((args.lock_mode, args.default_retention_days)),
         allow_without_object_lock: args.allow_without_object_lock,

@@ -77,3 +77,41 @@ fn producer_and_two_workers_pack_into_s3_and_everything_verifies() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(output.stdout, payload);
 }
+
+/// With no AWS credentials anywhere in the environment, `--s3-vault-secret` supplies them
+/// from OpenBao's KV v2 (scripts/openbao provisions `secret/vera/s3`).
+#[cfg(feature = "vault")]
+#[test]
+fn s3_credentials_come_from_vault_kv() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let bucket = format!("vera-vault-{:08x}", rand::random::<u32>());
+    let endpoint = std::env::var("VERA_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5055".into());
+    let vault = std::env::var("VERA_TEST_VAULT_ADDR").unwrap_or_else(|_| "http://127.0.0.1:8250".into());
+    let token = std::env::var("VERA_TEST_VAULT_TOKEN").unwrap_or_else(|_| "vera-dev-root".into());
+    let setup = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vera"))
+            .args(["setup-bucket", "--s3-bucket", &bucket, "--data-dir", &data])
+            .args(extra)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", dir.path().join("none"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("VERA_S3_ENDPOINT", &endpoint)
+            .env("VERA_S3_PATH_STYLE", "true")
+            .env("VAULT_ADDR", &vault)
+            .env("VAULT_TOKEN", &token)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let without = setup(&[]);
+    assert!(!without.status.success(), "no credentials at all must fail: {without:?}");
+    let missing = setup(&["--s3-vault-secret", "secret/vera/absent"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("reading S3 credentials"), "{missing:?}");
+    let with = setup(&["--s3-vault-secret", "secret/vera/s3"]);
+    assert!(with.status.success(), "{}", String::from_utf8_lossy(&with.stderr));
+    assert!(!String::from_utf8_lossy(&with.stderr).contains("vera-test-secret"), "the secret is never printed");
+}

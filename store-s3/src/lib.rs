@@ -128,8 +128,20 @@ impl S3Store {
     /// A client with fixed credentials instead of the AWS chain: for S3-compatible test and
     /// benchmark servers (moto, s3s-fs) whose keys are not secrets.
     pub fn with_static_credentials(settings: &S3Settings, access_key: &str, secret_key: &str) -> Self {
+        Self::with_credentials(settings, access_key, secret_key, None, "vera-static")
+    }
+
+    /// A client with credentials fetched by the caller (from Vault's KV v2, say), named by
+    /// `source` in the SDK's logs. The secret is never logged.
+    pub fn with_credentials(
+        settings: &S3Settings,
+        access_key: &str,
+        secret_key: &str,
+        session_token: Option<String>,
+        source: &'static str,
+    ) -> Self {
         use aws_sdk_s3::config::{Credentials, Region, SharedCredentialsProvider};
-        let credentials = Credentials::new(access_key, secret_key, None, None, "vera-static");
+        let credentials = Credentials::new(access_key, secret_key, session_token, None, source);
         let shared = aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(Region::new(settings.region.clone()))
