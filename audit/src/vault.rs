@@ -188,21 +188,22 @@ pub struct DynamicCredentials {
 impl DynamicCredentials {
     /// An AMQP URL for `host:port` with these credentials (percent-encoded).
     pub fn amqp_url(&self, host: &str, port: u16, vhost: &str) -> Secret {
-        let encode = |s: &str| -> String {
-            s.bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-                    _ => format!("%{b:02X}"),
-                })
-                .collect()
-        };
-        Secret(format!(
-            "amqp://{}:{}@{host}:{port}/{}",
-            encode(&self.username),
-            encode(self.password.expose()),
-            encode(vhost)
-        ))
+        Secret(format!("amqp://{}@{host}:{port}/{}", self.userinfo().expose(), percent_encode(vhost)))
     }
+
+    /// `user:password`, percent-encoded for the userinfo part of a URL.
+    pub fn userinfo(&self) -> Secret {
+        Secret(format!("{}:{}", percent_encode(&self.username), percent_encode(self.password.expose())))
+    }
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]

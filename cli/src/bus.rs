@@ -4,7 +4,7 @@
 //! |---------------------------------------------------|----------------------------------------|
 //! | unset                                             | embedded SQLite queue in `--data-dir`  |
 //! | `sqlite:PATH`                                     | embedded SQLite queue at PATH          |
-//! | `amqp://USER:PASS@HOST:5672/VHOST` (or `amqps://`) | RabbitMQ (`--features amqp`)          |
+//! | `amqp://USER:PASS@HOST:5672/VHOST` (or `amqps://`) | RabbitMQ (`--features amqp`); `?vault_role=MOUNT/ROLE` instead of USER:PASS takes a dynamic user from Vault (`--features vault`) |
 //! | `sqs://REGION[?endpoint=URL]`                     | Amazon SQS or compatible (`--features sqs`) |
 //! | `kafka://HOST:PORT[,HOST:PORT…][?group=NAME&partitions=N&replication=N]` | Kafka (`--features kafka`) |
 //!
@@ -55,7 +55,7 @@ impl BusUrl {
             return Ok(BusUrl::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("amqp://") || url.starts_with("amqps://") {
-            let (base, params) = split_query(url, &["prefix", "prefetch"], "amqp")?;
+            let (base, params) = split_query(url, &["prefix", "prefetch", "vault_role"], "amqp")?;
             return Ok(BusUrl::Amqp { uri: base.to_owned(), params });
         }
         if let Some(rest) = url.strip_prefix("sqs://") {
@@ -108,6 +108,10 @@ pub async fn open(url: Option<&str>, default_sqlite: PathBuf, max_attempts: u32)
 
 #[cfg(feature = "amqp")]
 async fn open_amqp(uri: String, params: BTreeMap<String, String>, max_attempts: u32) -> anyhow::Result<Arc<dyn Bus>> {
+    let uri = match params.get("vault_role") {
+        Some(role) => with_vault_credentials(&uri, role).await?,
+        None => uri,
+    };
     let mut settings = vera_bus_amqp::AmqpSettings { max_attempts, ..vera_bus_amqp::AmqpSettings::new(uri) };
     if let Some(prefix) = params.get("prefix") {
         settings.prefix = prefix.clone();
@@ -180,6 +184,38 @@ async fn open_kafka(
 #[cfg(not(feature = "kafka"))]
 async fn open_kafka(_: String, _: BTreeMap<String, String>, _: u32) -> anyhow::Result<Arc<dyn Bus>> {
     bail!("this vera was built without Kafka support; rebuild with `cargo build -p vera --features kafka`")
+}
+
+/// `?vault_role=MOUNT/ROLE`: a dynamic RabbitMQ user from Vault/OpenBao's RabbitMQ secrets
+/// engine, spliced into `uri` (which must carry no credentials of its own). Its lease and
+/// the Vault token are renewed in the background; when the lease can no longer be renewed
+/// (max TTL reached, revoked) the process exits with status 75 so its supervisor restarts
+/// it with a fresh user, rather than run on with a connection about to be cut.
+#[cfg(all(feature = "amqp", feature = "vault"))]
+async fn with_vault_credentials(uri: &str, role: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use vera_audit::vault::{Vault, VaultConfig, spawn_lease_keeper, spawn_token_keeper};
+    let (scheme, rest) = uri.split_once("://").context("amqp URL without a scheme")?;
+    let authority = rest.split_once('/').map_or(rest, |(authority, _)| authority);
+    if authority.contains('@') {
+        bail!("--bus: with vault_role the URL must not carry credentials of its own");
+    }
+    let (mount, role) = role.split_once('/').context("vault_role is MOUNT/ROLE, e.g. rabbitmq/vera")?;
+    let vault = Vault::connect(&VaultConfig::from_env()?)?;
+    let credentials = vault.rabbitmq_credentials(mount, role).await?;
+    tracing::info!(user = %credentials.username, lease_seconds = credentials.lease.duration.as_secs(), "RabbitMQ credentials from Vault");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    spawn_token_keeper(vault.clone(), std::time::Duration::from_secs(60), shutdown.clone());
+    spawn_lease_keeper(vault, credentials.lease.clone(), shutdown, |error| {
+        tracing::error!(%error, "the RabbitMQ lease can no longer be renewed; exiting so a restart fetches a new user");
+        std::process::exit(75);
+    });
+    Ok(format!("{scheme}://{}@{rest}", credentials.userinfo().expose()))
+}
+
+#[cfg(all(feature = "amqp", not(feature = "vault")))]
+async fn with_vault_credentials(_uri: &str, _role: &str) -> anyhow::Result<String> {
+    bail!("--bus ...?vault_role= needs a vera built with `--features vault`")
 }
 
 #[cfg(test)]

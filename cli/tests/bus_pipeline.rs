@@ -338,3 +338,34 @@ fn kafka_replay_rebuilds_byte_identical_segments() {
         assert!(second[key] == *bytes, "segment {key} differs after the replay");
     }
 }
+
+/// `--bus amqp://…?vault_role=rabbitmq/vera`: the bus connects as a dynamic RabbitMQ user
+/// issued by OpenBao (scripts/openbao), with no credentials in the URL or the config.
+#[cfg(feature = "vault")]
+#[test]
+fn rabbitmq_credentials_come_from_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let prefix = format!("vault{:08x}.", rand::random::<u32>());
+    let vault = env_or("VERA_TEST_VAULT_ADDR", "http://127.0.0.1:8250");
+    let token = env_or("VERA_TEST_VAULT_TOKEN", "vera-dev-root");
+    let run = |role: &str, command: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vera"))
+            .args([command, "--data-dir", &data])
+            .env("VERA_BUS", format!("amqp://127.0.0.1:5672/%2f?prefix={prefix}&vault_role={role}"))
+            .env("VAULT_ADDR", &vault)
+            .env("VAULT_TOKEN", &token)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let setup = run("rabbitmq/vera", "setup-bus");
+    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+    let status = run("rabbitmq/vera", "bus-status");
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let depth: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(depth["pack"]["depth"]["visible"], 0, "{depth}");
+    let refused = run("rabbitmq/no-such-role", "bus-status");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("RabbitMQ credentials"), "{refused:?}");
+}
