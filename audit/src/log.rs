@@ -123,10 +123,6 @@ pub struct Segment {
 }
 
 impl Segment {
-    pub fn first_index(&self) -> u64 {
-        self.header.first_index
-    }
-
     fn encode(&self) -> Bytes {
         let mut out = Vec::new();
         out.extend_from_slice(&serde_json::to_vec(&self.header).unwrap_or_default());
@@ -236,10 +232,6 @@ impl AuditLog {
             AuditLog { store, log: log.to_owned(), signer, retention_days, clock, state: Mutex::new(state) };
         audit_log.checkpoint().await?;
         Ok(audit_log)
-    }
-
-    pub fn log_id(&self) -> &str {
-        &self.log
     }
 
     pub async fn size(&self) -> u64 {

@@ -180,18 +180,6 @@ impl Verifiers {
         self.keys.insert((name.to_owned(), id), key);
         Ok(())
     }
-
-    pub fn add(&mut self, name: &str, public_key: &[u8; 32]) -> Result<(), AuditError> {
-        self.add_line(&verifier_key(name, public_key)).map_err(AuditError::Config)
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
 }
 
 /// A checkpoint: the log's size and root at a time.

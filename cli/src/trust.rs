@@ -109,11 +109,16 @@ async fn audit_denial(bus: Option<&dyn Bus>, action: Action, actor: &str, reason
         details,
     };
     let id = format!("denied/{}/{:016x}", action.name(), rand::random::<u64>());
-    let envelope = Envelope::new(id, now, Message::AuditEvent(event));
-    let outgoing = Outgoing { key: None, payload: Bytes::from(envelope.encode()) };
-    if let Err(error) = bus.publish(topics::AUDIT, vec![outgoing]).await {
+    if let Err(error) = publish_audit(bus, id, now, event).await {
         tracing::error!(%error, "could not publish the DENIED audit event");
     }
+}
+
+/// Publishes one audit event on the `audit` topic, keyed like every other.
+async fn publish_audit(bus: &dyn Bus, id: String, now: Timestamp, event: AuditEvent) -> Result<(), vera_bus::BusError> {
+    let envelope = Envelope::new(id, now, Message::AuditEvent(event));
+    let outgoing = Outgoing { key: envelope.ordering_key(), payload: Bytes::from(envelope.encode()) };
+    bus.publish(topics::AUDIT, vec![outgoing]).await
 }
 
 /// The gate every admin command passes. `args` is the command's own arguments, which a
@@ -445,8 +450,7 @@ pub async fn export_command(args: ExportArgs) -> anyhow::Result<ExitCode> {
         details,
     };
     let id = format!("export/{}", request_id.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())));
-    let envelope = Envelope::new(id, now, Message::AuditEvent(event));
-    bus.publish(topics::AUDIT, vec![Outgoing { key: None, payload: Bytes::from(envelope.encode()) }])
+    publish_audit(bus.as_ref(), id, now, event)
         .await
         .context("the export was written but its EXPORT audit event was not published")?;
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -577,14 +581,8 @@ pub async fn break_glass(args: BreakGlassArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let (event, result) = execute(store.as_ref(), &approved, now).await;
-    let envelope =
-        Envelope::new(format!("break-glass/{}", approved.approvers[0].request.nonce), now, Message::AuditEvent(event));
-    let published = bus
-        .publish(
-            topics::AUDIT,
-            vec![Outgoing { key: envelope.ordering_key(), payload: Bytes::from(envelope.encode()) }],
-        )
-        .await;
+    let id = format!("break-glass/{}", approved.approvers[0].request.nonce);
+    let published = publish_audit(bus.as_ref(), id, now, event).await;
     result?;
     published.context("the bypass was done but its audit event was not published")?;
     println!(

@@ -828,14 +828,12 @@ impl ObjectStore for S3Store {
         validate_key(key)?;
         let head = self.head_raw(key).await?;
         // VERA refuses what no bypass may do, whatever the server would allow.
-        if head.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On) {
-            return Err(StoreError::new(StoreErrorKind::Locked, key, "under legal hold: release it first"));
-        }
-        if let Some(current) = lock_from_parts(head.object_lock_mode(), head.object_lock_retain_until_date())
-            && current.mode == LockMode::Compliance
-        {
-            return Err(StoreError::new(StoreErrorKind::Locked, key, "COMPLIANCE retention cannot be bypassed"));
-        }
+        vera_store::check_bypassable(
+            key,
+            head.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On),
+            lock_from_parts(head.object_lock_mode(), head.object_lock_retain_until_date()),
+            vera_store::Clock::now(&vera_store::SystemClock),
+        )?;
         match bypass {
             GovernanceBypass::Delete => {
                 let mut request =

@@ -93,6 +93,26 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
 }
 
+/// What no GOVERNANCE bypass may override, checked by every backend before it acts:
+/// a legal hold, and COMPLIANCE retention that has not expired.
+pub fn check_bypassable(
+    key: &str,
+    legal_hold: bool,
+    retention: Option<Retention>,
+    now: vera_protocol::Timestamp,
+) -> Result<(), StoreError> {
+    if legal_hold {
+        return Err(StoreError::new(StoreErrorKind::Locked, key, "under legal hold: release it first"));
+    }
+    if let Some(retention) = retention
+        && retention.mode == LockMode::Compliance
+        && retention.retain_until > now
+    {
+        return Err(StoreError::new(StoreErrorKind::Locked, key, "COMPLIANCE retention cannot be bypassed"));
+    }
+    Ok(())
+}
+
 /// What a break-glass request does to an object under GOVERNANCE retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GovernanceBypass {

@@ -338,7 +338,7 @@ impl Inner {
             return Err(StoreError::new(StoreErrorKind::NotFound, key, "no such object"));
         }
         let mut state = self.lock_state(key)?;
-        check_bypassable(key, &state, self.clock.now())?;
+        crate::check_bypassable(key, state.legal_hold, state.retention, self.clock.now())?;
         match bypass {
             GovernanceBypass::Delete => {
                 fs::remove_file(&path).map_err(|e| StoreError::io(key, e))?;
@@ -545,20 +545,6 @@ impl ObjectStore for LocalStore {
         let key_owned = key.to_owned();
         self.blocking(key, move |inner| inner.tags(&key_owned)).await
     }
-}
-
-/// What a GOVERNANCE bypass may not override: COMPLIANCE retention and legal holds.
-fn check_bypassable(key: &str, state: &LockState, now: vera_protocol::Timestamp) -> Result<(), StoreError> {
-    if state.legal_hold {
-        return Err(StoreError::new(StoreErrorKind::Locked, key, "under legal hold: release it first"));
-    }
-    if let Some(retention) = state.retention
-        && retention.mode == LockMode::Compliance
-        && retention.retain_until > now
-    {
-        return Err(StoreError::new(StoreErrorKind::Locked, key, "COMPLIANCE retention cannot be bypassed"));
-    }
-    Ok(())
 }
 
 /// S3's limits on object tags: at most 10, keys 1..=128 and values 0..=256 characters.
