@@ -248,6 +248,12 @@ impl AmqpBus {
         format!("{}{topic}.dlq", self.inner.settings.prefix)
     }
 
+    /// The fanout exchange a fan-out topic is published through: bound to the topic's
+    /// queue, and to each subscriber's own exclusive queue.
+    fn fanout_exchange(&self, topic: &str) -> String {
+        format!("{}{topic}.fanout", self.inner.settings.prefix)
+    }
+
     fn dlx(&self) -> String {
         format!("{}dlx", self.inner.settings.prefix)
     }
@@ -293,7 +299,25 @@ impl AmqpBus {
             return Ok(());
         }
         let queue = self.queue(topic);
-        self.ready_count(&queue).await.map_err(|error| {
+        let exchange = vera_bus::topics::fans_out(topic).then(|| self.fanout_exchange(topic));
+        let checked = match exchange {
+            Some(exchange) => self
+                .on_scratch_channel(&format!("check exchange {exchange}"), async move |channel| {
+                    let options = ExchangeDeclareOptions { passive: true, durable: true, ..Default::default() };
+                    channel
+                        .exchange_declare(
+                            exchange.as_str().into(),
+                            ExchangeKind::Fanout,
+                            options,
+                            FieldTable::default(),
+                        )
+                        .await
+                })
+                .await
+                .map(|_| 0),
+            None => Ok(0),
+        };
+        checked.and(self.ready_count(&queue).await).map_err(|error| {
             if error.kind == BusErrorKind::Config {
                 BusError::new(
                     BusErrorKind::Config,
@@ -495,6 +519,13 @@ impl Bus for AmqpBus {
         self.require_queue(&session, topic).await?;
         let queue = self.queue(topic);
         let context = format!("publish to {queue}");
+        // Fan-out topics go through their fanout exchange (to the queue and to every
+        // subscriber); the rest straight to the queue.
+        let (exchange, routing_key) = if vera_bus::topics::fans_out(topic) {
+            (self.fanout_exchange(topic), String::new())
+        } else {
+            (String::new(), queue.clone())
+        };
         let mut confirms = Vec::with_capacity(messages.len());
         for message in &messages {
             let mut headers = FieldTable::default();
@@ -508,8 +539,8 @@ impl Bus for AmqpBus {
             let confirm = session
                 .publisher
                 .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    routing_key.as_str().into(),
                     BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
                     &message.payload,
                     properties,
@@ -734,6 +765,28 @@ impl Bus for AmqpBus {
                 .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), arguments)
                 .await
                 .map_err(self.error(&format!("declare queue {queue}")))?;
+            if vera_bus::topics::fans_out(topic) {
+                let exchange = self.fanout_exchange(topic);
+                channel
+                    .exchange_declare(
+                        exchange.as_str().into(),
+                        ExchangeKind::Fanout,
+                        ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(self.error(&format!("declare exchange {exchange}")))?;
+                channel
+                    .queue_bind(
+                        queue.as_str().into(),
+                        exchange.as_str().into(),
+                        "".into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(self.error(&format!("bind {queue} to {exchange}")))?;
+            }
             let mut ensured = self.inner.ensured.lock().expect("ensured lock");
             if !ensured.iter().any(|t| t == topic) {
                 ensured.push((*topic).to_owned());
@@ -745,5 +798,55 @@ impl Bus for AmqpBus {
 
     fn max_message_bytes(&self) -> usize {
         self.inner.settings.max_message_bytes
+    }
+
+    fn fans_out(&self) -> bool {
+        true
+    }
+
+    /// An exclusive, auto-deleted, server-named queue bound to the topic's fanout
+    /// exchange, consumed without acks on its own channel; the broker drops the queue when
+    /// the stream (or the connection) goes.
+    async fn subscribe(&self, topic: &str) -> Result<vera_bus::Subscription, BusError> {
+        vera_bus::check_broadcast_topic(topic)?;
+        let session = self.inner.session().await?;
+        self.require_queue(&session, topic).await?;
+        let exchange = self.fanout_exchange(topic);
+        let context = format!("subscribe to {exchange}");
+        let channel = session.connection.create_channel().await.map_err(self.error(&context))?;
+        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+        let queue =
+            channel.queue_declare("".into(), options, FieldTable::default()).await.map_err(self.error(&context))?;
+        channel
+            .queue_bind(
+                queue.name().as_str().into(),
+                exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(self.error(&context))?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().as_str().into(),
+                "".into(),
+                BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(self.error(&context))?;
+        let uri = self.inner.settings.uri.clone();
+        // The channel lives as long as the stream.
+        Ok(Box::pin(futures::stream::unfold((consumer, channel), move |(mut consumer, channel)| {
+            let uri = uri.clone();
+            async move {
+                let next = consumer.next().await?;
+                let item = next
+                    .map(|delivery| Bytes::from(delivery.data))
+                    .map_err(|error| lapin_error("read a subscription", &uri, error));
+                Some((item, (consumer, channel)))
+            }
+        })))
     }
 }

@@ -853,6 +853,56 @@ impl Bus for KafkaBus {
         self.settle(&consumer, &r).await
     }
 
+    fn fans_out(&self) -> bool {
+        true
+    }
+
+    /// A consumer outside every group, assigned each partition at its high watermark as
+    /// read before this returns (so nothing published afterwards is missed), polled on
+    /// its own thread until the stream is dropped. Retried messages (re-published) are
+    /// seen again.
+    async fn subscribe(&self, topic: &str) -> Result<vera_bus::Subscription, BusError> {
+        vera_bus::check_broadcast_topic(topic)?;
+        self.require_topic(topic).await?;
+        let name = self.name(topic);
+        let partitions = self.partitions(&name).await?;
+        let settings = self.inner.settings.clone();
+        let reader = self
+            .blocking(&format!("subscribe to {name}"), move |inner| {
+                let reader = group_free_reader(&settings, "subscriber")?;
+                let mut list = TopicPartitionList::new();
+                for partition in partitions {
+                    let (_, high) = inner.meta.fetch_watermarks(&name, partition, METADATA_TIMEOUT)?;
+                    list.add_partition_offset(&name, partition, Offset::Offset(high))?;
+                }
+                reader.assign(&list)?;
+                Ok(reader)
+            })
+            .await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, BusError>>(1024);
+        let brokers = self.inner.settings.brokers.clone();
+        std::thread::Builder::new()
+            .name("vera-kafka-subscriber".to_owned())
+            .spawn(move || {
+                while !sender.is_closed() {
+                    let next = match reader.poll(Duration::from_millis(200)) {
+                        None => continue,
+                        Some(Ok(message)) => Ok(Bytes::copy_from_slice(message.payload().unwrap_or_default())),
+                        Some(Err(error)) => Err(kafka_error("read a subscription", &brokers, error)),
+                    };
+                    if sender.blocking_send(next).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| {
+                BusError::new(BusErrorKind::Other, "kafka: cannot start a subscriber thread").with_source(e)
+            })?;
+        Ok(Box::pin(futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|next| (next, receiver))
+        })))
+    }
+
     async fn depth(&self, topic: &str) -> Result<QueueDepth, BusError> {
         validate_topic(topic)?;
         self.require_topic(topic).await?;

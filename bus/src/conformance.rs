@@ -14,6 +14,8 @@ pub const MAX_ATTEMPTS: u32 = 3;
 /// Topics starting with this are the suite's ordered topics; [`crate::OrderedTopics`]
 /// includes it by default so backends under test order them.
 pub const ORDERED_TOPIC_PREFIX: &str = "conf-ordered-";
+/// Topics starting with this fan out to subscribers ([`crate::topics::fans_out`]).
+pub const FANOUT_TOPIC_PREFIX: &str = "conf-fanout-";
 const SHORT: Duration = Duration::from_millis(300);
 const LONG: Duration = Duration::from_secs(60);
 
@@ -65,6 +67,7 @@ pub async fn run_all(bus: &dyn Bus) {
     oversized_messages_are_refused(bus).await;
     batched_acks(bus).await;
     ensure_topics_is_idempotent(bus).await;
+    subscribers_each_see_every_message(bus).await;
 }
 
 pub async fn publish_claim_ack(bus: &dyn Bus) {
@@ -277,4 +280,43 @@ pub async fn batched_acks(bus: &dyn Bus) {
     assert_eq!(seen.len(), total);
     tokio::time::sleep(SHORT).await;
     assert!(bus.claim(&topic, 10, LONG).await.expect("claim").is_empty(), "every acked message is gone");
+}
+
+/// Every subscriber sees every message published after it subscribed, and the topic's
+/// consumers still get each message once. A backend that cannot fan out says so.
+pub async fn subscribers_each_see_every_message(bus: &dyn Bus) {
+    use futures::StreamExt;
+    let fanout = topic(bus, "fanout").await;
+    let plain = topic(bus, "plain").await;
+    let topic = fanout;
+    assert!(crate::topics::fans_out(&topic), "{topic}");
+    if !bus.fans_out() {
+        let error = bus.subscribe(&topic).await.err().expect("a bus without fan-out refuses to subscribe");
+        assert_eq!(error.kind, BusErrorKind::Config);
+        return;
+    }
+    let refused = bus.subscribe(&plain).await.err().expect("only fan-out topics can be subscribed to");
+    assert_eq!(refused.kind, BusErrorKind::InvalidInput);
+
+    let mut first = bus.subscribe(&topic).await.expect("subscribe");
+    let mut second = bus.subscribe(&topic).await.expect("subscribe");
+    let sent = ["x", "y", "z"];
+    bus.publish(&topic, sent.iter().map(|text| message(text)).collect()).await.expect("publish");
+    for subscription in [&mut first, &mut second] {
+        let mut seen = Vec::new();
+        while seen.len() < sent.len() {
+            let next = tokio::time::timeout(Duration::from_secs(20), subscription.next())
+                .await
+                .expect("a subscriber sees each message within 20 s")
+                .expect("the subscription stays open");
+            seen.push(String::from_utf8(next.expect("payload").to_vec()).unwrap());
+        }
+        seen.sort();
+        assert_eq!(seen, sent, "each subscriber sees every message once");
+    }
+    let got = claim_n(bus, &topic, sent.len(), LONG, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), sent.len(), "consumers still get every message");
+    for delivery in &got {
+        bus.ack(delivery).await.expect("ack");
+    }
 }

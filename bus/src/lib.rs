@@ -34,9 +34,31 @@ pub mod topics {
     pub const REPACK: &str = "repack";
     /// Every topic `vera setup-bus` creates.
     pub const ALL: [&str; 4] = [PACK, EVENTS, AUDIT, REPACK];
+    /// Whether a topic's messages also fan out to every [`crate::Bus::subscribe`]r:
+    /// `events` (readers drop cached sidecars on the events about them) and the
+    /// conformance suite's fan-out topics.
+    pub fn fans_out(topic: &str) -> bool {
+        topic == EVENTS || topic.starts_with(crate::conformance::FANOUT_TOPIC_PREFIX)
+    }
 }
 
 /// A message to publish.
+/// Payloads of a topic as [`Bus::subscribe`] delivers them.
+pub type Subscription = futures::stream::BoxStream<'static, Result<Bytes, BusError>>;
+
+/// Refuses a subscription to a topic that does not fan out.
+pub fn check_broadcast_topic(topic: &str) -> Result<(), BusError> {
+    validate_topic(topic)?;
+    if topics::fans_out(topic) {
+        Ok(())
+    } else {
+        Err(BusError::new(
+            BusErrorKind::InvalidInput,
+            format!("topic {topic} does not fan out to subscribers (only {} does)", topics::EVENTS),
+        ))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     /// Ordering key; `None` means no ordering constraint.
@@ -153,6 +175,22 @@ pub trait Bus: Send + Sync + 'static {
     /// The largest payload `publish` accepts; bigger ones are refused with `InvalidInput`
     /// before anything is sent.
     fn max_message_bytes(&self) -> usize;
+
+    /// Every message published on `topic` (one that [`topics::fans_out`]) from now on, as
+    /// a stream of payloads, independently of the topic's consumers and without acks:
+    /// each subscriber sees each message. For caches that must hear about changes (the
+    /// reader's sidecars). Best effort: a subscriber that falls behind or reconnects can
+    /// miss messages, so what it caches must still expire. The stream ends, or yields an
+    /// error, when the subscription breaks; subscribe again. Backends without fan-out
+    /// answer `Config`.
+    /// Whether [`Bus::subscribe`] works on this backend.
+    fn fans_out(&self) -> bool {
+        false
+    }
+
+    async fn subscribe(&self, topic: &str) -> Result<Subscription, BusError> {
+        Err(BusError::new(BusErrorKind::Config, format!("this bus cannot fan out topic {topic} to subscribers")))
+    }
 
     /// Whether `ack`, `nack`, `extend` and `dead_letter` refuse an outdated receipt with
     /// `StaleReceipt`. SQS cannot: it accepts an outdated receipt (AWS then leaves the

@@ -38,7 +38,21 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (topic, dead, visible_at, seq);
 CREATE INDEX IF NOT EXISTS messages_by_key ON messages (topic, key, seq) WHERE key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS fanout (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic        TEXT    NOT NULL,
+    payload      BLOB    NOT NULL,
+    published_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS fanout_by_topic ON fanout (topic, seq);
+CREATE INDEX IF NOT EXISTS fanout_by_age ON fanout (published_at);
 "#;
+
+/// How long a fanned-out message stays for subscribers to read.
+const FANOUT_KEEP: Duration = Duration::from_secs(600);
+
+/// How often a subscriber looks for new fanned-out messages.
+const FANOUT_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct SqliteBus {
@@ -130,7 +144,24 @@ impl Bus for SqliteBus {
             return Ok(());
         }
         let now = now_micros();
+        let fan_out = crate::topics::fans_out(topic);
         let mut transaction = self.pool.begin().await.map_err(db_error("begin publish"))?;
+        if fan_out {
+            sqlx::query("DELETE FROM fanout WHERE published_at < ?")
+                .bind(now - micros(FANOUT_KEEP))
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error("prune fan-out"))?;
+            for message in &messages {
+                sqlx::query("INSERT INTO fanout (topic, payload, published_at) VALUES (?, ?, ?)")
+                    .bind(topic)
+                    .bind(message.payload.as_ref())
+                    .bind(now)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(db_error("fan out"))?;
+            }
+        }
         for message in messages {
             sqlx::query("INSERT INTO messages (topic, key, payload, enqueued_at, visible_at) VALUES (?, ?, ?, ?, ?)")
                 .bind(topic)
@@ -144,6 +175,54 @@ impl Bus for SqliteBus {
         }
         transaction.commit().await.map_err(db_error("commit publish"))?;
         Ok(())
+    }
+
+    /// Polls the `fanout` table every 100 ms from the newest message at the time of the
+    /// call; messages stay there for ten minutes, so a slow subscriber loses none younger.
+    fn fans_out(&self) -> bool {
+        true
+    }
+
+    async fn subscribe(&self, topic: &str) -> Result<crate::Subscription, BusError> {
+        crate::check_broadcast_topic(topic)?;
+        let start: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM fanout WHERE topic = ?")
+            .bind(topic)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("subscribe"))?;
+        let (pool, topic) = (self.pool.clone(), topic.to_owned());
+        let stream =
+            futures::stream::unfold((start, std::collections::VecDeque::new()), move |(mut last, mut ready)| {
+                let (pool, topic) = (pool.clone(), topic.clone());
+                async move {
+                    loop {
+                        if let Some(payload) = ready.pop_front() {
+                            return Some((Ok(payload), (last, ready)));
+                        }
+                        let rows = sqlx::query(
+                            "SELECT seq, payload FROM fanout WHERE topic = ? AND seq > ? ORDER BY seq LIMIT 256",
+                        )
+                        .bind(&topic)
+                        .bind(last)
+                        .fetch_all(&pool)
+                        .await;
+                        match rows {
+                            Ok(rows) if rows.is_empty() => tokio::time::sleep(FANOUT_POLL).await,
+                            Ok(rows) => {
+                                for row in rows {
+                                    last = row.get::<i64, _>("seq");
+                                    ready.push_back(Bytes::from(row.get::<Vec<u8>, _>("payload")));
+                                }
+                            }
+                            Err(error) => {
+                                tokio::time::sleep(FANOUT_POLL).await;
+                                return Some((Err(db_error("read fan-out")(error)), (last, ready)));
+                            }
+                        }
+                    }
+                }
+            });
+        Ok(Box::pin(stream))
     }
 
     async fn claim(&self, topic: &str, max: usize, visibility: Duration) -> Result<Vec<Delivery>, BusError> {

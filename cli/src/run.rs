@@ -300,13 +300,19 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "VERA_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
-    /// Seconds a segment's sidecar (its tombstones) is trusted before it is read again:
-    /// the longest an erased file can still be served.
+    /// Seconds a segment's cached sidecar (its tombstones) is trusted before it is read
+    /// again. A segment's first tombstone shows at once (the read sees the segment's new
+    /// tag); later ones show when the bus's `events` reach this reader, and at the
+    /// latest after this long, which is the safety net for missed events.
     #[arg(long, env = "VERA_SIDECAR_TTL_SECONDS", default_value_t = 5)]
     pub sidecar_ttl_seconds: u64,
     /// Do not publish READ audit events (for local inspection only).
     #[arg(long)]
     pub no_audit: bool,
+    /// Do not subscribe to the bus's `events` topic to drop cached sidecars on tombstones
+    /// and repacks; they then expire after --sidecar-ttl-seconds only.
+    #[arg(long)]
+    pub no_events: bool,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -316,12 +322,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let counts = counting.counts();
     let store: Arc<dyn ObjectStore> = Arc::new(counting);
     let shutdown = ctrl_c_token();
-    let (audit, audit_task) = if args.no_audit {
-        (None, None)
-    } else {
-        let bus = args.store.bus(5).await?;
-        let (sender, task) = vera_reader::audit::spawn(bus, Duration::from_secs(1), shutdown.clone());
-        (Some(sender), Some(task))
+    let bus = if args.no_audit && args.no_events { None } else { Some(args.store.bus(5).await?) };
+    let (audit, audit_task) = match &bus {
+        Some(bus) if !args.no_audit => {
+            let (sender, task) = vera_reader::audit::spawn(bus.clone(), Duration::from_secs(1), shutdown.clone());
+            (Some(sender), Some(task))
+        }
+        _ => (None, None),
     };
     let settings = vera_reader::ReaderSettings {
         sidecar_ttl: Duration::from_secs(args.sidecar_ttl_seconds),
@@ -331,6 +338,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         vera_reader::Reader::new(args.store.shards(store), args.store.routing()?, audit, settings)
             .with_store_counts(counts),
     );
+    let events_task = match bus {
+        Some(bus) if !args.no_events => Some(vera_reader::events::spawn(reader.clone(), bus, shutdown.clone())),
+        _ => None,
+    };
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
@@ -343,6 +354,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await?;
     shutdown.cancel();
     if let Some(task) = audit_task {
+        let _ = task.await;
+    }
+    if let Some(task) = events_task {
         let _ = task.await;
     }
     Ok(())

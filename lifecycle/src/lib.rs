@@ -260,7 +260,10 @@ impl Lifecycle {
         Err(LifecycleError::Contended { segment_key: segment_key.to_owned(), attempts: self.cas_attempts })
     }
 
+    /// A fresh sidecar for a segment that has none, after tagging the segment as having
+    /// one (readers skip the sidecar of an untagged segment).
     async fn new_sidecar(&self, segment_key: &str) -> Result<Sidecar, LifecycleError> {
+        vera_store::shards::mark_has_sidecar(self.shards.store().as_ref(), segment_key).await?;
         let meta = self.shards.store().head(segment_key).await?;
         let hash = meta
             .metadata

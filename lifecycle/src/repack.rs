@@ -405,6 +405,7 @@ impl Lifecycle {
                 // Nobody else writes the new sidecar until the old one is frozen, so it
                 // is simply (re)written from the old one's current state.
                 let inherited = old.inherit(new_key, new_hash, moved);
+                vera_store::shards::mark_has_sidecar(store.as_ref(), new_key).await?;
                 store.put(&sidecar_key_of(new_key), Bytes::from(inherited.encode()), PutOptions::overwrite()).await?;
             }
             old.superseded = Some(Superseded {
@@ -432,8 +433,7 @@ impl Lifecycle {
             self.shards.store().set_legal_hold(old_key, false).await?;
         }
         if settings.archive {
-            let tags = BTreeMap::from([(ARCHIVE_TAG.0.to_owned(), ARCHIVE_TAG.1.to_owned())]);
-            self.shards.store().set_tags(old_key, &tags).await?;
+            vera_store::shards::add_tag(self.shards.store().as_ref(), old_key, ARCHIVE_TAG).await?;
         }
         Ok(())
     }

@@ -17,6 +17,9 @@ pub struct RunInfo {
     pub generate_seconds: f64,
     pub vera: IngestResult,
     pub segments: u64,
+    /// Addresses holding segments, and the most segments (generations) under one.
+    pub addresses: u64,
+    pub max_segments_per_address: u64,
     pub naive: IngestResult,
     pub vera_sizes: VeraSizes,
     pub naive_bytes: u64,
@@ -94,6 +97,9 @@ pub struct Ratios {
     pub put_reduction: f64,
     pub segments: u64,
     pub files_per_segment: f64,
+    /// Addresses with segments; segments ÷ addresses is what a cold read may probe.
+    pub addresses: u64,
+    pub max_segments_per_address: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -161,6 +167,8 @@ impl Report {
             put_reduction: ratio(run.naive.puts as f64, run.vera.puts as f64),
             segments: run.segments,
             files_per_segment: ratio(run.vera.files as f64, run.segments as f64),
+            addresses: run.addresses,
+            max_segments_per_address: run.max_segments_per_address,
         };
         let space = Space {
             raw_bytes: run.tar_zstd.all_raw_bytes,
@@ -275,6 +283,12 @@ impl Report {
             v.gets, v.heads, v.lists, n.gets, n.heads, n.lists
         );
         out += &format!("| objects | {} | {} | |\n", v.objects, n.objects);
+        out += &format!(
+            "| segments per address | {:.2} mean, {} at most ({} addresses) | | |\n",
+            ratio(self.ratios.segments as f64, self.ratios.addresses as f64),
+            self.ratios.max_segments_per_address,
+            self.ratios.addresses
+        );
         out += &format!("| PUTs in flight (at most) | {} | {} | |\n\n", v.concurrency, n.concurrency);
         let s = &self.space;
         out += "| Bytes stored | VERA | naive | tar \\| zstd -3 | raw |\n|---|---:|---:|---:|---:|\n";

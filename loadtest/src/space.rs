@@ -135,3 +135,15 @@ pub async fn vera(store: Arc<dyn ObjectStore>) -> anyhow::Result<VeraSizes> {
     sizes.text_stored_bytes = text_stored.round() as u64;
     Ok(sizes)
 }
+
+/// Addresses holding segments, and the most segments under one address (listed with an
+/// uncounted client).
+pub async fn layout(store: &dyn ObjectStore) -> anyhow::Result<(u64, u64)> {
+    let mut per_address: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for object in store.list("").await? {
+        if let Ok((addr, _)) = vera_protocol::routing::ShardAddr::from_segment_key(&object.key) {
+            *per_address.entry(addr.key_prefix()).or_default() += 1;
+        }
+    }
+    Ok((per_address.len() as u64, per_address.values().copied().max().unwrap_or(0)))
+}

@@ -123,7 +123,16 @@ pub async fn run_producer(
         if report.first_read_at.is_none() {
             report.first_read_at = Some(Instant::now());
         }
-        let next = source.next_slot(state.committed, settings.max_rows_per_slot, settings.max_bytes_per_slot).await?;
+        // Slots end on time-slice boundaries where they can, so each address of a day is
+        // one segment and reads find their file in generation 0.
+        let next = source
+            .next_slot_aligned(
+                state.committed,
+                settings.max_rows_per_slot,
+                settings.max_bytes_per_slot,
+                &settings.routing,
+            )
+            .await?;
         let Some(slot) = next else {
             match mode {
                 RunMode::Drain => break,

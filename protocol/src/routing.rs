@@ -229,6 +229,14 @@ impl RoutingTable {
             .ok_or(RoutingError::BadTable)
     }
 
+    /// The time slice `created_at` falls in: its epoch and time bucket. All files of one
+    /// slice share its addresses, so a producer that cuts slots at slice boundaries has
+    /// each address written by one task (one segment generation).
+    pub fn time_slice(&self, created_at: Timestamp) -> Result<(u16, i32), RoutingError> {
+        let epoch = self.epoch_for(created_at)?;
+        Ok((epoch.id, epoch.granularity.bucket_of(created_at)))
+    }
+
     pub fn epoch_by_id(&self, id: u16) -> Result<RoutingEpoch, RoutingError> {
         self.epochs
             .iter()

@@ -7,12 +7,20 @@
 //!
 //! Read path: `locate_shard` → generation 0, 1, … of the address → the segment index from
 //! the cache (one suffix GET on a miss) → one range GET → decode (with the segment's
-//! dictionary) → BLAKE3 check. The segment's `.vera.meta` sidecar is consulted from a
-//! cache whose entries live `sidecar_ttl` (default 5 s): a tombstoned file answers 410
-//! Gone within that time, and a segment a repack superseded sends the read on to its
-//! successor (`ShardStore::locate`), so a repack never hides a live file or shows one
-//! twice. Corrupt data answers 500 `corrupt_segment`,
-//! never wrong bytes, and counts in `vera_reader_corrupt_total`.
+//! dictionary) → BLAKE3 check. A warm read is that one range GET; a cold one adds the
+//! suffix GET.
+//!
+//! Tombstones live in the segment's `.vera.meta` sidecar, and a writer tags the segment
+//! (`vera-sidecar=1`) before it creates the sidecar. Every GET of a segment reports its tag
+//! count (`x-amz-tagging-count`), so an untagged segment needs no sidecar GET at all, and
+//! a segment that just gained its first sidecar is noticed by the very next read, which
+//! then reads the sidecar before answering: a segment's first tombstone answers 410 at
+//! once. A sidecar that exists is cached for `sidecar_ttl` (default 5 s) and dropped
+//! earlier by the bus's `events` ([`events`]: tombstones and sealed segments, fanned out
+//! to every replica). A segment a repack superseded sends the read on to its successor
+//! (`ShardStore::locate`), so a repack never hides a live file or shows one twice.
+//! Corrupt data answers 500 `corrupt_segment`, never wrong bytes, and counts in
+//! `vera_reader_corrupt_total`.
 //!
 //! Errors are JSON `{"error": CODE, "message": TEXT}` with distinct statuses: 400
 //! `malformed_uid` / `bad_created_at`, 404 `not_found`, 410 `gone`, 416
@@ -28,6 +36,7 @@
 //! background task batches onto the bus's `audit` topic.
 
 pub mod audit;
+pub mod events;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +81,8 @@ pub struct Reader {
     settings: ReaderSettings,
     store_counts: Option<Arc<vera_store::counting::RequestCounts>>,
     sidecar_fetches: std::sync::atomic::AtomicU64,
+    /// Whether an [`events`] subscription is live (reported on `/metrics`).
+    following_events: std::sync::atomic::AtomicBool,
 }
 
 impl Reader {
@@ -108,13 +119,50 @@ impl Reader {
         let sidecars = moka::future::Cache::builder()
             .max_capacity(settings.sidecar_capacity)
             .time_to_live(settings.sidecar_ttl)
+            .support_invalidation_closures()
             .build();
-        Reader { shards, routing, sidecars, audit, settings, store_counts: None, sidecar_fetches: Default::default() }
+        Reader {
+            shards,
+            routing,
+            sidecars,
+            audit,
+            settings,
+            store_counts: None,
+            sidecar_fetches: Default::default(),
+            following_events: Default::default(),
+        }
     }
 
     /// Drops what is cached about a segment (its sidecar), e.g. on a tombstone event.
     pub async fn invalidate(&self, segment_key: &str) {
         self.sidecars.invalidate(&sidecar_key_of(segment_key)).await;
+    }
+
+    /// Drops the cached sidecars of every segment under `addr` (its generations and
+    /// their repacks): what a `TombstoneRequested` or `ShardSealed` event about it means.
+    pub async fn invalidate_address(&self, addr: &vera_protocol::routing::ShardAddr) {
+        let prefix = addr.key_prefix();
+        if let Err(error) = self.sidecars.invalidate_entries_if(move |key, _| key.starts_with(&prefix)) {
+            tracing::error!(%error, "cannot invalidate sidecars by address; dropping them all");
+            self.invalidate_all_sidecars().await;
+        }
+        self.sidecars.run_pending_tasks().await;
+    }
+
+    /// Drops every cached sidecar (after a break in the events subscription).
+    pub async fn invalidate_all_sidecars(&self) {
+        self.sidecars.invalidate_all();
+        self.sidecars.run_pending_tasks().await;
+    }
+
+    fn set_following_events(&self, on: bool) {
+        self.following_events.store(on, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!("vera_reader_following_events").set(if on { 1.0 } else { 0.0 });
+    }
+
+    /// Whether the reader is subscribed to the bus's events right now.
+    pub fn following_events(&self) -> bool {
+        self.following_events.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Empties every cache (indexes and sidecars), as a restart would: the next read of
@@ -156,6 +204,10 @@ impl Sidecars for Reader {
                 ShardError::Store(error) => ShardError::Store(StoreError::new(error.kind, &error.key, &error.message)),
                 other => ShardError::Store(StoreError::new(StoreErrorKind::Other, segment_key, other.to_string())),
             })
+    }
+
+    async fn forget(&self, segment_key: &str) {
+        self.invalidate(segment_key).await;
     }
 }
 

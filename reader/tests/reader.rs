@@ -145,43 +145,79 @@ async fn bad_requests_each_get_their_own_status_and_code() {
     assert_eq!(status, StatusCode::OK, "the service stays up after bad requests");
 }
 
+fn tombstone(request_id: &str) -> Tombstone {
+    Tombstone {
+        at: Timestamp::parse("2026-11-25T10:00:00Z").unwrap(),
+        reason: TombstoneReason::GdprErasure,
+        request_id: request_id.into(),
+        operator: "op-1".into(),
+    }
+}
+
+/// Tombstones `uid` in `key`'s sidecar as a writer must: the segment is tagged before its
+/// first sidecar exists.
+async fn write_tombstone(store: &LocalStore, key: &str, uid: &str, request_id: &str) {
+    vera_store::shards::mark_has_sidecar(store, key).await.unwrap();
+    let sidecar_key = vera_protocol::routing::sidecar_key_of(key);
+    let (mut sidecar, options) = match store.get(&sidecar_key).await {
+        Ok(got) => (Sidecar::decode(&got.body).unwrap(), PutOptions::update(got.meta.etag)),
+        Err(_) => {
+            let hash = blake3::hash(&store.get(key).await.unwrap().body);
+            (Sidecar::new(key.to_owned(), *hash.as_bytes()), PutOptions::create())
+        }
+    };
+    sidecar.tombstone(uid, tombstone(request_id)).unwrap();
+    store.put(&sidecar_key, bytes::Bytes::from(sidecar.encode()), options).await.unwrap();
+}
+
 #[tokio::test]
-async fn a_tombstone_answers_410_after_the_ttl_or_at_once_on_invalidation() {
+async fn a_tombstone_answers_410_at_once_for_a_new_sidecar_else_after_the_ttl_or_on_invalidation() {
     let dir = tempfile::tempdir().unwrap();
     let store = packed_store(dir.path()).await;
-    let (reader, app) = service(Arc::new(store.clone()), Duration::from_millis(300));
+    let (reader, app) = service(Arc::new(store.clone()), Duration::from_secs(30));
     let (status, _, _) = call(&app, "GET", &url(5), &[]).await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(reader.sidecar_fetches(), 0, "an untagged segment has no sidecar to read");
 
     let addr = routing().locate("r0005", Timestamp::parse(&created_at(5)).unwrap()).unwrap();
     let key = addr.segment_key(0);
-    let hash = blake3::hash(&store.get(&key).await.unwrap().body);
-    let mut sidecar = Sidecar::new(key.clone(), *hash.as_bytes());
-    let tombstone = Tombstone {
-        at: Timestamp::parse("2026-11-25T10:00:00Z").unwrap(),
-        reason: TombstoneReason::GdprErasure,
-        request_id: "req-1".into(),
-        operator: "op-1".into(),
-    };
-    sidecar.tombstone("r0005", tombstone).unwrap();
-    store.put(&addr.sidecar_key(0), bytes::Bytes::from(sidecar.encode()), PutOptions::create()).await.unwrap();
+    let mut others = (1..=ROWS).filter(|id| {
+        *id != 5 && routing().locate(&format!("r{id:04}"), Timestamp::parse(&created_at(*id)).unwrap()).unwrap() == addr
+    });
+    let second = others.next().unwrap();
 
-    let (status, _, _) = call(&app, "GET", &url(5), &[]).await;
-    assert_eq!(status, StatusCode::OK, "the cached sidecar (no tombstones) is trusted for its TTL");
-    reader.invalidate(&key).await;
+    // The segment's first sidecar: the data GET reports the new tag, so the very next
+    // read checks the sidecar and answers 410, with no TTL to wait out.
+    write_tombstone(&store, &key, "r0005", "req-1").await;
     let (status, _, body) = call(&app, "GET", &url(5), &[]).await;
+    assert_eq!((status, error_code(&body).as_str()), (StatusCode::GONE, "gone"));
+    let (status, _, _) = call(&app, "GET", &url(second), &[]).await;
+    assert_eq!(status, StatusCode::OK, "only the erased file is gone");
+
+    // A later tombstone in a segment whose sidecar is cached waits for the TTL or an
+    // invalidation (a bus event).
+    write_tombstone(&store, &key, &format!("r{second:04}"), "req-2").await;
+    let (status, _, _) = call(&app, "GET", &url(second), &[]).await;
+    assert_eq!(status, StatusCode::OK, "the cached sidecar is trusted for its TTL");
+    reader.invalidate(&key).await;
+    let (status, _, body) = call(&app, "GET", &url(second), &[]).await;
     assert_eq!((status, error_code(&body).as_str()), (StatusCode::GONE, "gone"));
 
     let (_, app) = service(Arc::new(store.clone()), Duration::from_millis(300));
+    for id in [5, second] {
+        let (status, _, _) = call(&app, "GET", &url(id), &[]).await;
+        assert_eq!(status, StatusCode::GONE, "a fresh reader sees both tombstones");
+    }
+    let third = others.next().unwrap();
+    let (status, _, _) = call(&app, "GET", &url(third), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    write_tombstone(&store, &key, &format!("r{third:04}"), "req-3").await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let (status, _, _) = call(&app, "GET", &url(5), &[]).await;
-    assert_eq!(status, StatusCode::GONE);
-    let others = (1..=ROWS).filter(|id| {
-        *id != 5 && routing().locate(&format!("r{id:04}"), Timestamp::parse(&created_at(*id)).unwrap()).unwrap() == addr
-    });
+    let (status, _, _) = call(&app, "GET", &url(third), &[]).await;
+    assert_eq!(status, StatusCode::GONE, "the cached sidecar is read again once its TTL lapses");
     for id in others.take(3) {
         let (status, _, _) = call(&app, "GET", &url(id), &[]).await;
-        assert_eq!(status, StatusCode::OK, "only the erased file is gone");
+        assert_eq!(status, StatusCode::OK, "only the erased files are gone");
     }
 }
 
@@ -317,4 +353,75 @@ async fn uids_with_spaces_and_unicode_are_not_malformed() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: a valid uid that is not stored");
         assert!(String::from_utf8_lossy(&body).contains("not_found"));
     }
+}
+
+#[tokio::test]
+async fn a_tombstone_event_on_the_bus_drops_the_cached_sidecar_before_its_ttl() {
+    use futures::StreamExt;
+    use vera_bus::Bus;
+    use vera_protocol::message::{Envelope, Message, TombstoneRequested};
+    let dir = tempfile::tempdir().unwrap();
+    let store = packed_store(dir.path()).await;
+    let bus: Arc<dyn Bus> =
+        Arc::new(vera_bus::sqlite::SqliteBus::open(dir.path().join("bus.sqlite"), 3).await.unwrap());
+    bus.ensure_topics(&vera_bus::topics::ALL).await.unwrap();
+    // A TTL far longer than the test: only the event can make the reader read the sidecar again.
+    let (reader, app) = service(Arc::new(store.clone()), Duration::from_secs(3600));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let follower = vera_reader::events::spawn(reader.clone(), bus.clone(), shutdown.clone());
+
+    let addr = routing().locate("r0005", Timestamp::parse(&created_at(5)).unwrap()).unwrap();
+    let key = addr.segment_key(0);
+    let second = (1..=ROWS)
+        .find(|id| {
+            *id != 5
+                && routing().locate(&format!("r{id:04}"), Timestamp::parse(&created_at(*id)).unwrap()).unwrap() == addr
+        })
+        .unwrap();
+    write_tombstone(&store, &key, "r0005", "req-1").await;
+    let (status, _, _) = call(&app, "GET", &url(5), &[]).await;
+    assert_eq!(status, StatusCode::GONE);
+    let (status, _, _) = call(&app, "GET", &url(second), &[]).await;
+    assert_eq!(status, StatusCode::OK, "read with the sidecar now cached for an hour");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !reader.following_events() {
+        assert!(tokio::time::Instant::now() < deadline, "the reader subscribes to events");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A second subscriber shows the event was fanned out, and the tracker's consumers
+    // still get it from the queue.
+    let mut witness = bus.subscribe(vera_bus::topics::EVENTS).await.unwrap();
+    write_tombstone(&store, &key, &format!("r{second:04}"), "req-2").await;
+    let (status, _, _) = call(&app, "GET", &url(second), &[]).await;
+    assert_eq!(status, StatusCode::OK, "without an event the cached sidecar still answers");
+    let at = Timestamp::parse("2026-11-25T10:00:00Z").unwrap();
+    let event = Message::TombstoneRequested(TombstoneRequested {
+        request_id: "req-2".into(),
+        uid: format!("r{second:04}"),
+        created_at: Timestamp::parse(&created_at(second)).unwrap(),
+        addr,
+        reason: TombstoneReason::GdprErasure,
+        operator: "op-1".into(),
+        requested_at: at,
+    });
+    let envelope = Envelope::new("tombstone/req-2", at, event);
+    let payload = bytes::Bytes::from(envelope.encode());
+    bus.publish(vera_bus::topics::EVENTS, vec![vera_bus::Outgoing { key: envelope.ordering_key(), payload }])
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), witness.next()).await.unwrap().unwrap().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _, _) = call(&app, "GET", &url(second), &[]).await;
+        if status == StatusCode::GONE {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the event made the reader read the sidecar again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let claimed = bus.claim(vera_bus::topics::EVENTS, 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the queue's consumers still get the event once");
+    shutdown.cancel();
+    follower.await.unwrap();
 }

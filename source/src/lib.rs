@@ -70,6 +70,22 @@ pub trait Source: Send + Sync + 'static {
     /// `None` when there is no row past `after`.
     async fn next_slot(&self, after: i64, max_rows: u64, max_bytes: u64) -> Result<Option<Slot>, SourceError>;
 
+    /// [`Source::next_slot`], but a slot that a limit cut inside a time slice of `routing`
+    /// (a day, under daily buckets) ends instead at the last slice boundary in it, as long
+    /// as that keeps at least half its rows: each address of a slice is then written by
+    /// one task, as one segment, and a reader finds its files in generation 0. Rows out of
+    /// `created_at` order only make slots a little shorter. The default does not align.
+    async fn next_slot_aligned(
+        &self,
+        after: i64,
+        max_rows: u64,
+        max_bytes: u64,
+        routing: &vera_protocol::routing::RoutingTable,
+    ) -> Result<Option<Slot>, SourceError> {
+        let _ = routing;
+        self.next_slot(after, max_rows, max_bytes).await
+    }
+
     /// Streams the slot's rows (`after < watermark <= up_to`) in watermark order.
     fn read_slot(&self, slot: Slot) -> BoxStream<'_, Result<SourceRow, SourceError>>;
 }

@@ -66,8 +66,10 @@ pub(crate) fn next_slot_sql(dialect: Dialect, mapping: &SourceMapping) -> String
         PayloadKind::Path { .. } => dialect.as_bigint("0"),
     };
     format!(
-        "SELECT {wm} AS wm, {size} AS size FROM {table} WHERE {watermark} > {p1} ORDER BY {watermark} LIMIT {p2}",
+        "SELECT {wm} AS wm, {size} AS size, {created_at} AS created_at FROM {table} WHERE {watermark} > {p1} \
+         ORDER BY {watermark} LIMIT {p2}",
         wm = dialect.as_bigint(&watermark),
+        created_at = dialect.as_text(&dialect.quote(&mapping.created_at_column)),
         table = dialect.quote(&mapping.table),
         p1 = dialect.placeholder(1),
         p2 = dialect.placeholder(2),
@@ -140,6 +142,90 @@ where
     })
 }
 
+/// Cuts one slot from rows in watermark order: at most `max_rows` rows and `max_bytes`
+/// inline bytes (always at least one row), and with a routing table, back to the last
+/// time-slice boundary when a limit cut the slot inside a slice (see
+/// [`crate::Source::next_slot_aligned`]).
+pub struct SlotCutter<'a> {
+    after: i64,
+    max_rows: u64,
+    max_bytes: u64,
+    align: Option<&'a vera_protocol::routing::RoutingTable>,
+    slot: Option<Slot>,
+    /// The slice of the last row taken.
+    last_slice: Option<(u16, i32)>,
+    /// The slot as it was just before the last change of slice.
+    before_last_change: Option<Slot>,
+    /// `Some(slice of the first row left out)` once a limit cut the slot.
+    cut_before: Option<Option<(u16, i32)>>,
+}
+
+impl<'a> SlotCutter<'a> {
+    pub fn new(
+        after: i64,
+        max_rows: u64,
+        max_bytes: u64,
+        align: Option<&'a vera_protocol::routing::RoutingTable>,
+    ) -> Self {
+        SlotCutter {
+            after,
+            max_rows: max_rows.max(1),
+            max_bytes,
+            align,
+            slot: None,
+            last_slice: None,
+            before_last_change: None,
+            cut_before: None,
+        }
+    }
+
+    pub fn after(&self) -> i64 {
+        self.after
+    }
+
+    /// Rows to ask for: one past the row limit, to see the next slot's first row.
+    pub fn query_limit(&self) -> i64 {
+        i64::try_from(self.max_rows.saturating_add(1)).unwrap_or(i64::MAX)
+    }
+
+    fn slice(&self, created_at: Option<&str>) -> Option<(u16, i32)> {
+        let routing = self.align?;
+        let at = vera_protocol::Timestamp::parse(&normalize_sql_timestamp(created_at?)).ok()?;
+        routing.time_slice(at).ok()
+    }
+
+    /// Offers the next row; `false` when it does not fit (the slot is complete).
+    pub fn push(&mut self, watermark: i64, size: u64, created_at: Option<&str>) -> bool {
+        let slice = self.slice(created_at);
+        let full = self.slot.as_ref().is_some_and(|slot| slot.rows >= self.max_rows);
+        // The slot as it stands, before this row: it ends on a slice boundary if the row
+        // starts a new slice.
+        let before = self.slot;
+        if full || !grow_slot(&mut self.slot, self.after, watermark, size, self.max_bytes) {
+            self.cut_before = Some(slice);
+            return false;
+        }
+        if let Some(slice) = slice {
+            if self.last_slice.is_some_and(|last| last != slice) && before.is_some() {
+                self.before_last_change = before;
+            }
+            self.last_slice = Some(slice);
+        }
+        true
+    }
+
+    /// The slot, cut back to its last slice boundary when a limit cut it inside a slice.
+    pub fn finish(self) -> Option<Slot> {
+        let slot = self.slot?;
+        let Some(next_slice) = self.cut_before else { return Some(slot) };
+        let inside_a_slice = next_slice.is_none() || next_slice == self.last_slice;
+        match self.before_last_change {
+            Some(before) if inside_a_slice && before.rows * 2 >= slot.rows => Some(before),
+            _ => Some(slot),
+        }
+    }
+}
+
 /// Grows a slot by one row; `false` when the row does not fit (the slot is complete).
 pub(crate) fn grow_slot(slot: &mut Option<Slot>, after: i64, watermark: i64, size: u64, max_bytes: u64) -> bool {
     match slot {
@@ -194,6 +280,30 @@ pub fn normalize_sql_timestamp(text: &str) -> String {
 /// bounds over `Database` would cost more lines than they save, so a macro it is.
 macro_rules! impl_sql_source {
     ($source:ty, $dialect:expr) => {
+        impl $source {
+            /// Feeds the rows after the cutter's watermark (one more than its row limit,
+            /// to see where the next slot would start) until the slot is complete.
+            async fn cut_slot(
+                &self,
+                mut cutter: $crate::sql::SlotCutter<'_>,
+            ) -> Result<Option<vera_protocol::message::Slot>, $crate::SourceError> {
+                use futures::StreamExt;
+                use sqlx::Row;
+                let sql = $crate::sql::next_slot_sql($dialect, &self.mapping);
+                let mut rows = sqlx::query(&sql).bind(cutter.after()).bind(cutter.query_limit()).fetch(&self.pool);
+                while let Some(row) = rows.next().await {
+                    let row = row.map_err($crate::SourceError::Query)?;
+                    let watermark: i64 = row.try_get("wm").map_err($crate::SourceError::Query)?;
+                    let size = row.try_get::<i64, _>("size").map_err($crate::SourceError::Query)?;
+                    let created_at: Option<String> = row.try_get("created_at").map_err($crate::SourceError::Query)?;
+                    if !cutter.push(watermark, u64::try_from(size).unwrap_or(0), created_at.as_deref()) {
+                        break;
+                    }
+                }
+                Ok(cutter.finish())
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::Source for $source {
             fn name(&self) -> &str {
@@ -206,22 +316,17 @@ macro_rules! impl_sql_source {
                 max_rows: u64,
                 max_bytes: u64,
             ) -> Result<Option<vera_protocol::message::Slot>, $crate::SourceError> {
-                use futures::StreamExt;
-                use sqlx::Row;
-                let sql = $crate::sql::next_slot_sql($dialect, &self.mapping);
-                let limit = i64::try_from(max_rows.max(1)).unwrap_or(i64::MAX);
-                let mut rows = sqlx::query(&sql).bind(after).bind(limit).fetch(&self.pool);
-                let mut slot = None;
-                while let Some(row) = rows.next().await {
-                    let row = row.map_err($crate::SourceError::Query)?;
-                    let watermark: i64 = row.try_get("wm").map_err($crate::SourceError::Query)?;
-                    let size = row.try_get::<i64, _>("size").map_err($crate::SourceError::Query)?;
-                    if !$crate::sql::grow_slot(&mut slot, after, watermark, u64::try_from(size).unwrap_or(0), max_bytes)
-                    {
-                        break;
-                    }
-                }
-                Ok(slot)
+                self.cut_slot($crate::sql::SlotCutter::new(after, max_rows, max_bytes, None)).await
+            }
+
+            async fn next_slot_aligned(
+                &self,
+                after: i64,
+                max_rows: u64,
+                max_bytes: u64,
+                routing: &vera_protocol::routing::RoutingTable,
+            ) -> Result<Option<vera_protocol::message::Slot>, $crate::SourceError> {
+                self.cut_slot($crate::sql::SlotCutter::new(after, max_rows, max_bytes, Some(routing))).await
             }
 
             fn read_slot(

@@ -55,3 +55,45 @@ async fn path_payloads_resolve_against_base_dir_and_bad_identifiers_are_refused(
     let hostile = SourceMapping { table: "docs; DROP TABLE docs".into(), ..mapping };
     assert!(SqliteSource::open("docs", &path, hostile).await.is_err());
 }
+
+/// `day1` rows on 2026-11-01 (watermarks from 1), then `day2` rows on 2026-11-02.
+async fn two_days(dir: &std::path::Path, day1: i64, day2: i64) -> SqliteSource {
+    let path = dir.join(format!("days-{day1}-{day2}.sqlite"));
+    let mut connection = vera_source::sqlite::create_demo_database(&path).await.unwrap();
+    for id in 1..=day1 + day2 {
+        let day = if id <= day1 { 1 } else { 2 };
+        sqlx::query("INSERT INTO files VALUES (?, ?, ?, 'text/plain', ?)")
+            .bind(id)
+            .bind(format!("u{id}"))
+            .bind(format!("2026-11-0{day}T{:02}:00:00Z", id % 24))
+            .bind(b"0123456789".to_vec())
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    SqliteSource::open("days", &path, SourceMapping::demo()).await.unwrap()
+}
+
+#[tokio::test]
+async fn aligned_slots_end_on_day_boundaries_when_a_limit_cuts_inside_a_day() {
+    use vera_protocol::routing::{RoutingEpoch, RoutingTable};
+    let routing = RoutingTable::single(RoutingEpoch::v1(2).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let source = two_days(dir.path(), 10, 10).await;
+    let cut = |slot: Option<vera_protocol::message::Slot>| slot.map(|s| (s.after, s.up_to, s.rows, s.bytes));
+
+    // 15 rows would take 5 of day 2: the slot ends with day 1 instead.
+    assert_eq!(cut(source.next_slot(0, 15, u64::MAX).await.unwrap()), Some((0, 15, 15, 150)), "unaligned");
+    assert_eq!(cut(source.next_slot_aligned(0, 15, u64::MAX, &routing).await.unwrap()), Some((0, 10, 10, 100)));
+    // The tail is not cut by a limit: nothing to align.
+    assert_eq!(cut(source.next_slot_aligned(10, 15, u64::MAX, &routing).await.unwrap()), Some((10, 20, 10, 100)));
+    // A limit that already falls on the boundary keeps the slot whole.
+    assert_eq!(cut(source.next_slot_aligned(0, 10, u64::MAX, &routing).await.unwrap()), Some((0, 10, 10, 100)));
+    // The byte limit aligns the same way (12 rows fit in 125 bytes).
+    assert_eq!(cut(source.next_slot_aligned(0, 100, 125, &routing).await.unwrap()), Some((0, 10, 10, 100)));
+    // Cutting back would keep less than half the slot: it stays as the limit cut it.
+    let early = two_days(dir.path(), 3, 17).await;
+    assert_eq!(cut(early.next_slot_aligned(0, 15, u64::MAX, &routing).await.unwrap()), Some((0, 15, 15, 150)));
+    // Inside one day there is no boundary to cut at.
+    assert_eq!(cut(early.next_slot_aligned(3, 5, u64::MAX, &routing).await.unwrap()), Some((3, 8, 5, 50)));
+}

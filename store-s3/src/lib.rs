@@ -41,7 +41,7 @@ use vera_protocol::Timestamp;
 use vera_store::upload::UploadSource;
 use vera_store::{
     GetOutcome, GovernanceBypass, LockMode, ObjectMeta, ObjectStore, PutMode, PutOptions, PutOutcome, Retention,
-    StoreError, StoreErrorKind, validate_key,
+    StoreError, StoreErrorKind, TagCount, validate_key,
 };
 
 /// Where the bucket is and how to reach it. No credentials here: they come from the
@@ -576,6 +576,11 @@ macro_rules! object_meta {
     };
 }
 
+/// `x-amz-tagging-count` as a [`TagCount`]: S3 leaves the header out when there are none.
+fn tag_count(header: Option<i32>) -> TagCount {
+    Some(header.map_or(0, |n| u32::try_from(n).unwrap_or(0)))
+}
+
 async fn collect_body(key: &str, body: ByteStream) -> Result<Bytes, StoreError> {
     Ok(body
         .collect()
@@ -693,10 +698,20 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        Ok(self.get_range_tagged(key, range).await?.0)
+    }
+
+    async fn get_suffix(&self, key: &str, len: u64) -> Result<(Bytes, u64), StoreError> {
+        let (bytes, total, _) = self.get_suffix_tagged(key, len).await?;
+        Ok((bytes, total))
+    }
+
+    /// S3 sends `x-amz-tagging-count` only when the object has tags: absent means 0.
+    async fn get_range_tagged(&self, key: &str, range: Range<u64>) -> Result<(Bytes, TagCount), StoreError> {
         validate_key(key)?;
         if range.start >= range.end {
             if range.start == range.end {
-                return Ok(Bytes::new());
+                return Ok((Bytes::new(), None));
             }
             return Err(StoreError::new(StoreErrorKind::InvalidInput, key, "empty or inverted range"));
         }
@@ -710,6 +725,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| map_error(key, e, Op::Read))?;
+        let tags = tag_count(output.tag_count());
         let body = collect_body(key, output.body).await?;
         if body.len() as u64 != range.end - range.start {
             return Err(StoreError::new(
@@ -718,10 +734,10 @@ impl ObjectStore for S3Store {
                 format!("range {}..{} not satisfiable: got {} bytes", range.start, range.end, body.len()),
             ));
         }
-        Ok(body)
+        Ok((body, tags))
     }
 
-    async fn get_suffix(&self, key: &str, len: u64) -> Result<(Bytes, u64), StoreError> {
+    async fn get_suffix_tagged(&self, key: &str, len: u64) -> Result<(Bytes, u64, TagCount), StoreError> {
         validate_key(key)?;
         let request = self.client.get_object().bucket(&self.bucket).key(key).range(format!("bytes=-{}", len.max(1)));
         let sent = if self.suffix_fallback {
@@ -739,8 +755,8 @@ impl ObjectStore for S3Store {
                 let object_len = object_len.ok_or_else(|| {
                     StoreError::new(StoreErrorKind::Other, key, "HEAD answered without a Content-Length")
                 })?;
-                let tail = self.get_range(key, object_len.saturating_sub(len)..object_len).await?;
-                return Ok((tail, object_len));
+                let (tail, tags) = self.get_range_tagged(key, object_len.saturating_sub(len)..object_len).await?;
+                return Ok((tail, object_len, tags));
             }
             Err(error) => return Err(map_error(key, error, Op::Read)),
         };
@@ -748,10 +764,11 @@ impl ObjectStore for S3Store {
             .content_range()
             .and_then(|range| range.rsplit('/').next())
             .and_then(|total| total.parse::<u64>().ok());
+        let tags = tag_count(output.tag_count());
         let body = collect_body(key, output.body).await?;
         // Without Content-Range the server sent the whole (short) object.
         let total = total.unwrap_or(body.len() as u64);
-        Ok((body, total))
+        Ok((body, total, tags))
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {

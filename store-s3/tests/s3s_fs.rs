@@ -55,3 +55,24 @@ async fn suffix_reads_of_short_objects_fall_back_to_head_and_range() {
     let error = store.get_suffix("missing", 1000).await.unwrap_err();
     assert_eq!(error.kind, StoreErrorKind::NotFound);
 }
+
+/// Readers skip the sidecar of a segment whose GETs report no tags, so a server must
+/// never report 0 tags for a segment a writer tagged. Either the tag cannot be written
+/// (then the tombstone is never written either: the writer fails, loudly), or reads
+/// report it.
+#[tokio::test]
+async fn a_server_either_refuses_the_sidecar_tag_or_reports_it_on_reads() {
+    use vera_store::{ObjectStore, PutOptions};
+    let bucket = format!("vera-s3s-{:08x}", rand::random::<u32>());
+    let setup = BucketSetup { default_retention: None, allow_without_object_lock: true };
+    let store = s3(&bucket);
+    ensure_bucket(&store, setup).await.unwrap();
+    store.put("segment.vera", bytes::Bytes::from_static(b"0123456789"), PutOptions::create()).await.unwrap();
+    match vera_store::shards::mark_has_sidecar(&store, "segment.vera").await {
+        Err(error) => assert_eq!(error.kind, StoreErrorKind::Config, "refused as unsupported: {error}"),
+        Ok(()) => {
+            let (_, tags) = store.get_range_tagged("segment.vera", 0..4).await.unwrap();
+            assert_eq!(tags, Some(1), "a server that stores the tag must report it on GET");
+        }
+    }
+}

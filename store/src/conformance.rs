@@ -39,6 +39,7 @@ pub async fn run_all(store: &dyn ObjectStore, time: &impl TimeControl) {
     create_if_absent(store, &prefix).await;
     compare_and_swap(store, &prefix).await;
     reads(store, &prefix).await;
+    reads_report_tag_counts(store, &prefix).await;
     list_by_prefix(store, &prefix).await;
     retention_and_legal_hold(store, &prefix, time).await;
     bad_keys(store).await;
@@ -130,6 +131,30 @@ pub async fn reads(store: &dyn ObjectStore, prefix: &str) {
     assert_eq!((whole.len(), total), (10_000, 10_000));
     assert!(store.get_range(&key, 9_000..10_001).await.is_err(), "range past the end must fail");
     assert_eq!(store.head(&key).await.expect("head").len, 10_000);
+}
+
+/// Ranged reads report the object's tag count as of the read (a store that reports
+/// nothing must say `None`, never a wrong count), and `add_tag` keeps the other tags.
+pub async fn reads_report_tag_counts(store: &dyn ObjectStore, prefix: &str) {
+    let key = format!("{prefix}/tagged/data.bin");
+    store.put(&key, Bytes::from_static(b"0123456789"), PutOptions::create()).await.expect("put");
+    let (bytes, before) = store.get_range_tagged(&key, 2..5).await.expect("range");
+    assert_eq!(&bytes[..], b"234");
+    let (suffix, total, suffix_before) = store.get_suffix_tagged(&key, 3).await.expect("suffix");
+    assert_eq!((&suffix[..], total), (&b"789"[..], 10));
+    assert!(matches!(before, None | Some(0)), "untagged: {before:?}");
+    assert_eq!(before, suffix_before);
+    crate::shards::mark_has_sidecar(store, &key).await.expect("tag");
+    crate::shards::add_tag(store, &key, ("vera-state", "superseded")).await.expect("second tag");
+    crate::shards::mark_has_sidecar(store, &key).await.expect("tagging twice is a no-op");
+    assert_eq!(store.tags(&key).await.expect("tags").len(), 2, "add_tag keeps the other tags");
+    let (_, after) = store.get_range_tagged(&key, 0..1).await.expect("range");
+    let (_, _, suffix_after) = store.get_suffix_tagged(&key, 1).await.expect("suffix");
+    if before.is_some() {
+        assert_eq!((after, suffix_after), (Some(2), Some(2)), "a store that counts tags counts them right");
+    } else {
+        assert_eq!((after, suffix_after), (None, None));
+    }
 }
 
 pub async fn list_by_prefix(store: &dyn ObjectStore, prefix: &str) {

@@ -116,6 +116,20 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         Ok((bytes, total))
     }
 
+    async fn get_range_tagged(&self, key: &str, range: Range<u64>) -> Result<(Bytes, crate::TagCount), StoreError> {
+        bump(&self.counts.gets, 1);
+        let (bytes, tags) = self.inner.get_range_tagged(key, range).await?;
+        bump(&self.counts.bytes_got, bytes.len() as u64);
+        Ok((bytes, tags))
+    }
+
+    async fn get_suffix_tagged(&self, key: &str, len: u64) -> Result<(Bytes, u64, crate::TagCount), StoreError> {
+        bump(&self.counts.gets, 1);
+        let (bytes, total, tags) = self.inner.get_suffix_tagged(key, len).await?;
+        bump(&self.counts.bytes_got, bytes.len() as u64);
+        Ok((bytes, total, tags))
+    }
+
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         bump(&self.counts.heads, 1);
         self.inner.head(key).await

@@ -87,6 +87,20 @@ impl<S: ObjectStore> ObjectStore for FlakyStore<S> {
         self.inner.get_suffix(key, len).await
     }
 
+    async fn get_range_tagged(&self, key: &str, range: Range<u64>) -> Result<(Bytes, crate::TagCount), StoreError> {
+        if self.roll() {
+            return Err(Self::fault(key, "get_range"));
+        }
+        self.inner.get_range_tagged(key, range).await
+    }
+
+    async fn get_suffix_tagged(&self, key: &str, len: u64) -> Result<(Bytes, u64, crate::TagCount), StoreError> {
+        if self.roll() {
+            return Err(Self::fault(key, "get_suffix"));
+        }
+        self.inner.get_suffix_tagged(key, len).await
+    }
+
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         if self.roll() {
             return Err(Self::fault(key, "head"));

@@ -30,6 +30,9 @@ use bytes::Bytes;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{StoreError, StoreErrorKind};
+/// How many tags an object had, as a read reported it; `None` when the store cannot tell.
+pub type TagCount = Option<u32>;
+
 pub use types::{GetOutcome, LockMode, ObjectMeta, PutMode, PutOptions, PutOutcome, Retention};
 
 /// The storage operations VERA relies on. Keys are `/`-separated UTF-8 paths without
@@ -62,6 +65,19 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Reads the last `len` bytes (fewer if the object is shorter) and returns them with
     /// the object's total length: one request, like `Range: bytes=-len`.
     async fn get_suffix(&self, key: &str, len: u64) -> Result<(Bytes, u64), StoreError>;
+
+    /// [`ObjectStore::get_range`], also returning how many tags the object had when the
+    /// response was made (S3's `x-amz-tagging-count`, absent meaning none), in the same
+    /// request. `None`: this store does not report it, so nothing may be concluded.
+    async fn get_range_tagged(&self, key: &str, range: Range<u64>) -> Result<(Bytes, TagCount), StoreError> {
+        Ok((self.get_range(key, range).await?, None))
+    }
+
+    /// [`ObjectStore::get_suffix`] with the tag count, as [`ObjectStore::get_range_tagged`].
+    async fn get_suffix_tagged(&self, key: &str, len: u64) -> Result<(Bytes, u64, TagCount), StoreError> {
+        let (bytes, total) = self.get_suffix(key, len).await?;
+        Ok((bytes, total, None))
+    }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
 
@@ -163,6 +179,14 @@ impl ObjectStore for std::sync::Arc<dyn ObjectStore> {
 
     async fn get_suffix(&self, key: &str, len: u64) -> Result<(Bytes, u64), StoreError> {
         (**self).get_suffix(key, len).await
+    }
+
+    async fn get_range_tagged(&self, key: &str, range: Range<u64>) -> Result<(Bytes, TagCount), StoreError> {
+        (**self).get_range_tagged(key, range).await
+    }
+
+    async fn get_suffix_tagged(&self, key: &str, len: u64) -> Result<(Bytes, u64, TagCount), StoreError> {
+        (**self).get_suffix_tagged(key, len).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {

@@ -380,6 +380,11 @@ impl Inner {
         self.write_lock_state(key, &state)
     }
 
+    /// Tags on the object, read after its bytes (so at least as new as they are).
+    fn tag_count(&self, key: &str) -> Result<u32, StoreError> {
+        Ok(u32::try_from(self.lock_state(key)?.tags.len()).unwrap_or(u32::MAX))
+    }
+
     fn tags(&self, key: &str) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
         if !self.object_path(key).exists() {
             return Err(StoreError::new(StoreErrorKind::NotFound, key, "no such object"));
@@ -501,6 +506,24 @@ impl ObjectStore for LocalStore {
     async fn get_suffix(&self, key: &str, len: u64) -> Result<(Bytes, u64), StoreError> {
         let key_owned = key.to_owned();
         self.blocking(key, move |inner| inner.get_suffix(&key_owned, len)).await
+    }
+
+    async fn get_range_tagged(&self, key: &str, range: Range<u64>) -> Result<(Bytes, crate::TagCount), StoreError> {
+        let key_owned = key.to_owned();
+        self.blocking(key, move |inner| {
+            let bytes = inner.get_range(&key_owned, range)?;
+            Ok((bytes, Some(inner.tag_count(&key_owned)?)))
+        })
+        .await
+    }
+
+    async fn get_suffix_tagged(&self, key: &str, len: u64) -> Result<(Bytes, u64, crate::TagCount), StoreError> {
+        let key_owned = key.to_owned();
+        self.blocking(key, move |inner| {
+            let (bytes, total) = inner.get_suffix(&key_owned, len)?;
+            Ok((bytes, total, Some(inner.tag_count(&key_owned)?)))
+        })
+        .await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {

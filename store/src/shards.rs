@@ -3,9 +3,10 @@
 //! Segments under an address are named by generation (`g000000.vera`, `g000001.vera`,
 //! …), so a reader probes generation 0 first, then 1, and stops at the first missing key
 //! — no LIST. An index costs one suffix GET (two if it outgrew the suffix) and is cached;
-//! a file then costs one range GET. Before it, the segment's sidecar (from a [`Sidecars`]
-//! source: the store, or a reader's short-lived cache) says whether the file is
-//! tombstoned and whether a repack superseded the segment ([`ShardStore::locate`]).
+//! a file then costs one range GET. The segment's sidecar (from a [`Sidecars`] source:
+//! the store, or a reader's short-lived cache) says whether the file is tombstoned and
+//! whether a repack superseded the segment ([`ShardStore::locate`]); a segment that every
+//! GET reports untagged has no sidecar ([`SIDECAR_TAG`]), so its reads skip it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,7 +23,16 @@ use crate::{ObjectStore, StoreError, StoreErrorKind};
 pub const META_OBJECT_HASH: &str = "vera-object-blake3";
 
 /// Default suffix read: footer plus, usually, the whole index region.
-pub const DEFAULT_SUFFIX_BYTES: u64 = 64 * 1024;
+pub const DEFAULT_SUFFIX_BYTES: u64 = 256 * 1024;
+
+/// The object tag a writer sets on a segment before it creates the segment's first
+/// `.vera.meta` sidecar (FORMAT.md §5, "The sidecar tag"). A read that reports the segment untagged
+/// therefore proves it has no sidecar, so no tombstone and no repack: the read path
+/// skips the sidecar GET. Other tags (the archive tag) only make the read check the sidecar.
+pub const SIDECAR_TAG: (&str, &str) = ("vera-sidecar", "1");
+
+/// Segments whose last reported tag count the store remembers.
+const TAG_COUNT_CAPACITY: u64 = 100_000;
 
 /// Default memory budget of the index cache.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
@@ -69,6 +79,12 @@ impl ShardError {
 #[async_trait::async_trait]
 pub trait Sidecars: Send + Sync {
     async fn sidecar(&self, segment_key: &str) -> Result<Option<Arc<Sidecar>>, ShardError>;
+
+    /// Drops anything remembered about this segment's sidecar: the read path saw the
+    /// segment gain tags, so a sidecar it had none of may exist now.
+    async fn forget(&self, segment_key: &str) {
+        let _ = segment_key;
+    }
 }
 
 /// Sidecars read from the store on every call (one GET; 404 means none).
@@ -104,6 +120,28 @@ impl Sidecars for MemoSidecars<'_> {
         self.seen.insert(segment_key.to_owned(), found.clone());
         Ok(found)
     }
+
+    async fn forget(&self, segment_key: &str) {
+        self.seen.invalidate(segment_key);
+    }
+}
+
+/// Adds one tag to an object, keeping its others; does nothing if it is there already.
+pub async fn add_tag(store: &dyn ObjectStore, key: &str, (name, value): (&str, &str)) -> Result<(), StoreError> {
+    let mut tags = store.tags(key).await?;
+    if tags.get(name).map(String::as_str) == Some(value) {
+        return Ok(());
+    }
+    tags.insert(name.to_owned(), value.to_owned());
+    store.set_tags(key, &tags).await
+}
+
+/// Marks a segment as having a sidecar ([`SIDECAR_TAG`]). Every writer calls it before it
+/// creates a segment's first sidecar, so a reader that sees the segment untagged may
+/// skip the sidecar. A store without object tagging fails here, loudly, rather than
+/// leaving readers blind to the tombstones about to be written.
+pub async fn mark_has_sidecar(store: &dyn ObjectStore, segment_key: &str) -> Result<(), StoreError> {
+    add_tag(store, segment_key, SIDECAR_TAG).await
 }
 
 /// A segment's sidecar, if it has one.
@@ -155,6 +193,9 @@ pub struct ShardStore {
     limits: ReadLimits,
     indexes: moka::sync::Cache<String, Arc<SegmentIndex>>,
     lookups: Arc<[std::sync::atomic::AtomicU64; 2]>,
+    /// Tag counts the store reported for segments on their latest reads. Zero means no
+    /// sidecar (see [`SIDECAR_TAG`]); absent means unknown.
+    tag_counts: moka::sync::Cache<String, u32>,
 }
 
 /// The learned suffix never grows past this (a corrupt footer cannot make every later
@@ -179,6 +220,7 @@ impl ShardStore {
             limits: ReadLimits::default(),
             indexes: index_cache(DEFAULT_CACHE_BYTES),
             lookups: Arc::default(),
+            tag_counts: moka::sync::Cache::new(TAG_COUNT_CAPACITY),
         }
     }
 
@@ -247,7 +289,8 @@ impl ShardStore {
         }
         self.lookups[1].fetch_add(1, Ordering::Relaxed);
         let suffix_len = self.suffix_hint.load(Ordering::Relaxed).max(self.suffix_bytes);
-        let (suffix, object_len) = self.store.get_suffix(key, suffix_len).await?;
+        let (suffix, object_len, tags) = self.store.get_suffix_tagged(key, suffix_len).await?;
+        self.note_tags(key, tags);
         let segment_error = |source| ShardError::Segment { key: key.to_owned(), source };
         let index = match SegmentIndex::open_suffix(&suffix, object_len, &self.limits).map_err(segment_error)? {
             SuffixOpen::Ready(index) => *index,
@@ -282,10 +325,26 @@ impl ShardStore {
         self.indexes.invalidate(key);
     }
 
-    /// Empties the index cache, as a restart would (cold-read measurements).
+    /// Empties the index cache and the remembered tag counts, as a restart would
+    /// (cold-read measurements).
     pub fn forget_all(&self) {
         self.indexes.invalidate_all();
         self.indexes.run_pending_tasks();
+        self.tag_counts.invalidate_all();
+        self.tag_counts.run_pending_tasks();
+    }
+
+    /// Remembers what a read reported about a segment's tags.
+    fn note_tags(&self, key: &str, tags: crate::TagCount) {
+        match tags {
+            Some(count) => self.tag_counts.insert(key.to_owned(), count),
+            None => self.tag_counts.invalidate(key),
+        }
+    }
+
+    /// True when the latest read of this segment reported it untagged: it has no sidecar.
+    fn known_untagged(&self, key: &str) -> bool {
+        self.tag_counts.get(key) == Some(0)
     }
 
     /// Finds the segment holding `uid` now: probes generations 0, 1, … of its address
@@ -299,20 +358,39 @@ impl ShardStore {
         created_at: Timestamp,
         sidecars: &dyn Sidecars,
     ) -> Result<Located, ShardError> {
-        let addr =
-            routing.locate(uid, created_at).map_err(|source| ShardError::Routing { uid: uid.to_owned(), source })?;
-        let not_found = || ShardError::NotFound { uid: uid.to_owned(), prefix: addr.key_prefix() };
+        let addr = address(routing, uid, created_at)?;
+        let (key, index) = self.probe(&addr, uid).await?;
+        self.follow(addr, key, index, uid, sidecars).await
+    }
+
+    /// The packed segment of `addr` whose index lists `uid`: generation 0, 1, … until
+    /// the first missing one.
+    async fn probe(&self, addr: &ShardAddr, uid: &str) -> Result<(String, Arc<SegmentIndex>), ShardError> {
         let mut generation = 0u32;
-        let (mut key, mut index) = loop {
+        loop {
             let key = addr.segment_key(generation);
             match self.index(&key).await {
-                Ok(index) if index.find(uid).is_some() => break (key, index),
+                Ok(index) if index.find(uid).is_some() => return Ok((key, index)),
                 Ok(_) => {}
-                Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => return Err(not_found()),
+                Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => {
+                    return Err(not_found(uid, addr));
+                }
                 Err(other) => return Err(other),
             }
-            generation = generation.checked_add(1).ok_or_else(not_found)?;
-        };
+            generation = generation.checked_add(1).ok_or_else(|| not_found(uid, addr))?;
+        }
+    }
+
+    /// From the packed segment holding `uid`, through the sidecars' `superseded` links,
+    /// to the segment that holds it now (or that tombstoned it).
+    async fn follow(
+        &self,
+        addr: ShardAddr,
+        mut key: String,
+        mut index: Arc<SegmentIndex>,
+        uid: &str,
+        sidecars: &dyn Sidecars,
+    ) -> Result<Located, ShardError> {
         let broken = |key: &str, reason: &'static str| ShardError::Segment {
             key: key.to_owned(),
             source: ReadError::Corrupt { reason },
@@ -349,6 +427,11 @@ impl ShardStore {
     }
 
     /// [`ShardStore::read_file`] with sidecars from `sidecars` (a reader's cache).
+    ///
+    /// When the latest read of the segment reported no tags, the segment has no sidecar
+    /// ([`SIDECAR_TAG`]), so the read is the data GET alone; that GET reports the tags
+    /// again, and if the segment gained any, the sidecar is read (fresh) before the bytes
+    /// are returned. A cold read is thus the index suffix GET plus the data GET.
     pub async fn read_file_with(
         &self,
         routing: &RoutingTable,
@@ -356,7 +439,30 @@ impl ShardStore {
         created_at: Timestamp,
         sidecars: &dyn Sidecars,
     ) -> Result<FileRead, ShardError> {
-        let located = self.locate(routing, uid, created_at, sidecars).await?;
+        let addr = address(routing, uid, created_at)?;
+        let (key, index) = self.probe(&addr, uid).await?;
+        if self.known_untagged(&key) {
+            let file = index.find(uid).ok_or_else(|| not_found(uid, &addr))?;
+            match self.store.get_range_tagged(&key, file.entry.record_range()).await {
+                Ok((record, tags)) => {
+                    self.note_tags(&key, tags);
+                    if tags == Some(0) {
+                        return decode(&key, &index, file, &record, &self.limits);
+                    }
+                    // Tagged since: a sidecar may have appeared; read it fresh below.
+                    sidecars.forget(&key).await;
+                }
+                Err(error) => {
+                    self.tag_counts.invalidate(&key);
+                    // An archived (superseded) segment refuses reads: the sidecar path
+                    // below follows the repack instead. Anything else is the answer.
+                    if matches!(error.kind, StoreErrorKind::Transient | StoreErrorKind::NotFound) {
+                        return Err(error.into());
+                    }
+                }
+            }
+        }
+        let located = self.follow(addr, key, index, uid, sidecars).await?;
         if located.is_tombstoned(uid) {
             return Err(ShardError::Gone { uid: uid.to_owned(), key: located.key });
         }
@@ -364,11 +470,34 @@ impl ShardStore {
         let Some(file) = index.find(uid) else {
             return Err(ShardError::NotFound { uid: uid.to_owned(), prefix: key });
         };
-        let range = file.entry.record_range();
-        let record = self.store.get_range(&key, range).await?;
-        let bytes = index
-            .decode(file, &record, &self.limits)
-            .map_err(|source| ShardError::Segment { key: key.clone(), source })?;
-        Ok(FileRead { bytes, content_type: file.content_type.to_owned(), key, content_hash: file.entry.content_hash })
+        let (record, tags) = self.store.get_range_tagged(&key, file.entry.record_range()).await?;
+        self.note_tags(&key, tags);
+        decode(&key, &index, file, &record, &self.limits)
     }
+}
+
+fn address(routing: &RoutingTable, uid: &str, created_at: Timestamp) -> Result<ShardAddr, ShardError> {
+    routing.locate(uid, created_at).map_err(|source| ShardError::Routing { uid: uid.to_owned(), source })
+}
+
+fn not_found(uid: &str, addr: &ShardAddr) -> ShardError {
+    ShardError::NotFound { uid: uid.to_owned(), prefix: addr.key_prefix() }
+}
+
+/// Decodes one fetched record (with the segment's dictionary) and checks its BLAKE3.
+fn decode(
+    key: &str,
+    index: &SegmentIndex,
+    file: vera_protocol::shard::reader::FileRef<'_>,
+    record: &[u8],
+    limits: &ReadLimits,
+) -> Result<FileRead, ShardError> {
+    let bytes =
+        index.decode(file, record, limits).map_err(|source| ShardError::Segment { key: key.to_owned(), source })?;
+    Ok(FileRead {
+        bytes,
+        content_type: file.content_type.to_owned(),
+        key: key.to_owned(),
+        content_hash: file.entry.content_hash,
+    })
 }
