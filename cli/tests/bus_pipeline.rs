@@ -197,7 +197,9 @@ fn pipeline(bus: String, kind: SourceKind, broker_counts_crashed_deliveries: boo
     )
     .unwrap();
     let tasks = produced["slots_published"].as_u64().unwrap();
-    assert_eq!(tasks, FILES / 200, "{produced}");
+    assert_eq!(produced["rows_planned"].as_u64().unwrap(), FILES, "{produced}");
+    // Slots end on day boundaries where they can, so there may be more than FILES / 200.
+    assert!((FILES / 200..=2 * FILES / 200).contains(&tasks), "{produced}");
 
     let worker = |id: &str| {
         [
