@@ -73,8 +73,10 @@ pub trait Source: Send + Sync + 'static {
     /// [`Source::next_slot`], but a slot that a limit cut inside a time slice of `routing`
     /// (a day, under daily buckets) ends instead at the last slice boundary in it, as long
     /// as that keeps at least half its rows: each address of a slice is then written by
-    /// one task, as one segment, and a reader finds its files in generation 0. Rows out of
-    /// `created_at` order only make slots a little shorter. The default does not align.
+    /// one task, as one segment, and a reader finds its files in generation 0. A boundary
+    /// is where a later slice than any before it begins; a row of an earlier slice that
+    /// arrives late is none (it still adds a small segment to its own address). The
+    /// default does not align.
     async fn next_slot_aligned(
         &self,
         after: i64,

@@ -152,9 +152,10 @@ pub struct SlotCutter<'a> {
     max_bytes: u64,
     align: Option<&'a vera_protocol::routing::RoutingTable>,
     slot: Option<Slot>,
-    /// The slice of the last row taken.
-    last_slice: Option<(u16, i32)>,
-    /// The slot as it was just before the last change of slice.
+    /// The latest slice among the rows taken.
+    max_slice: Option<(u16, i32)>,
+    /// The slot as it was just before the row that started the latest slice. Rows of
+    /// earlier slices that arrive late (out of `created_at` order) start nothing.
     before_last_change: Option<Slot>,
     /// `Some(slice of the first row left out)` once a limit cut the slot.
     cut_before: Option<Option<(u16, i32)>>,
@@ -173,7 +174,7 @@ impl<'a> SlotCutter<'a> {
             max_bytes,
             align,
             slot: None,
-            last_slice: None,
+            max_slice: None,
             before_last_change: None,
             cut_before: None,
         }
@@ -205,11 +206,13 @@ impl<'a> SlotCutter<'a> {
             self.cut_before = Some(slice);
             return false;
         }
-        if let Some(slice) = slice {
-            if self.last_slice.is_some_and(|last| last != slice) && before.is_some() {
+        if let Some(slice) = slice
+            && self.max_slice.is_none_or(|max| slice > max)
+        {
+            if self.max_slice.is_some() {
                 self.before_last_change = before;
             }
-            self.last_slice = Some(slice);
+            self.max_slice = Some(slice);
         }
         true
     }
@@ -218,7 +221,8 @@ impl<'a> SlotCutter<'a> {
     pub fn finish(self) -> Option<Slot> {
         let slot = self.slot?;
         let Some(next_slice) = self.cut_before else { return Some(slot) };
-        let inside_a_slice = next_slice.is_none() || next_slice == self.last_slice;
+        // The row left out would start a later slice: the slot already ends on a boundary.
+        let inside_a_slice = !matches!((next_slice, self.max_slice), (Some(next), Some(max)) if next > max);
         match self.before_last_change {
             Some(before) if inside_a_slice && before.rows * 2 >= slot.rows => Some(before),
             _ => Some(slot),

@@ -56,12 +56,13 @@ async fn path_payloads_resolve_against_base_dir_and_bad_identifiers_are_refused(
     assert!(SqliteSource::open("docs", &path, hostile).await.is_err());
 }
 
-/// `day1` rows on 2026-11-01 (watermarks from 1), then `day2` rows on 2026-11-02.
-async fn two_days(dir: &std::path::Path, day1: i64, day2: i64) -> SqliteSource {
-    let path = dir.join(format!("days-{day1}-{day2}.sqlite"));
+/// `day1` rows on 2026-11-01 (watermarks from 1), then `day2` rows on 2026-11-02, except
+/// row `late`, which arrives late: it was created on 2026-11-01.
+async fn two_days(dir: &std::path::Path, day1: i64, day2: i64, late: Option<i64>) -> SqliteSource {
+    let path = dir.join(format!("days-{day1}-{day2}-{late:?}.sqlite"));
     let mut connection = vera_source::sqlite::create_demo_database(&path).await.unwrap();
     for id in 1..=day1 + day2 {
-        let day = if id <= day1 { 1 } else { 2 };
+        let day = if id <= day1 || Some(id) == late { 1 } else { 2 };
         sqlx::query("INSERT INTO files VALUES (?, ?, ?, 'text/plain', ?)")
             .bind(id)
             .bind(format!("u{id}"))
@@ -79,7 +80,7 @@ async fn aligned_slots_end_on_day_boundaries_when_a_limit_cuts_inside_a_day() {
     use vera_protocol::routing::{RoutingEpoch, RoutingTable};
     let routing = RoutingTable::single(RoutingEpoch::v1(2).unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let source = two_days(dir.path(), 10, 10).await;
+    let source = two_days(dir.path(), 10, 10, None).await;
     let cut = |slot: Option<vera_protocol::message::Slot>| slot.map(|s| (s.after, s.up_to, s.rows, s.bytes));
 
     // 15 rows would take 5 of day 2: the slot ends with day 1 instead.
@@ -92,8 +93,11 @@ async fn aligned_slots_end_on_day_boundaries_when_a_limit_cuts_inside_a_day() {
     // The byte limit aligns the same way (12 rows fit in 125 bytes).
     assert_eq!(cut(source.next_slot_aligned(0, 100, 125, &routing).await.unwrap()), Some((0, 10, 10, 100)));
     // Cutting back would keep less than half the slot: it stays as the limit cut it.
-    let early = two_days(dir.path(), 3, 17).await;
+    let early = two_days(dir.path(), 3, 17, None).await;
     assert_eq!(cut(early.next_slot_aligned(0, 15, u64::MAX, &routing).await.unwrap()), Some((0, 15, 15, 150)));
+    // A late row of day 1 among day 2's rows is no boundary: the cut stays where day 2 began.
+    let late = two_days(dir.path(), 10, 10, Some(13)).await;
+    assert_eq!(cut(late.next_slot_aligned(0, 15, u64::MAX, &routing).await.unwrap()), Some((0, 10, 10, 100)));
     // Inside one day there is no boundary to cut at.
     assert_eq!(cut(early.next_slot_aligned(3, 5, u64::MAX, &routing).await.unwrap()), Some((3, 8, 5, 50)));
 }
