@@ -145,7 +145,10 @@ pub async fn vera(
         stats.merge(&handle.await?);
     }
     anyhow::ensure!(stats.dead_lettered == 0, "{} pack tasks were dead-lettered", stats.dead_lettered);
-    let result = IngestResult::new(stats.files_packed, elapsed, counts.snapshot(), stats.segments_written, concurrency);
+    // The bucket starts empty, so a file counted as already stored was stored by an earlier
+    // attempt of a task that failed transiently and was retried (`stats.retried`).
+    let files = stats.files_packed + stats.already_stored;
+    let result = IngestResult::new(files, elapsed, counts.snapshot(), stats.segments_written, concurrency);
     Ok((result, stats))
 }
 

@@ -187,7 +187,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
     )
     .await?;
-    tracing::info!(files = vera.files, seconds = vera.seconds, puts = vera.puts, "VERA ingest done");
+    tracing::info!(
+        files = vera.files,
+        seconds = vera.seconds,
+        puts = vera.puts,
+        tasks_retried = stats.retried,
+        "VERA ingest done"
+    );
     let naive_counts = Arc::new(RequestCounts::default());
     let naive_store: Arc<dyn ObjectStore> = Arc::new(server.store(&naive_bucket, Some(Arc::clone(&naive_counts))));
     let concurrency = args.workers * args.put_concurrency;
@@ -245,6 +251,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let cache = reader.shards().cache_stats();
+    anyhow::ensure!(
+        cache.files == naive.files,
+        "the segments' indexes list {} files but the naive path stored {}",
+        cache.files,
+        naive.files
+    );
     audit_shutdown.cancel();
     let _ = audit_task.await;
 

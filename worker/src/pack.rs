@@ -172,7 +172,10 @@ pub async fn pack_task(
     };
     let mut rejected = state.rejected;
     let mut writers: Vec<(ShardAddr, SegmentWriter<SpooledTempFile>)> = state.writers.into_iter().collect();
-    writers.sort_by_key(|(addr, _)| *addr);
+    // Newest time slice first: a slot's rows of earlier days are late arrivals, a few per
+    // address, and sealing them last lets the task that holds those days' bulk take
+    // generation 0 first, where a cold read probes first.
+    writers.sort_by_key(|(addr, _)| (std::cmp::Reverse((addr.epoch, addr.time_bucket)), *addr));
     let outcomes: Vec<Result<AddressOutcome, PackError>> = futures::stream::iter(writers)
         .map(|(addr, writer)| seal_address(task, addr, writer, shards, Arc::clone(&settings)))
         .buffer_unordered(settings.put_concurrency)
