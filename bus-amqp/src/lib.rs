@@ -685,39 +685,50 @@ impl Bus for AmqpBus {
         let dead_queue = self.dead_queue(topic);
         let max_attempts = self.inner.settings.max_attempts;
         // Read without acking; closing the scratch channel puts every message back.
-        self.on_scratch_channel(&format!("read {dead_queue}"), async move |channel| {
-            let mut out = Vec::new();
-            while out.len() < max {
-                let Some(message) =
-                    channel.basic_get(dead_queue.as_str().into(), BasicGetOptions { no_ack: false }).await?
-                else {
-                    break;
-                };
-                let delivery = message.delivery;
-                let headers = delivery.properties.headers().as_ref();
-                let (reason, attempts) = match field_str(headers, REASON_HEADER) {
-                    Some(reason) => (reason, field_u64(headers, ATTEMPTS_HEADER).unwrap_or(0)),
-                    None => {
-                        let why = death_reason(headers).unwrap_or_else(|| "dead-lettered by the broker".to_owned());
-                        (format!("{why}: delivered {max_attempts} times without success"), u64::from(max_attempts))
-                    }
-                };
-                out.push(DeadLetter {
-                    message_id: delivery
-                        .properties
-                        .message_id()
-                        .as_ref()
-                        .map(|id| id.as_str().to_owned())
-                        .unwrap_or_default(),
-                    key: field_str(headers, KEY_HEADER),
-                    payload: Bytes::from(delivery.data),
-                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                    reason,
-                });
+        let queue = dead_queue.clone();
+        let peeked = self
+            .on_scratch_channel(&format!("read {dead_queue}"), async move |channel| {
+                let mut out = Vec::new();
+                while out.len() < max {
+                    let Some(message) =
+                        channel.basic_get(dead_queue.as_str().into(), BasicGetOptions { no_ack: false }).await?
+                    else {
+                        break;
+                    };
+                    let delivery = message.delivery;
+                    let headers = delivery.properties.headers().as_ref();
+                    let (reason, attempts) = match field_str(headers, REASON_HEADER) {
+                        Some(reason) => (reason, field_u64(headers, ATTEMPTS_HEADER).unwrap_or(0)),
+                        None => {
+                            let why = death_reason(headers).unwrap_or_else(|| "dead-lettered by the broker".to_owned());
+                            (format!("{why}: delivered {max_attempts} times without success"), u64::from(max_attempts))
+                        }
+                    };
+                    out.push(DeadLetter {
+                        message_id: delivery
+                            .properties
+                            .message_id()
+                            .as_ref()
+                            .map(|id| id.as_str().to_owned())
+                            .unwrap_or_default(),
+                        key: field_str(headers, KEY_HEADER),
+                        payload: Bytes::from(delivery.data),
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        reason,
+                    });
+                }
+                Ok(out)
+            })
+            .await?;
+        // The broker requeues them after the channel's close completes; wait (briefly)
+        // until they count as ready again, so a depth read right after sees them.
+        for _ in 0..100 {
+            if self.ready_count(&queue).await? >= peeked.len() as u64 {
+                break;
             }
-            Ok(out)
-        })
-        .await
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(peeked)
     }
 
     async fn ensure_topics(&self, topics: &[&str]) -> Result<(), BusError> {
