@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use aws_sdk_s3::config::interceptors::{BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef};
+use aws_sdk_s3::config::interceptors::{
+    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::BoxError;
 use vera_store::counting::RequestCounts;
@@ -73,10 +75,14 @@ impl Intercept for RequestCounter {
         &self,
         context: &BeforeTransmitInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
+        cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let request = context.request();
-        let counter = match classify(request.method(), request.uri()) {
+        let class = classify(request.method(), request.uri());
+        if class == RequestClass::Get {
+            cfg.interceptor_state().store_put(CountBody);
+        }
+        let counter = match class {
             RequestClass::Put => &self.counts.puts,
             RequestClass::Get => &self.counts.gets,
             RequestClass::Head => &self.counts.heads,
@@ -93,21 +99,30 @@ impl Intercept for RequestCounter {
         Ok(())
     }
 
-    fn read_after_execution(
+    /// Counts the body of a GetObject from its Content-Length when the response arrives,
+    /// before the SDK takes the (streaming) response to deserialize it.
+    fn read_before_deserialization(
         &self,
-        context: &FinalizerInterceptorContextRef<'_>,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
+        cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if let (Some(request), Some(response)) = (context.request(), context.response())
-            && request.method() == "GET"
-            && response.status().is_success()
-        {
+        let response = context.response();
+        if cfg.load::<CountBody>().is_some() && response.status().is_success() {
             let got = response.headers().get("content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             self.counts.bytes_got.fetch_add(got, Ordering::Relaxed);
         }
         Ok(())
     }
+}
+
+/// Marks an operation whose response body is object data (GetObject), for
+/// `read_before_deserialization`.
+#[derive(Debug, Clone, Copy)]
+struct CountBody;
+
+impl aws_smithy_types::config_bag::Storable for CountBody {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
 }
 
 #[cfg(test)]

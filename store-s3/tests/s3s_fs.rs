@@ -76,3 +76,24 @@ async fn a_server_either_refuses_the_sidecar_tag_or_reports_it_on_reads() {
         }
     }
 }
+
+/// Requests and the bytes of object data are counted on the wire, by billing class.
+#[tokio::test]
+async fn requests_and_bytes_are_counted_on_the_wire() {
+    use vera_store::{ObjectStore, PutOptions};
+    let bucket = format!("vera-s3s-{:08x}", rand::random::<u32>());
+    let setup = BucketSetup { default_retention: None, allow_without_object_lock: true };
+    let counts = std::sync::Arc::new(vera_store::counting::RequestCounts::default());
+    let store = s3(&bucket).with_request_counts(counts.clone());
+    ensure_bucket(&store, setup).await.unwrap();
+    let before = counts.snapshot();
+    store.put("data", bytes::Bytes::from(vec![7u8; 1000]), PutOptions::create()).await.unwrap();
+    assert_eq!(store.get_range("data", 100..350).await.unwrap().len(), 250);
+    let (tail, len) = store.get_suffix("data", 64).await.unwrap();
+    assert_eq!((tail.len(), len), (64, 1000));
+    store.head("data").await.unwrap();
+    let after = counts.snapshot();
+    assert_eq!((after.puts - before.puts, after.gets - before.gets, after.heads - before.heads), (1, 2, 1));
+    assert_eq!(after.bytes_put - before.bytes_put, 1000);
+    assert_eq!(after.bytes_got - before.bytes_got, 250 + 64, "object bytes received; a HEAD carries none");
+}
