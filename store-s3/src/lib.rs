@@ -847,6 +847,7 @@ impl ObjectStore for S3Store {
         // VERA refuses what no bypass may do, whatever the server would allow.
         vera_store::check_bypassable(
             key,
+            &bypass,
             head.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On),
             lock_from_parts(head.object_lock_mode(), head.object_lock_retain_until_date()),
             vera_store::Clock::now(&vera_store::SystemClock),
@@ -861,13 +862,6 @@ impl ObjectStore for S3Store {
                 request.send().await.map_err(|e| map_error(key, e, Op::Delete))?;
             }
             GovernanceBypass::Shorten(retention) => {
-                if retention.mode != LockMode::Governance {
-                    return Err(StoreError::new(
-                        StoreErrorKind::InvalidInput,
-                        key,
-                        "break-glass sets GOVERNANCE retention only",
-                    ));
-                }
                 let lock = ObjectLockRetention::builder()
                     .mode(retention_mode(retention.mode))
                     .retain_until_date(to_datetime(retention.retain_until))

@@ -109,14 +109,21 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
 }
 
-/// What no GOVERNANCE bypass may override, checked by every backend before it acts:
-/// a legal hold, and COMPLIANCE retention that has not expired.
+/// What no GOVERNANCE bypass may do, checked by every backend before it acts: override a
+/// legal hold or COMPLIANCE retention that has not expired, or set anything but
+/// GOVERNANCE retention.
 pub fn check_bypassable(
     key: &str,
+    bypass: &GovernanceBypass,
     legal_hold: bool,
     retention: Option<Retention>,
     now: vera_protocol::Timestamp,
 ) -> Result<(), StoreError> {
+    if let GovernanceBypass::Shorten(new) = bypass
+        && new.mode != LockMode::Governance
+    {
+        return Err(StoreError::new(StoreErrorKind::InvalidInput, key, "break-glass sets GOVERNANCE retention only"));
+    }
     if legal_hold {
         return Err(StoreError::new(StoreErrorKind::Locked, key, "under legal hold: release it first"));
     }

@@ -338,7 +338,7 @@ impl Inner {
             return Err(StoreError::new(StoreErrorKind::NotFound, key, "no such object"));
         }
         let mut state = self.lock_state(key)?;
-        crate::check_bypassable(key, state.legal_hold, state.retention, self.clock.now())?;
+        crate::check_bypassable(key, &bypass, state.legal_hold, state.retention, self.clock.now())?;
         match bypass {
             GovernanceBypass::Delete => {
                 fs::remove_file(&path).map_err(|e| StoreError::io(key, e))?;
@@ -346,13 +346,6 @@ impl Inner {
                 self.write_lock_state(key, &LockState::default())
             }
             GovernanceBypass::Shorten(retention) => {
-                if retention.mode != LockMode::Governance {
-                    return Err(StoreError::new(
-                        StoreErrorKind::InvalidInput,
-                        key,
-                        "break-glass sets GOVERNANCE retention only",
-                    ));
-                }
                 state.retention = Some(retention);
                 self.write_lock_state(key, &state)
             }
