@@ -334,10 +334,12 @@ impl ShardStore {
         self.tag_counts.run_pending_tasks();
     }
 
-    /// Remembers what a read reported about a segment's tags.
+    /// Remembers what a read reported about a segment's tags (a warm read reports what is
+    /// already remembered, so nothing is written then).
     fn note_tags(&self, key: &str, tags: crate::TagCount) {
         match tags {
-            Some(count) => self.tag_counts.insert(key.to_owned(), count),
+            Some(count) if self.tag_counts.get(key) != Some(count) => self.tag_counts.insert(key.to_owned(), count),
+            Some(_) => {}
             None => self.tag_counts.invalidate(key),
         }
     }
@@ -441,6 +443,9 @@ impl ShardStore {
     ) -> Result<FileRead, ShardError> {
         let addr = address(routing, uid, created_at)?;
         let (key, index) = self.probe(&addr, uid).await?;
+        // A record fetched before the sidecar was consulted, kept for when the sidecar
+        // sends the read nowhere else.
+        let mut fetched = None;
         if self.known_untagged(&key) {
             let file = index.find(uid).ok_or_else(|| not_found(uid, &addr))?;
             match self.store.get_range_tagged(&key, file.entry.record_range()).await {
@@ -451,6 +456,7 @@ impl ShardStore {
                     }
                     // Tagged since: a sidecar may have appeared; read it fresh below.
                     sidecars.forget(&key).await;
+                    fetched = Some((key.clone(), record));
                 }
                 Err(error) => {
                     self.tag_counts.invalidate(&key);
@@ -470,8 +476,14 @@ impl ShardStore {
         let Some(file) = index.find(uid) else {
             return Err(ShardError::NotFound { uid: uid.to_owned(), prefix: key });
         };
-        let (record, tags) = self.store.get_range_tagged(&key, file.entry.record_range()).await?;
-        self.note_tags(&key, tags);
+        let record = match fetched {
+            Some((fetched_key, record)) if fetched_key == key => record,
+            _ => {
+                let (record, tags) = self.store.get_range_tagged(&key, file.entry.record_range()).await?;
+                self.note_tags(&key, tags);
+                record
+            }
+        };
         decode(&key, &index, file, &record, &self.limits)
     }
 }
