@@ -215,7 +215,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // objects. The PUT bodies counted on the wire are the objects' sizes.
     let naive_bytes = naive.bytes_sent;
     let tar_zstd = space::tar_zstd(source.as_ref(), max_file_bytes).await?;
-    let (addresses, max_segments_per_address) = space::layout(&server.store(&vera_bucket, None)).await?;
 
     // Reads through the reader service.
     let read_counts = Arc::new(RequestCounts::default());
@@ -268,8 +267,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         generate_seconds,
         vera,
         segments: stats.segments_written,
-        addresses,
-        max_segments_per_address,
         naive,
         vera_sizes,
         naive_bytes,

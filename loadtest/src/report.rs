@@ -17,9 +17,6 @@ pub struct RunInfo {
     pub generate_seconds: f64,
     pub vera: IngestResult,
     pub segments: u64,
-    /// Addresses holding segments, and the most segments (generations) under one.
-    pub addresses: u64,
-    pub max_segments_per_address: u64,
     pub naive: IngestResult,
     pub vera_sizes: VeraSizes,
     pub naive_bytes: u64,
@@ -167,8 +164,8 @@ impl Report {
             put_reduction: ratio(run.naive.puts as f64, run.vera.puts as f64),
             segments: run.segments,
             files_per_segment: ratio(run.vera.files as f64, run.segments as f64),
-            addresses: run.addresses,
-            max_segments_per_address: run.max_segments_per_address,
+            addresses: run.vera_sizes.addresses,
+            max_segments_per_address: run.vera_sizes.max_segments_per_address,
         };
         let space = Space {
             raw_bytes: run.tar_zstd.all_raw_bytes,

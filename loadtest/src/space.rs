@@ -103,6 +103,9 @@ pub struct VeraSizes {
     /// records, plus each segment's index, dictionary and framing apportioned by file count).
     pub text_raw_bytes: u64,
     pub text_stored_bytes: u64,
+    /// Addresses holding segments, and the most segments (generations) under one.
+    pub addresses: u64,
+    pub max_segments_per_address: u64,
 }
 
 /// Lists the bucket and opens every segment's index.
@@ -110,10 +113,14 @@ pub async fn vera(store: Arc<dyn ObjectStore>) -> anyhow::Result<VeraSizes> {
     let mut sizes = VeraSizes::default();
     let shards = ShardStore::new(Arc::clone(&store));
     let mut text_stored = 0.0f64;
+    let mut per_address: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     for object in store.list("").await? {
         sizes.bucket_bytes += object.len;
         if !object.key.ends_with(".vera") {
             continue;
+        }
+        if let Ok((addr, _)) = vera_protocol::routing::ShardAddr::from_segment_key(&object.key) {
+            *per_address.entry(addr.key_prefix()).or_default() += 1;
         }
         let index = shards.index(&object.key).await?;
         sizes.segments += 1;
@@ -133,17 +140,7 @@ pub async fn vera(store: Arc<dyn ObjectStore>) -> anyhow::Result<VeraSizes> {
         shards.forget(&object.key);
     }
     sizes.text_stored_bytes = text_stored.round() as u64;
+    sizes.addresses = per_address.len() as u64;
+    sizes.max_segments_per_address = per_address.values().copied().max().unwrap_or(0);
     Ok(sizes)
-}
-
-/// Addresses holding segments, and the most segments under one address (listed with an
-/// uncounted client).
-pub async fn layout(store: &dyn ObjectStore) -> anyhow::Result<(u64, u64)> {
-    let mut per_address: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-    for object in store.list("").await? {
-        if let Ok((addr, _)) = vera_protocol::routing::ShardAddr::from_segment_key(&object.key) {
-            *per_address.entry(addr.key_prefix()).or_default() += 1;
-        }
-    }
-    Ok((per_address.len() as u64, per_address.values().copied().max().unwrap_or(0)))
 }

@@ -19,23 +19,22 @@ use crate::Reader;
 /// How long to wait before subscribing again after the subscription broke.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
-/// Applies one `events` payload to the reader's caches; returns whether it invalidated.
-/// Payloads that do not decode are logged and skipped: they cannot name a segment.
-pub async fn apply(reader: &Reader, payload: &[u8]) -> bool {
+/// Applies one `events` payload to the reader's caches. Payloads that do not decode are
+/// logged and skipped: they cannot name a segment.
+async fn apply(reader: &Reader, payload: &[u8]) {
     let addr = match Envelope::decode(payload) {
         Ok(envelope) => match envelope.message {
             Message::TombstoneRequested(tombstone) => tombstone.addr,
             Message::ShardSealed(sealed) => sealed.addr,
-            _ => return false,
+            _ => return,
         },
         Err(error) => {
             tracing::warn!(%error, "undecodable message on the events topic; skipped");
-            return false;
+            return;
         }
     };
     reader.invalidate_address(&addr).await;
     metrics::counter!("vera_reader_invalidations_total").increment(1);
-    true
 }
 
 /// Follows the `events` topic until `shutdown`. A bus that cannot fan out is reported
@@ -72,9 +71,7 @@ pub fn spawn(reader: Arc<Reader>, bus: Arc<dyn Bus>, shutdown: CancellationToken
                     _ = shutdown.cancelled() => return,
                 };
                 match next {
-                    Some(Ok(payload)) => {
-                        apply(&reader, &payload).await;
-                    }
+                    Some(Ok(payload)) => apply(&reader, &payload).await,
                     Some(Err(error)) => {
                         tracing::warn!(%error, "the events subscription failed; subscribing again");
                         break;
