@@ -20,6 +20,13 @@ import lz4.block
 import zstandard
 
 HEADER_LEN, FOOTER_LEN, ENTRY_LEN, TRAILER_LEN = 64, 160, 68, 32
+RECORD_FIXED_LEN, RECORD_CRC_LEN = 52, 4
+HASH_CONTEXT = "vera 2026-11-24 locate_shard uid hash v1"
+
+
+def fingerprint(uid: str) -> int:
+    digest = blake3.blake3(uid.encode("utf-8"), derive_key_context=HASH_CONTEXT).digest()
+    return struct.unpack_from("<Q", digest, 8)[0]
 
 
 class Corrupt(Exception):
@@ -62,7 +69,7 @@ def read_segment(obj: bytes) -> dict:
     (region_offset, region_len, dict_len, index_codec, _reserved, fversion, index_raw_len, entry_count,
      data_len) = struct.unpack_from("<QQIBBHQQQ", footer, 0)
     index_checksum, data_checksum, root = footer[48:80], footer[80:112], footer[112:144]
-    if version != 1 or fversion != 1 or header_len != 64:
+    if version not in (1, 2) or fversion != version or header_len != 64:
         raise Corrupt("unknown version")
     if region_offset + region_len + FOOTER_LEN != len(obj) or data_len != region_offset - HEADER_LEN:
         raise Corrupt("lengths do not add up")
@@ -94,14 +101,29 @@ def read_segment(obj: bytes) -> dict:
             "<IHHBBHqQII", block, pos + i * ENTRY_LEN)
         content_hash = block[pos + i * ENTRY_LEN + 36: pos + (i + 1) * ENTRY_LEN]
         uid = pool[uid_off:uid_off + uid_len].decode("utf-8")
-        if previous is not None and previous.encode() >= uid.encode():
+        key = (fingerprint(uid) if version == 2 else 0, uid.encode())
+        if previous is not None and previous >= key:
             raise Corrupt("not sorted")
         if data_offset != expected_offset:
             raise Corrupt("not contiguous")
-        record = obj[data_offset:data_offset + stored_len + TRAILER_LEN]
-        stored, trailer = record[:stored_len], record[stored_len:]
-        if trailer != content_hash:
-            raise Corrupt(f"trailer of {uid}")
+        if version == 1:
+            record_len = stored_len + TRAILER_LEN
+            record = obj[data_offset:data_offset + record_len]
+            stored, trailer = record[:stored_len], record[stored_len:]
+            if trailer != content_hash:
+                raise Corrupt(f"trailer of {uid}")
+        else:
+            header_len = RECORD_FIXED_LEN + len(uid.encode()) + RECORD_CRC_LEN
+            record_len = header_len + stored_len
+            record = obj[data_offset:data_offset + record_len]
+            if len(record) != record_len:
+                raise Corrupt(f"record of {uid} truncated")
+            if crc32c.crc32c(record[:header_len - RECORD_CRC_LEN]) != struct.unpack_from("<I", record, header_len - RECORD_CRC_LEN)[0]:
+                raise Corrupt(f"record header crc of {uid}")
+            fields = struct.unpack_from("<BBHqII", record, 0) + (record[20:52], record[52:header_len - RECORD_CRC_LEN])
+            if fields != (codec, len(uid.encode()), ctype, created_at, stored_len, raw_len, content_hash, uid.encode()):
+                raise Corrupt(f"record header of {uid} disagrees with the index")
+            stored = record[header_len:]
         if codec == 0:
             content = stored
         elif codec == 1:
@@ -118,15 +140,15 @@ def read_segment(obj: bytes) -> dict:
         leaves.append(leaf(content_hash))
         files.append({"uid": uid, "content_type": types[ctype], "created_at": created_at, "raw_len": raw_len,
                       "blake3": content_hash.hex()})
-        expected_offset = data_offset + stored_len + TRAILER_LEN
-        previous = uid
+        expected_offset = data_offset + record_len
+        previous = key
     if expected_offset != region_offset:
         raise Corrupt("data does not end at the index")
     if blake3.blake3(b"".join(stored_digests)).digest() != data_checksum:
         raise Corrupt("data checksum")
     if merkle_root(leaves) != root:
         raise Corrupt("merkle root")
-    return {"epoch": epoch, "granularity": granularity, "n_bits": n_bits, "time_bucket": time_bucket,
+    return {"format_version": version, "epoch": epoch, "granularity": granularity, "n_bits": n_bits, "time_bucket": time_bucket,
             "bucket": bucket, "generation": generation, "files": len(files),
             "raw_bytes": sum(f["raw_len"] for f in files), "merkle_root": root.hex(),
             "uids_blake3": blake3.blake3("\n".join(f["uid"] + " " + f["blake3"] for f in files).encode()).hexdigest()}

@@ -377,7 +377,7 @@ pub async fn export(
         let Some(file) = segment.index.find(uid) else {
             return Err(AuditError::Export(format!("{uid} vanished from {key}")));
         };
-        let range = file.entry.record_range();
+        let range = file.record_range();
         let record = segment
             .body
             .get(range.start as usize..range.end as usize)

@@ -44,11 +44,23 @@ fn an_independent_python_reader_agrees_with_the_rust_writer() {
         let summary = demo(dir.path(), compression);
         let segments = python_read(&dir.path().join("store/objects"));
         assert_eq!(segments.len() as u64, summary["segments"].as_u64().unwrap(), "{compression}");
+        let current = u64::from(vera_protocol::shard::FORMAT_VERSION);
+        assert!(segments.iter().all(|s| s["format_version"].as_u64() == Some(current)), "{compression}");
         let files: u64 = segments.iter().map(|s| s["files"].as_u64().unwrap()).sum();
         assert_eq!(files, summary["files"].as_u64().unwrap(), "{compression}");
         let raw: u64 = segments.iter().map(|s| s["raw_bytes"].as_u64().unwrap()).sum();
         assert_eq!(raw, summary["bytes_in"].as_u64().unwrap(), "{compression}");
     }
+}
+
+/// The format 1 segment kept in the protocol's fixtures reads in Python too.
+#[test]
+fn the_python_reader_reads_format_1() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/tests/fixtures/format1-segment.vera");
+    let segments = python_read(&fixture);
+    assert_eq!(segments.len(), 1);
+    assert_eq!(segments[0]["format_version"], 1);
+    assert_eq!(segments[0]["files"], 132);
 }
 
 #[test]

@@ -296,6 +296,8 @@ impl Lifecycle {
             generation,
             policy: settings.compression.clone(),
             max_file_bytes: settings.max_file_bytes,
+            // A repack writes the current format: old segments are upgraded as they go.
+            format_version: vera_protocol::shard::FORMAT_VERSION,
         };
         let index_copy = index.clone();
         let moved_copy = moved.clone();

@@ -242,11 +242,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let warm = service.measure(&warm_order, false, &read_counts).await?;
     let direct = reads::direct_range_gets(reader.shards(), &routing, &warm_order, &read_counts).await?;
 
-    // Reader memory: every segment's index in the cache.
+    // Reader memory: every segment's read index (what the reader caches) loaded.
     reader.forget_everything().await;
     for object in reader.shards().store().list("").await? {
         if object.key.ends_with(".vera") {
-            reader.shards().index(&object.key).await?;
+            reader.shards().read_index(&object.key).await?;
         }
     }
     let cache = reader.shards().cache_stats();

@@ -141,7 +141,7 @@ pub async fn direct_range_gets(
             let key = addr.segment_key(generation);
             let index = shards.index(&key).await?;
             if let Some(found) = index.find(&file.uid) {
-                break (key, found.entry.record_range());
+                break (key, found.record_range());
             }
             generation += 1;
         };

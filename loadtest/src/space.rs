@@ -126,7 +126,7 @@ pub async fn vera(store: Arc<dyn ObjectStore>) -> anyhow::Result<VeraSizes> {
         sizes.segments += 1;
         let (mut records, mut text_records, mut text_files) = (0u64, 0u64, 0u64);
         for file in index.files() {
-            let range = file.entry.record_range();
+            let range = file.record_range();
             records += range.end - range.start;
             if is_text_heavy(file.content_type) {
                 text_files += 1;

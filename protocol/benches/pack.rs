@@ -198,7 +198,7 @@ fn main() {
         b.iter(|| {
             let uid = &uids[pick.below(2000) as usize];
             let file = index.find(uid).expect("present");
-            let range = file.entry.record_range();
+            let range = file.record_range();
             black_box(index.decode(file, &segment[range.start as usize..range.end as usize], &limits).expect("decodes"))
         })
     });

@@ -271,12 +271,26 @@ pub fn validate_uid(uid: &str) -> Result<(), RoutingError> {
 
 /// First 8 bytes, little-endian, of BLAKE3 in derive-key mode over the uid's UTF-8 bytes.
 pub fn uid_hash(uid: &str) -> u64 {
+    u64_at(&uid_digest(uid), 0)
+}
+
+/// The uid's fingerprint: bytes 8..16, little-endian, of the same digest as [`uid_hash`].
+/// Format 2 segments store their files in fingerprint order. Unlike `uid_hash`, whose top
+/// `n_bits` every file of an address shares, all of its bits vary within a segment.
+pub fn uid_fingerprint(uid: &str) -> u64 {
+    u64_at(&uid_digest(uid), 8)
+}
+
+fn uid_digest(uid: &str) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new_derive_key(ROUTING_HASH_CONTEXT);
     hasher.update(uid.as_bytes());
-    let digest = hasher.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest.as_bytes()[..8]);
-    u64::from_le_bytes(first)
+    *hasher.finalize().as_bytes()
+}
+
+fn u64_at(bytes: &[u8; 32], at: usize) -> u64 {
+    let mut eight = [0u8; 8];
+    eight.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(eight)
 }
 
 fn hash_bucket(hash: u64, n_bits: u8) -> u32 {

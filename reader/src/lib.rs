@@ -99,6 +99,7 @@ impl Reader {
         metrics::counter!("vera_reader_index_cache_total", "result" => "hit").absolute(cache.hits);
         metrics::counter!("vera_reader_index_cache_total", "result" => "miss").absolute(cache.misses);
         metrics::gauge!("vera_reader_index_cache_bytes").set(cache.bytes as f64);
+        metrics::gauge!("vera_reader_index_cache_dictionary_bytes").set(cache.dictionary_bytes as f64);
         metrics::gauge!("vera_reader_index_cache_files").set(cache.files as f64);
         let Some(counts) = &self.store_counts else { return };
         let snapshot = counts.snapshot();

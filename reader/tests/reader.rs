@@ -228,7 +228,7 @@ async fn corrupt_bytes_are_refused_with_a_500_never_served() {
     let addr = routing().locate("r0042", Timestamp::parse(&created_at(42)).unwrap()).unwrap();
     let key = addr.segment_key(0);
     let index = ShardStore::new(Arc::new(store.clone())).index(&key).await.unwrap();
-    let range = index.find("r0042").unwrap().entry.record_range();
+    let range = index.find("r0042").unwrap().record_range();
     let mut bytes = store.get(&key).await.unwrap().body.to_vec();
     bytes[range.start as usize + 3] ^= 0x40;
     let corrupt = LocalStore::open(dir.path().join("corrupt")).unwrap();

@@ -7,13 +7,20 @@
 //! the store, or a reader's short-lived cache) says whether the file is tombstoned and
 //! whether a repack superseded the segment ([`ShardStore::locate`]); a segment that every
 //! GET reports untagged has no sidecar ([`SIDECAR_TAG`]), so its reads skip it.
+//!
+//! Two caches hold indexes. [`ShardStore::index`] keeps whole indexes, for callers that
+//! list or compare files (workers, repack, exports). The read path
+//! ([`ShardStore::read_file_with`]) keeps a [`ReadIndex`]: for a format 2 segment only the
+//! [`LookupIndex`], 8 bytes per file, whose records name their own uid.
 
+use std::future::Future;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use vera_protocol::Timestamp;
 use vera_protocol::routing::{RoutingTable, ShardAddr, sidecar_key_of};
-use vera_protocol::shard::{ReadError, ReadLimits, SegmentIndex, SuffixOpen};
+use vera_protocol::shard::{LookupIndex, ReadError, ReadLimits, SegmentIndex, SuffixOpen};
 use vera_protocol::sidecar::Sidecar;
 
 use crate::{ObjectStore, StoreError, StoreErrorKind};
@@ -37,13 +44,16 @@ const TAG_COUNT_CAPACITY: u64 = 100_000;
 /// Default memory budget of the index cache.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
-/// What the index cache holds right now.
+/// What the index caches (whole indexes and the read path's) hold right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct CacheStats {
     pub segments: u64,
     pub files: u64,
-    /// Sum of the cached indexes' `resident_bytes`.
+    /// Everything the cached indexes keep resident, cache keys included.
     pub bytes: u64,
+    /// The part of `bytes` that is zstd dictionaries (per segment, used to decode, not to
+    /// look up).
+    pub dictionary_bytes: u64,
     /// Index lookups answered from the cache, and those that read the store, since start.
     pub hits: u64,
     pub misses: u64,
@@ -181,6 +191,126 @@ pub struct FileRead {
     pub content_hash: [u8; 32],
 }
 
+/// What the read path caches per segment: for a format 2 segment the compact
+/// [`LookupIndex`] (8 bytes per file), for a format 1 segment, whose records do not name
+/// their uid, the whole index.
+#[derive(Debug, Clone)]
+pub enum ReadIndex {
+    Lookup(Arc<LookupIndex>),
+    Full(Arc<SegmentIndex>),
+}
+
+impl ReadIndex {
+    fn of(index: Arc<SegmentIndex>) -> ReadIndex {
+        match LookupIndex::from_index(&index) {
+            Some(lookup) => ReadIndex::Lookup(Arc::new(lookup)),
+            None => ReadIndex::Full(index),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            ReadIndex::Lookup(lookup) => lookup.len(),
+            ReadIndex::Full(index) => index.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resident bytes, and how many of them are the zstd dictionary.
+    pub fn resident_bytes(&self) -> (usize, usize) {
+        match self {
+            ReadIndex::Lookup(lookup) => (lookup.resident_bytes(), lookup.dictionary_bytes()),
+            ReadIndex::Full(index) => full_resident_bytes(index),
+        }
+    }
+}
+
+fn full_resident_bytes(index: &SegmentIndex) -> (usize, usize) {
+    (index.resident_bytes(), index.dictionary().map_or(0, <[u8]>::len))
+}
+
+/// A cached form of a segment's index that the probe, the repack walk and the read go
+/// through: the whole index, or the read path's [`ReadIndex`].
+trait SegmentLookup: Clone + Send + Sync + Sized {
+    fn fetch<'a>(shards: &'a ShardStore, key: &'a str) -> impl Future<Output = Result<Self, ShardError>> + Send + 'a;
+
+    /// False when the segment does not hold `uid`. True when it does, or, for a compact
+    /// lookup, when another uid shares its fingerprint bits (odds near n / 2^32).
+    fn may_hold(&self, uid: &str) -> bool;
+
+    /// Byte ranges of the records that may be `uid`'s (almost always none or one).
+    fn records(&self, uid: &str) -> Vec<Range<u64>>;
+
+    /// Decodes and checks a fetched record: `None` when it is another uid's.
+    fn decode(&self, key: &str, uid: &str, record: &[u8], limits: &ReadLimits) -> Result<Option<FileRead>, ShardError>;
+}
+
+impl SegmentLookup for Arc<SegmentIndex> {
+    fn fetch<'a>(shards: &'a ShardStore, key: &'a str) -> impl Future<Output = Result<Self, ShardError>> + Send + 'a {
+        shards.index(key)
+    }
+
+    fn may_hold(&self, uid: &str) -> bool {
+        self.find(uid).is_some()
+    }
+
+    fn records(&self, uid: &str) -> Vec<Range<u64>> {
+        self.find(uid).map(|file| file.record_range()).into_iter().collect()
+    }
+
+    fn decode(&self, key: &str, uid: &str, record: &[u8], limits: &ReadLimits) -> Result<Option<FileRead>, ShardError> {
+        let Some(file) = self.find(uid) else { return Ok(None) };
+        let segment_error = |source| ShardError::Segment { key: key.to_owned(), source };
+        let bytes = self.as_ref().decode(file, record, limits).map_err(segment_error)?;
+        Ok(Some(FileRead {
+            bytes,
+            content_type: file.content_type.to_owned(),
+            key: key.to_owned(),
+            content_hash: file.entry.content_hash,
+        }))
+    }
+}
+
+impl SegmentLookup for ReadIndex {
+    fn fetch<'a>(shards: &'a ShardStore, key: &'a str) -> impl Future<Output = Result<Self, ShardError>> + Send + 'a {
+        shards.read_index(key)
+    }
+
+    fn may_hold(&self, uid: &str) -> bool {
+        match self {
+            ReadIndex::Lookup(lookup) => lookup.candidates(uid).next().is_some(),
+            ReadIndex::Full(index) => index.may_hold(uid),
+        }
+    }
+
+    fn records(&self, uid: &str) -> Vec<Range<u64>> {
+        match self {
+            ReadIndex::Lookup(lookup) => lookup.candidates(uid).collect(),
+            ReadIndex::Full(index) => index.records(uid),
+        }
+    }
+
+    fn decode(&self, key: &str, uid: &str, record: &[u8], limits: &ReadLimits) -> Result<Option<FileRead>, ShardError> {
+        match self {
+            ReadIndex::Lookup(lookup) => {
+                let found = lookup
+                    .decode(uid, record, limits)
+                    .map_err(|source| ShardError::Segment { key: key.to_owned(), source })?;
+                Ok(found.map(|found| FileRead {
+                    bytes: found.bytes,
+                    content_type: found.content_type,
+                    key: key.to_owned(),
+                    content_hash: found.content_hash,
+                }))
+            }
+            ReadIndex::Full(index) => index.decode(key, uid, record, limits),
+        }
+    }
+}
+
 /// Reads segments from a store, caching parsed indexes by key. Segments are immutable, so
 /// a cached index never goes stale; only its absence can (a new generation appears).
 #[derive(Clone)]
@@ -191,7 +321,10 @@ pub struct ShardStore {
     /// segment needed a second GET, the next cold reads fetch footer and index in one.
     suffix_hint: Arc<std::sync::atomic::AtomicU64>,
     limits: ReadLimits,
+    /// Whole indexes, for [`ShardStore::index`] and [`ShardStore::locate`].
     indexes: moka::sync::Cache<String, Arc<SegmentIndex>>,
+    /// The read path's compact indexes.
+    read_indexes: moka::sync::Cache<String, ReadIndex>,
     lookups: Arc<[std::sync::atomic::AtomicU64; 2]>,
     /// Tag counts the store reported for segments on their latest reads. Zero means no
     /// sidecar (see [`SIDECAR_TAG`]); absent means unknown.
@@ -202,13 +335,22 @@ pub struct ShardStore {
 /// read fetch megabytes).
 pub const MAX_SUFFIX_HINT_BYTES: u64 = 4 * 1024 * 1024;
 
-fn index_cache(budget_bytes: u64) -> moka::sync::Cache<String, Arc<SegmentIndex>> {
+fn index_cache<V: Clone + Send + Sync + 'static>(
+    budget_bytes: u64,
+    weight: fn(&V) -> usize,
+) -> moka::sync::Cache<String, V> {
     moka::sync::Cache::builder()
         .max_capacity(budget_bytes)
-        .weigher(|key: &String, index: &Arc<SegmentIndex>| {
-            u32::try_from(index.resident_bytes() + key.len()).unwrap_or(u32::MAX)
-        })
+        .weigher(move |key: &String, value: &V| u32::try_from(weight(value) + key.len()).unwrap_or(u32::MAX))
         .build()
+}
+
+fn full_weight(index: &Arc<SegmentIndex>) -> usize {
+    index.resident_bytes()
+}
+
+fn read_weight(index: &ReadIndex) -> usize {
+    index.resident_bytes().0
 }
 
 impl ShardStore {
@@ -218,31 +360,37 @@ impl ShardStore {
             suffix_bytes: DEFAULT_SUFFIX_BYTES,
             suffix_hint: Arc::new(std::sync::atomic::AtomicU64::new(DEFAULT_SUFFIX_BYTES)),
             limits: ReadLimits::default(),
-            indexes: index_cache(DEFAULT_CACHE_BYTES),
+            indexes: index_cache(DEFAULT_CACHE_BYTES, full_weight),
+            read_indexes: index_cache(DEFAULT_CACHE_BYTES, read_weight),
             lookups: Arc::default(),
             tag_counts: moka::sync::Cache::new(TAG_COUNT_CAPACITY),
         }
     }
 
-    /// Bounds the index cache to `budget_bytes` of resident indexes; the least useful are
-    /// evicted and read again from the store when needed.
+    /// Bounds each index cache (whole indexes, and the read path's) to `budget_bytes` of
+    /// resident indexes; the least useful are evicted and read again when needed.
     pub fn with_cache_budget(mut self, budget_bytes: u64) -> Self {
-        self.indexes = index_cache(budget_bytes);
+        self.indexes = index_cache(budget_bytes, full_weight);
+        self.read_indexes = index_cache(budget_bytes, read_weight);
         self
     }
 
-    /// Segments, files and bytes the index cache holds.
+    /// Segments, files and bytes the index caches hold.
     pub fn cache_stats(&self) -> CacheStats {
         self.indexes.run_pending_tasks();
-        let (mut segments, mut files, mut bytes) = (0, 0, 0);
-        for (_, index) in self.indexes.iter() {
+        self.read_indexes.run_pending_tasks();
+        let (mut segments, mut files, mut bytes, mut dictionary_bytes) = (0, 0, 0, 0);
+        let full = self.indexes.iter().map(|(key, index)| (key.len(), index.len(), full_resident_bytes(&index)));
+        let read = self.read_indexes.iter().map(|(key, index)| (key.len(), index.len(), index.resident_bytes()));
+        for (key_len, len, (resident, dictionary)) in full.chain(read) {
             segments += 1;
-            files += index.len() as u64;
-            bytes += index.resident_bytes() as u64;
+            files += len as u64;
+            bytes += (key_len + resident) as u64;
+            dictionary_bytes += dictionary as u64;
         }
         let [hits, misses] = self.lookups.as_ref();
         let (hits, misses) = (hits.load(Ordering::Relaxed), misses.load(Ordering::Relaxed));
-        CacheStats { segments, files, bytes, hits, misses }
+        CacheStats { segments, files, bytes, dictionary_bytes, hits, misses }
     }
 
     pub fn with_suffix_bytes(mut self, suffix_bytes: u64) -> Self {
@@ -283,17 +431,42 @@ impl ShardStore {
     /// The parsed, verified index of a segment: from the cache, or with one suffix GET
     /// (plus one range GET if the index outgrew the suffix).
     pub async fn index(&self, key: &str) -> Result<Arc<SegmentIndex>, ShardError> {
-        if let Some(index) = self.cached(key) {
+        if let Some(index) = self.indexes.get(key) {
             self.lookups[0].fetch_add(1, Ordering::Relaxed);
             return Ok(index);
         }
+        let index = Arc::new(self.load(key).await?);
+        self.indexes.insert(key.to_owned(), Arc::clone(&index));
+        Ok(index)
+    }
+
+    /// The read path's index of a segment: from its cache, made from a cached whole
+    /// index, or read like [`ShardStore::index`] and kept only in its compact form.
+    pub async fn read_index(&self, key: &str) -> Result<ReadIndex, ShardError> {
+        if let Some(index) = self.read_indexes.get(key) {
+            self.lookups[0].fetch_add(1, Ordering::Relaxed);
+            return Ok(index);
+        }
+        let index = match self.indexes.get(key) {
+            Some(index) => {
+                self.lookups[0].fetch_add(1, Ordering::Relaxed);
+                ReadIndex::of(index)
+            }
+            None => ReadIndex::of(Arc::new(self.load(key).await?)),
+        };
+        self.read_indexes.insert(key.to_owned(), index.clone());
+        Ok(index)
+    }
+
+    /// Reads and verifies a segment's index from the store (a cache miss).
+    async fn load(&self, key: &str) -> Result<SegmentIndex, ShardError> {
         self.lookups[1].fetch_add(1, Ordering::Relaxed);
         let suffix_len = self.suffix_hint.load(Ordering::Relaxed).max(self.suffix_bytes);
         let (suffix, object_len, tags) = self.store.get_suffix_tagged(key, suffix_len).await?;
         self.note_tags(key, tags);
         let segment_error = |source| ShardError::Segment { key: key.to_owned(), source };
-        let index = match SegmentIndex::open_suffix(&suffix, object_len, &self.limits).map_err(segment_error)? {
-            SuffixOpen::Ready(index) => *index,
+        match SegmentIndex::open_suffix(&suffix, object_len, &self.limits).map_err(segment_error)? {
+            SuffixOpen::Ready(index) => Ok(*index),
             SuffixOpen::NeedMore { start } => {
                 // A quarter more than this index region, so similar segments fit next time.
                 let needed = object_len.saturating_sub(start);
@@ -301,35 +474,29 @@ impl ShardStore {
                 self.suffix_hint.fetch_max(learned, Ordering::Relaxed);
                 let tail = self.store.get_range(key, start..object_len).await?;
                 match SegmentIndex::open_suffix(&tail, object_len, &self.limits).map_err(segment_error)? {
-                    SuffixOpen::Ready(index) => *index,
-                    SuffixOpen::NeedMore { .. } => {
-                        return Err(ShardError::Segment {
-                            key: key.to_owned(),
-                            source: ReadError::Corrupt { reason: "index region moved between reads" },
-                        });
-                    }
+                    SuffixOpen::Ready(index) => Ok(*index),
+                    SuffixOpen::NeedMore { .. } => Err(ShardError::Segment {
+                        key: key.to_owned(),
+                        source: ReadError::Corrupt { reason: "index region moved between reads" },
+                    }),
                 }
             }
-        };
-        let index = Arc::new(index);
-        self.indexes.insert(key.to_owned(), Arc::clone(&index));
-        Ok(index)
-    }
-
-    fn cached(&self, key: &str) -> Option<Arc<SegmentIndex>> {
-        self.indexes.get(key)
+        }
     }
 
     /// Forgets a cached index (after a repack or in tests).
     pub fn forget(&self, key: &str) {
         self.indexes.invalidate(key);
+        self.read_indexes.invalidate(key);
     }
 
-    /// Empties the index cache and the remembered tag counts, as a restart would
+    /// Empties the index caches and the remembered tag counts, as a restart would
     /// (cold-read measurements).
     pub fn forget_all(&self) {
         self.indexes.invalidate_all();
         self.indexes.run_pending_tasks();
+        self.read_indexes.invalidate_all();
+        self.read_indexes.run_pending_tasks();
         self.tag_counts.invalidate_all();
         self.tag_counts.run_pending_tasks();
     }
@@ -361,18 +528,19 @@ impl ShardStore {
         sidecars: &dyn Sidecars,
     ) -> Result<Located, ShardError> {
         let addr = address(routing, uid, created_at)?;
-        let (key, index) = self.probe(&addr, uid).await?;
-        self.follow(addr, key, index, uid, sidecars).await
+        let (key, index) = self.probe::<Arc<SegmentIndex>>(&addr, uid).await?;
+        let (key, index, sidecar) = self.follow(key, index, uid, sidecars).await?;
+        Ok(Located { addr, key, index, sidecar })
     }
 
-    /// The packed segment of `addr` whose index lists `uid`: generation 0, 1, … until
-    /// the first missing one.
-    async fn probe(&self, addr: &ShardAddr, uid: &str) -> Result<(String, Arc<SegmentIndex>), ShardError> {
+    /// The packed segment of `addr` whose index lists (or may list) `uid`: generation 0,
+    /// 1, … until the first missing one.
+    async fn probe<T: SegmentLookup>(&self, addr: &ShardAddr, uid: &str) -> Result<(String, T), ShardError> {
         let mut generation = 0u32;
         loop {
             let key = addr.segment_key(generation);
-            match self.index(&key).await {
-                Ok(index) if index.find(uid).is_some() => return Ok((key, index)),
+            match T::fetch(self, &key).await {
+                Ok(index) if index.may_hold(uid) => return Ok((key, index)),
                 Ok(_) => {}
                 Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => {
                     return Err(not_found(uid, addr));
@@ -384,15 +552,14 @@ impl ShardStore {
     }
 
     /// From the packed segment holding `uid`, through the sidecars' `superseded` links,
-    /// to the segment that holds it now (or that tombstoned it).
-    async fn follow(
+    /// to the segment that holds it now (or that tombstoned it), with its sidecar.
+    async fn follow<T: SegmentLookup>(
         &self,
-        addr: ShardAddr,
         mut key: String,
-        mut index: Arc<SegmentIndex>,
+        mut index: T,
         uid: &str,
         sidecars: &dyn Sidecars,
-    ) -> Result<Located, ShardError> {
+    ) -> Result<(String, T, Option<Arc<Sidecar>>), ShardError> {
         let broken = |key: &str, reason: &'static str| ShardError::Segment {
             key: key.to_owned(),
             source: ReadError::Corrupt { reason },
@@ -400,17 +567,17 @@ impl ShardStore {
         for _ in 0..MAX_REPACK_HOPS {
             let sidecar = sidecars.sidecar(&key).await?;
             let Some(next) = sidecar.as_ref().and_then(|sidecar| sidecar.superseded.as_ref()) else {
-                return Ok(Located { addr, key, index, sidecar });
+                return Ok((key, index, sidecar));
             };
             let tombstoned = sidecar.as_ref().is_some_and(|sidecar| sidecar.is_tombstoned(uid));
             let next_index = match &next.segment_key {
-                Some(next_key) => Some((next_key.clone(), self.index(next_key).await?)),
+                Some(next_key) => Some((next_key.clone(), T::fetch(self, next_key).await?)),
                 None => None,
             };
             match next_index {
-                Some((next_key, next_index)) if next_index.find(uid).is_some() => (key, index) = (next_key, next_index),
+                Some((next_key, next_index)) if next_index.may_hold(uid) => (key, index) = (next_key, next_index),
                 // Dropped by the repack: it was tombstoned here.
-                _ if tombstoned => return Ok(Located { addr, key, index, sidecar }),
+                _ if tombstoned => return Ok((key, index, sidecar)),
                 _ => return Err(broken(&key, "a repack lost a live file (superseding segment lacks it)")),
             }
         }
@@ -430,10 +597,12 @@ impl ShardStore {
 
     /// [`ShardStore::read_file`] with sidecars from `sidecars` (a reader's cache).
     ///
-    /// When the latest read of the segment reported no tags, the segment has no sidecar
-    /// ([`SIDECAR_TAG`]), so the read is the data GET alone; that GET reports the tags
-    /// again, and if the segment gained any, the sidecar is read (fresh) before the bytes
-    /// are returned. A cold read is thus the index suffix GET plus the data GET.
+    /// The walk goes through the read path's compact indexes. When the latest read of the
+    /// segment reported no tags, the segment has no sidecar ([`SIDECAR_TAG`]), so the read
+    /// is the data GET alone; that GET reports the tags again, and if the segment gained
+    /// any, the sidecar is read (fresh) before the bytes are returned. A cold read is thus
+    /// the index suffix GET plus the data GET. In the rare case that a compact index sent
+    /// the read to another uid's record, the whole indexes settle it.
     pub async fn read_file_with(
         &self,
         routing: &RoutingTable,
@@ -442,49 +611,74 @@ impl ShardStore {
         sidecars: &dyn Sidecars,
     ) -> Result<FileRead, ShardError> {
         let addr = address(routing, uid, created_at)?;
-        let (key, index) = self.probe(&addr, uid).await?;
+        if let Some(file) = self.read_via::<ReadIndex>(&addr, uid, sidecars).await? {
+            return Ok(file);
+        }
+        self.read_via::<Arc<SegmentIndex>>(&addr, uid, sidecars).await?.ok_or_else(|| not_found(uid, &addr))
+    }
+
+    /// The read walk over one kind of index; `None` when the records it was sent to all
+    /// belong to other uids.
+    async fn read_via<T: SegmentLookup>(
+        &self,
+        addr: &ShardAddr,
+        uid: &str,
+        sidecars: &dyn Sidecars,
+    ) -> Result<Option<FileRead>, ShardError> {
+        let (key, index) = self.probe::<T>(addr, uid).await?;
         // A record fetched before the sidecar was consulted, kept for when the sidecar
         // sends the read nowhere else.
-        let mut fetched = None;
+        let mut fetched: Option<(Range<u64>, bytes::Bytes)> = None;
         if self.known_untagged(&key) {
-            let file = index.find(uid).ok_or_else(|| not_found(uid, &addr))?;
-            match self.store.get_range_tagged(&key, file.entry.record_range()).await {
-                Ok((record, tags)) => {
+            for range in index.records(uid) {
+                match self.store.get_range_tagged(&key, range.clone()).await {
+                    Ok((record, tags)) => {
+                        self.note_tags(&key, tags);
+                        if tags != Some(0) {
+                            // Tagged since: a sidecar may have appeared; read it fresh below.
+                            sidecars.forget(&key).await;
+                            fetched = Some((range, record));
+                            break;
+                        }
+                        if let Some(file) = index.decode(&key, uid, &record, &self.limits)? {
+                            return Ok(Some(file));
+                        }
+                    }
+                    Err(error) => {
+                        self.tag_counts.invalidate(&key);
+                        // An archived (superseded) segment refuses reads: the sidecar path
+                        // below follows the repack instead. Anything else is the answer.
+                        if matches!(error.kind, StoreErrorKind::Transient | StoreErrorKind::NotFound) {
+                            return Err(error.into());
+                        }
+                        break;
+                    }
+                }
+            }
+            if fetched.is_none() && self.known_untagged(&key) {
+                // Untagged, and every candidate record is another uid's.
+                return Ok(None);
+            }
+        }
+        let original = key.clone();
+        let (key, index, sidecar) = self.follow(key, index, uid, sidecars).await?;
+        if sidecar.as_ref().is_some_and(|sidecar| sidecar.is_tombstoned(uid)) {
+            return Err(ShardError::Gone { uid: uid.to_owned(), key });
+        }
+        for range in index.records(uid) {
+            let record = match fetched.take() {
+                Some((fetched_range, record)) if key == original && fetched_range == range => record,
+                _ => {
+                    let (record, tags) = self.store.get_range_tagged(&key, range).await?;
                     self.note_tags(&key, tags);
-                    if tags == Some(0) {
-                        return decode(&key, &index, file, &record, &self.limits);
-                    }
-                    // Tagged since: a sidecar may have appeared; read it fresh below.
-                    sidecars.forget(&key).await;
-                    fetched = Some((key.clone(), record));
+                    record
                 }
-                Err(error) => {
-                    self.tag_counts.invalidate(&key);
-                    // An archived (superseded) segment refuses reads: the sidecar path
-                    // below follows the repack instead. Anything else is the answer.
-                    if matches!(error.kind, StoreErrorKind::Transient | StoreErrorKind::NotFound) {
-                        return Err(error.into());
-                    }
-                }
+            };
+            if let Some(file) = index.decode(&key, uid, &record, &self.limits)? {
+                return Ok(Some(file));
             }
         }
-        let located = self.follow(addr, key, index, uid, sidecars).await?;
-        if located.is_tombstoned(uid) {
-            return Err(ShardError::Gone { uid: uid.to_owned(), key: located.key });
-        }
-        let Located { key, index, .. } = located;
-        let Some(file) = index.find(uid) else {
-            return Err(ShardError::NotFound { uid: uid.to_owned(), prefix: key });
-        };
-        let record = match fetched {
-            Some((fetched_key, record)) if fetched_key == key => record,
-            _ => {
-                let (record, tags) = self.store.get_range_tagged(&key, file.entry.record_range()).await?;
-                self.note_tags(&key, tags);
-                record
-            }
-        };
-        decode(&key, &index, file, &record, &self.limits)
+        Ok(None)
     }
 }
 
@@ -494,22 +688,4 @@ fn address(routing: &RoutingTable, uid: &str, created_at: Timestamp) -> Result<S
 
 fn not_found(uid: &str, addr: &ShardAddr) -> ShardError {
     ShardError::NotFound { uid: uid.to_owned(), prefix: addr.key_prefix() }
-}
-
-/// Decodes one fetched record (with the segment's dictionary) and checks its BLAKE3.
-fn decode(
-    key: &str,
-    index: &SegmentIndex,
-    file: vera_protocol::shard::reader::FileRef<'_>,
-    record: &[u8],
-    limits: &ReadLimits,
-) -> Result<FileRead, ShardError> {
-    let bytes =
-        index.decode(file, record, limits).map_err(|source| ShardError::Segment { key: key.to_owned(), source })?;
-    Ok(FileRead {
-        bytes,
-        content_type: file.content_type.to_owned(),
-        key: key.to_owned(),
-        content_hash: file.entry.content_hash,
-    })
 }

@@ -5,8 +5,13 @@ use crate::compress::Codec;
 use crate::merkle::Hash;
 use crate::routing::{ShardAddr, TimeGranularity};
 
-/// `.vera` format version written by this code.
-pub const FORMAT_VERSION: u16 = 1;
+/// `.vera` format version written by default. Version 2 stores records in uid
+/// fingerprint order, each with a self-describing header, so that a reader can keep 12
+/// bytes per file (fingerprint and offset) and still check every read.
+pub const FORMAT_VERSION: u16 = 2;
+/// Oldest format version this code reads and can still write (segments are kept for
+/// decades; every version ever written stays readable).
+pub const MIN_FORMAT_VERSION: u16 = 1;
 /// First 8 bytes of every segment.
 pub const HEADER_MAGIC: [u8; 8] = *b"VERA\x00SEG";
 /// Last 8 bytes of every segment.
@@ -14,8 +19,13 @@ pub const FOOTER_MAGIC: [u8; 8] = *b"VERA\x00END";
 pub const HEADER_LEN: usize = 64;
 pub const FOOTER_LEN: usize = 160;
 pub const INDEX_ENTRY_LEN: usize = 68;
-/// Each payload in DATA is followed by the 32-byte BLAKE3 of the file's raw content.
+/// Version 1: each payload in DATA is followed by the 32-byte BLAKE3 of the file's raw
+/// content.
 pub const TRAILER_LEN: usize = 32;
+/// Version 2: fixed part of a record header, before the uid.
+pub const RECORD_HEADER_FIXED_LEN: usize = 52;
+/// Version 2: the CRC-32C after the uid that closes a record header.
+pub const RECORD_HEADER_CRC_LEN: usize = 4;
 /// Index block codec byte: stored as is.
 pub const INDEX_CODEC_RAW: u8 = 0;
 /// Index block codec byte: one zstd frame.
@@ -30,7 +40,7 @@ pub enum LayoutError {
     BadMagic { what: &'static str },
     #[error("{what} checksum mismatch")]
     Checksum { what: &'static str },
-    #[error("unsupported format version {version} (this reader knows {FORMAT_VERSION})")]
+    #[error("unsupported format version {version} (this reader knows {MIN_FORMAT_VERSION}..={FORMAT_VERSION})")]
     UnsupportedVersion { version: u16 },
     #[error("{what} field {field} is invalid")]
     Invalid { what: &'static str, field: &'static str },
@@ -41,6 +51,7 @@ pub enum LayoutError {
 /// Segment header: identifies the segment without the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    pub format_version: u16,
     pub addr: ShardAddr,
     pub generation: u32,
 }
@@ -49,7 +60,7 @@ impl Header {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[0..8].copy_from_slice(&HEADER_MAGIC);
-        out[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[8..10].copy_from_slice(&self.format_version.to_le_bytes());
         out[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
         out[12..14].copy_from_slice(&self.addr.epoch.to_le_bytes());
         out[14] = self.addr.granularity.code();
@@ -76,10 +87,7 @@ impl Header {
         if crc32c::crc32c(&bytes[0..60]) != le_u32(bytes, 60) {
             return Err(LayoutError::Checksum { what: WHAT });
         }
-        let version = le_u16(bytes, 8);
-        if version != FORMAT_VERSION {
-            return Err(LayoutError::UnsupportedVersion { version });
-        }
+        let format_version = checked_version(le_u16(bytes, 8))?;
         if usize::from(le_u16(bytes, 10)) != HEADER_LEN {
             return Err(LayoutError::Invalid { what: WHAT, field: "header_len" });
         }
@@ -90,13 +98,15 @@ impl Header {
             TimeGranularity::from_code(bytes[14]).ok_or(LayoutError::Invalid { what: WHAT, field: "granularity" })?;
         let addr = ShardAddr::new(le_u16(bytes, 12), granularity, le_i32(bytes, 16), bytes[15], le_u32(bytes, 20))
             .map_err(|_| LayoutError::Invalid { what: WHAT, field: "shard_addr" })?;
-        Ok(Header { addr, generation: le_u32(bytes, 24) })
+        Ok(Header { format_version, addr, generation: le_u32(bytes, 24) })
     }
 }
 
 /// Segment footer: the fixed-size tail a reader finds first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Footer {
+    /// Equal to the header's.
+    pub format_version: u16,
     pub index_region_offset: u64,
     pub index_region_len: u64,
     pub dictionary_len: u32,
@@ -120,7 +130,7 @@ impl Footer {
         out[16..20].copy_from_slice(&self.dictionary_len.to_le_bytes());
         out[20] = self.index_codec;
         // 21 reserved, zero.
-        out[22..24].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[22..24].copy_from_slice(&self.format_version.to_le_bytes());
         out[24..32].copy_from_slice(&self.index_raw_len.to_le_bytes());
         out[32..40].copy_from_slice(&self.entry_count.to_le_bytes());
         out[40..48].copy_from_slice(&self.data_len.to_le_bytes());
@@ -146,10 +156,7 @@ impl Footer {
         if crc32c::crc32c(&bytes[0..148]) != le_u32(bytes, 148) {
             return Err(LayoutError::Checksum { what: WHAT });
         }
-        let version = le_u16(bytes, 22);
-        if version != FORMAT_VERSION {
-            return Err(LayoutError::UnsupportedVersion { version });
-        }
+        let format_version = checked_version(le_u16(bytes, 22))?;
         if bytes[21] != 0 || bytes[144..148].iter().any(|&b| b != 0) {
             return Err(LayoutError::Invalid { what: WHAT, field: "reserved" });
         }
@@ -158,6 +165,7 @@ impl Footer {
             return Err(LayoutError::Invalid { what: WHAT, field: "index_codec" });
         }
         Ok(Footer {
+            format_version,
             index_region_offset: le_u64(bytes, 0),
             index_region_len: le_u64(bytes, 8),
             dictionary_len: le_u32(bytes, 16),
@@ -228,9 +236,95 @@ impl IndexEntry {
         })
     }
 
-    /// Byte range of the DATA record (payload plus trailer) within the object.
-    pub fn record_range(&self) -> std::ops::Range<u64> {
-        self.data_offset..self.data_offset + u64::from(self.stored_len) + TRAILER_LEN as u64
+    /// Length of the DATA record: payload plus trailer (version 1), or record header plus
+    /// payload (version 2).
+    pub fn record_len(&self, format_version: u16) -> u64 {
+        let framing = if format_version == 1 {
+            TRAILER_LEN
+        } else {
+            RECORD_HEADER_FIXED_LEN + usize::from(self.uid_len) + RECORD_HEADER_CRC_LEN
+        };
+        u64::from(self.stored_len) + framing as u64
+    }
+
+    /// Byte range of the DATA record within the object.
+    pub fn record_range(&self, format_version: u16) -> std::ops::Range<u64> {
+        self.data_offset..self.data_offset + self.record_len(format_version)
+    }
+}
+
+/// Version 2: the header that opens every DATA record, so that a record read alone says
+/// whose it is and how to decode it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub codec: Codec,
+    pub content_type: u16,
+    pub created_at_micros: i64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub content_hash: Hash,
+    pub uid: String,
+}
+
+impl RecordHeader {
+    /// Encoded length: fixed part, uid, CRC.
+    pub fn encoded_len(&self) -> usize {
+        RECORD_HEADER_FIXED_LEN + self.uid.len() + RECORD_HEADER_CRC_LEN
+    }
+
+    /// Appends the encoded header. The uid must be 1..=255 bytes (checked by the writer).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.push(self.codec.as_byte());
+        out.push(self.uid.len() as u8);
+        out.extend_from_slice(&self.content_type.to_le_bytes());
+        out.extend_from_slice(&self.created_at_micros.to_le_bytes());
+        out.extend_from_slice(&self.stored_len.to_le_bytes());
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+        out.extend_from_slice(&self.content_hash);
+        out.extend_from_slice(self.uid.as_bytes());
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Decodes the header at the start of `record`; returns it with its encoded length.
+    pub fn decode(record: &[u8]) -> Result<(RecordHeader, usize), LayoutError> {
+        const WHAT: &str = "record header";
+        let truncated = |need: usize| LayoutError::Truncated { what: WHAT, need, have: record.len() };
+        if record.len() < RECORD_HEADER_FIXED_LEN {
+            return Err(truncated(RECORD_HEADER_FIXED_LEN));
+        }
+        let uid_len = usize::from(record[1]);
+        let len = RECORD_HEADER_FIXED_LEN + uid_len + RECORD_HEADER_CRC_LEN;
+        if record.len() < len {
+            return Err(truncated(len));
+        }
+        if crc32c::crc32c(&record[..len - RECORD_HEADER_CRC_LEN]) != le_u32(record, len - RECORD_HEADER_CRC_LEN) {
+            return Err(LayoutError::Checksum { what: WHAT });
+        }
+        let codec = Codec::from_byte(record[0]).ok_or(LayoutError::Invalid { what: WHAT, field: "codec" })?;
+        let uid = std::str::from_utf8(&record[RECORD_HEADER_FIXED_LEN..RECORD_HEADER_FIXED_LEN + uid_len])
+            .ok()
+            .filter(|uid| crate::routing::validate_uid(uid).is_ok())
+            .ok_or(LayoutError::Invalid { what: WHAT, field: "uid" })?;
+        let header = RecordHeader {
+            codec,
+            content_type: le_u16(record, 2),
+            created_at_micros: le_i64(record, 4),
+            stored_len: le_u32(record, 12),
+            raw_len: le_u32(record, 16),
+            content_hash: hash_at(record, 20),
+            uid: uid.to_owned(),
+        };
+        Ok((header, len))
+    }
+}
+
+fn checked_version(version: u16) -> Result<u16, LayoutError> {
+    if (MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
+        Ok(version)
+    } else {
+        Err(LayoutError::UnsupportedVersion { version })
     }
 }
 
@@ -274,9 +368,15 @@ mod tests {
     #[test]
     fn header_round_trip_and_corruption() {
         let addr = locate_shard("u-1", Timestamp::parse("2026-11-24T10:00:00Z").unwrap(), 6).unwrap();
-        let header = Header { addr, generation: 3 };
+        let header = Header { format_version: FORMAT_VERSION, addr, generation: 3 };
         let bytes = header.encode();
         assert_eq!(Header::decode(&bytes).unwrap(), header);
+        let old = Header { format_version: 1, ..header };
+        assert_eq!(Header::decode(&old.encode()).unwrap(), old);
+        let future = Header { format_version: FORMAT_VERSION + 1, ..header };
+        assert!(
+            matches!(Header::decode(&future.encode()), Err(LayoutError::UnsupportedVersion { version }) if version == FORMAT_VERSION + 1)
+        );
         for position in 0..HEADER_LEN {
             let mut corrupt = bytes;
             corrupt[position] ^= 0x40;
@@ -288,6 +388,7 @@ mod tests {
     #[test]
     fn footer_round_trip_and_corruption() {
         let footer = Footer {
+            format_version: FORMAT_VERSION,
             index_region_offset: 1000,
             index_region_len: 200,
             dictionary_len: 0,
@@ -305,6 +406,33 @@ mod tests {
             let mut corrupt = bytes;
             corrupt[position] ^= 0x01;
             assert!(Footer::decode(&corrupt).is_err(), "flip at {position} accepted");
+        }
+    }
+
+    #[test]
+    fn record_header_round_trip_and_corruption() {
+        let header = RecordHeader {
+            codec: Codec::ZstdDict,
+            content_type: 3,
+            created_at_micros: -5,
+            stored_len: 10,
+            raw_len: 20,
+            content_hash: [0xAB; 32],
+            uid: "ü-1".to_owned(),
+        };
+        let mut bytes = Vec::new();
+        header.encode_into(&mut bytes);
+        assert_eq!(bytes.len(), header.encoded_len());
+        assert_eq!(bytes.len(), RECORD_HEADER_FIXED_LEN + "ü-1".len() + RECORD_HEADER_CRC_LEN);
+        bytes.extend_from_slice(b"payload follows");
+        assert_eq!(RecordHeader::decode(&bytes).unwrap(), (header.clone(), header.encoded_len()));
+        for position in 0..header.encoded_len() {
+            let mut corrupt = bytes.clone();
+            corrupt[position] ^= 0x10;
+            assert!(RecordHeader::decode(&corrupt).is_err(), "flip at {position} accepted");
+        }
+        for cut in 0..header.encoded_len() {
+            assert!(matches!(RecordHeader::decode(&bytes[..cut]), Err(LayoutError::Truncated { .. })), "cut {cut}");
         }
     }
 }

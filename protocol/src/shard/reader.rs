@@ -7,13 +7,18 @@
 //! strictly sorted, contiguous over DATA and consistent with the footer's Merkle root.
 //! After that, a lookup is a binary search, and every decoded file is hashed and compared
 //! with the index before it is returned.
+//!
+//! [`LookupIndex`] is the compact form a long-running reader caches for a format 2
+//! segment: 8 bytes per file (the top half of the uid fingerprint and the record offset).
+//! The record's own header then says whose record it is and how to decode it.
 
 use std::io::{self, Read, Seek, SeekFrom};
 
 use crate::compress::{self, Codec, DecodeError};
 use crate::merkle::{self, Hash};
+use crate::routing::uid_fingerprint;
 use crate::shard::layout::{
-    FOOTER_LEN, Footer, HEADER_LEN, Header, INDEX_CODEC_ZSTD, INDEX_ENTRY_LEN, IndexEntry, LayoutError, TRAILER_LEN,
+    FOOTER_LEN, Footer, HEADER_LEN, Header, INDEX_CODEC_ZSTD, INDEX_ENTRY_LEN, IndexEntry, LayoutError, RecordHeader,
 };
 
 /// Bounds that keep a hostile segment from driving allocations.
@@ -60,6 +65,8 @@ pub enum ReadError {
     Decode { uid: String, source: DecodeError },
     #[error("record for {uid:?} is {actual} bytes, expected {expected}")]
     RecordLength { uid: String, expected: u64, actual: u64 },
+    #[error("record for {uid:?} is corrupt: {reason}")]
+    Record { uid: String, reason: &'static str },
     #[error("i/o failed while reading the segment")]
     Io(#[from] io::Error),
 }
@@ -90,6 +97,9 @@ pub struct SegmentIndex {
     content_types: Vec<String>,
     uid_pool: String,
     entries: Vec<IndexEntry>,
+    /// Format 2: [`uid_fingerprint`] of each entry's uid, in entry order (ascending). Empty for
+    /// format 1.
+    fingerprints: Vec<u64>,
 }
 
 /// A file as listed in the index.
@@ -98,6 +108,15 @@ pub struct FileRef<'a> {
     pub uid: &'a str,
     pub content_type: &'a str,
     pub entry: &'a IndexEntry,
+    /// The segment's format version, which decides the record framing.
+    pub format_version: u16,
+}
+
+impl FileRef<'_> {
+    /// Byte range of this file's DATA record within the object: what one range GET fetches.
+    pub fn record_range(&self) -> std::ops::Range<u64> {
+        self.entry.record_range(self.format_version)
+    }
 }
 
 impl SegmentIndex {
@@ -105,6 +124,7 @@ impl SegmentIndex {
     pub fn resident_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.entries.capacity() * std::mem::size_of::<IndexEntry>()
+            + self.fingerprints.capacity() * std::mem::size_of::<u64>()
             + self.uid_pool.capacity()
             + self.dictionary.as_ref().map_or(0, Vec::capacity)
             + self.content_types.iter().map(|t| t.capacity() + std::mem::size_of::<String>()).sum::<usize>()
@@ -196,37 +216,46 @@ impl SegmentIndex {
             stored_block.to_vec()
         };
         let parsed = parse_index_block(&block)?;
-        let index = SegmentIndex {
+        let mut index = SegmentIndex {
             footer,
             object_len,
             dictionary: (!dictionary_bytes.is_empty()).then(|| dictionary_bytes.to_vec()),
             content_types: parsed.content_types,
             uid_pool: parsed.uid_pool,
             entries: parsed.entries,
+            fingerprints: Vec::new(),
         };
         index.check_entries()?;
         Ok(index)
     }
 
-    /// Structural checks on the parsed entries; see the module docs.
-    fn check_entries(&self) -> Result<(), ReadError> {
+    /// Structural checks on the parsed entries (see the module docs); records the
+    /// fingerprints of a format 2 index.
+    fn check_entries(&mut self) -> Result<(), ReadError> {
         if self.entries.len() as u64 != self.footer.entry_count {
             return Err(ReadError::Corrupt { reason: "entry count disagrees with the footer" });
         }
         if self.entries.is_empty() {
             return Err(ReadError::Corrupt { reason: "segment has no files" });
         }
+        let version = self.footer.format_version;
+        let mut fingerprints = Vec::with_capacity(if version == 1 { 0 } else { self.entries.len() });
         let mut expected_offset = HEADER_LEN as u64;
-        let mut previous_uid: Option<&str> = None;
+        let mut previous: Option<(u64, &str)> = None;
         for entry in &self.entries {
             let uid = self.uid_of(entry).ok_or(ReadError::Corrupt { reason: "uid out of pool bounds or not utf-8" })?;
             if crate::routing::validate_uid(uid).is_err() {
                 return Err(ReadError::Corrupt { reason: "invalid uid in index" });
             }
-            if previous_uid.is_some_and(|previous| previous >= uid) {
-                return Err(ReadError::Corrupt { reason: "index not strictly sorted by uid" });
+            // Format 1 sorts by uid alone: a constant fingerprint reduces to that.
+            let fingerprint = if version == 1 { 0 } else { uid_fingerprint(uid) };
+            if previous.is_some_and(|previous| previous >= (fingerprint, uid)) {
+                return Err(ReadError::Corrupt { reason: "index not strictly sorted" });
             }
-            previous_uid = Some(uid);
+            previous = Some((fingerprint, uid));
+            if version != 1 {
+                fingerprints.push(fingerprint);
+            }
             if usize::from(entry.content_type) >= self.content_types.len() {
                 return Err(ReadError::Corrupt { reason: "content type id out of range" });
             }
@@ -244,7 +273,7 @@ impl SegmentIndex {
             }
             expected_offset = entry
                 .data_offset
-                .checked_add(u64::from(entry.stored_len) + TRAILER_LEN as u64)
+                .checked_add(entry.record_len(version))
                 .ok_or(ReadError::Corrupt { reason: "record offset overflow" })?;
         }
         if expected_offset != self.footer.index_region_offset {
@@ -254,6 +283,7 @@ impl SegmentIndex {
         if merkle::root_of_leaf_hashes(&leaves) != self.footer.merkle_root {
             return Err(ReadError::MerkleRoot);
         }
+        self.fingerprints = fingerprints;
         Ok(())
     }
 
@@ -272,7 +302,12 @@ impl SegmentIndex {
             uid: self.uid_of(entry).unwrap_or_default(),
             content_type: self.content_types.get(usize::from(entry.content_type)).map_or("", String::as_str),
             entry,
+            format_version: self.footer.format_version,
         }
+    }
+
+    pub fn format_version(&self) -> u16 {
+        self.footer.format_version
     }
 
     pub fn footer(&self) -> &Footer {
@@ -295,46 +330,62 @@ impl SegmentIndex {
         self.dictionary.as_deref()
     }
 
-    /// All files in uid order.
+    /// All files in index (and DATA) order: by uid in format 1, by uid fingerprint and
+    /// then uid in format 2.
     pub fn files(&self) -> impl Iterator<Item = FileRef<'_>> {
         self.entries.iter().map(|entry| self.file_ref(entry))
     }
 
-    /// Binary search by uid.
+    /// Binary search by uid (format 2: by fingerprint, then uid).
     pub fn find(&self, uid: &str) -> Option<FileRef<'_>> {
-        self.entries
-            .binary_search_by(|entry| self.uid_of(entry).unwrap_or_default().cmp(uid))
-            .ok()
-            .map(|position| self.file_ref(&self.entries[position]))
+        let position = if self.footer.format_version == 1 {
+            self.entries.binary_search_by(|entry| self.uid_of(entry).unwrap_or_default().cmp(uid)).ok()?
+        } else {
+            let fingerprint = uid_fingerprint(uid);
+            let start = self.fingerprints.partition_point(|&f| f < fingerprint);
+            let end = start + self.fingerprints[start..].partition_point(|&f| f == fingerprint);
+            start + self.entries[start..end].iter().position(|entry| self.uid_of(entry) == Some(uid))?
+        };
+        Some(self.file_ref(&self.entries[position]))
     }
 
-    /// Decodes a file from its DATA record (`entry.record_range()` of the object) and
-    /// checks the BLAKE3 of the result against the index.
+    /// Decodes a file from its DATA record (`file.record_range()` of the object) and
+    /// checks the record's framing and the BLAKE3 of the result against the index.
     pub fn decode(&self, file: FileRef<'_>, record: &[u8], limits: &ReadLimits) -> Result<Vec<u8>, ReadError> {
         let entry = file.entry;
-        let expected = u64::from(entry.stored_len) + TRAILER_LEN as u64;
+        let expected = entry.record_len(file.format_version);
         if record.len() as u64 != expected {
             return Err(ReadError::RecordLength { uid: file.uid.to_owned(), expected, actual: record.len() as u64 });
         }
-        let (stored, trailer) = record.split_at(entry.stored_len as usize);
-        if trailer != entry.content_hash {
-            return Err(ReadError::HashMismatch { uid: file.uid.to_owned() });
-        }
-        let decoded = compress::decode(
+        let stored = if file.format_version == 1 {
+            let (stored, trailer) = record.split_at(entry.stored_len as usize);
+            if trailer != entry.content_hash {
+                return Err(ReadError::HashMismatch { uid: file.uid.to_owned() });
+            }
+            stored
+        } else {
+            let (header, header_len) = RecordHeader::decode(record)?;
+            let agrees = header.uid == file.uid
+                && header.codec == entry.codec
+                && header.content_type == entry.content_type
+                && header.created_at_micros == entry.created_at_micros
+                && header.stored_len == entry.stored_len
+                && header.raw_len == entry.raw_len
+                && header.content_hash == entry.content_hash;
+            if !agrees {
+                return Err(ReadError::Record { uid: file.uid.to_owned(), reason: "header disagrees with the index" });
+            }
+            &record[header_len..]
+        };
+        decode_payload(
+            file.uid,
             entry.codec,
             stored,
-            u64::from(entry.raw_len),
+            entry.raw_len,
+            &entry.content_hash,
             self.dictionary.as_deref(),
-            limits.max_file_bytes,
+            limits,
         )
-        .map_err(|source| match source {
-            DecodeError::TooLarge { raw_len, limit } => ReadError::TooLarge { what: "file", len: raw_len, limit },
-            other => ReadError::Decode { uid: file.uid.to_owned(), source: other },
-        })?;
-        if *blake3::hash(&decoded).as_bytes() != entry.content_hash {
-            return Err(ReadError::HashMismatch { uid: file.uid.to_owned() });
-        }
-        Ok(decoded)
     }
 
     /// Looks up `uid` and reads and decodes its record from `source` with one ranged read.
@@ -345,10 +396,159 @@ impl SegmentIndex {
         limits: &ReadLimits,
     ) -> Result<Vec<u8>, ReadError> {
         let file = self.find(uid).ok_or_else(|| ReadError::NotFound { uid: uid.to_owned() })?;
-        let range = file.entry.record_range();
+        let range = file.record_range();
         let record = read_range(source, range.start, range.end)?;
         self.decode(file, &record, limits)
     }
+}
+
+/// Decodes a stored payload with an output limit of `raw_len` and checks its BLAKE3.
+fn decode_payload(
+    uid: &str,
+    codec: Codec,
+    stored: &[u8],
+    raw_len: u32,
+    content_hash: &Hash,
+    dictionary: Option<&[u8]>,
+    limits: &ReadLimits,
+) -> Result<Vec<u8>, ReadError> {
+    let decoded =
+        compress::decode(codec, stored, u64::from(raw_len), dictionary, limits.max_file_bytes).map_err(|source| {
+            match source {
+                DecodeError::TooLarge { raw_len, limit } => ReadError::TooLarge { what: "file", len: raw_len, limit },
+                other => ReadError::Decode { uid: uid.to_owned(), source: other },
+            }
+        })?;
+    if blake3::hash(&decoded).as_bytes() != content_hash {
+        return Err(ReadError::HashMismatch { uid: uid.to_owned() });
+    }
+    Ok(decoded)
+}
+
+/// The part of a format 2 segment's index a long-running reader keeps: for each file, the
+/// top 32 bits of its uid fingerprint and the offset of its record (4 bytes each), in
+/// DATA order, plus the per-segment content type table and dictionary. A record's length
+/// is the distance to the next offset, and its header names its uid, so a read fetches
+/// the record, checks the uid and decodes it; nothing else per file is needed. A uid that
+/// is not in the segment shares 32 fingerprint bits with one that is with odds of about
+/// n / 2^32 (n files): that costs one wasted GET, never a wrong answer.
+#[derive(Debug, Clone)]
+pub struct LookupIndex {
+    fingerprints: Box<[u32]>,
+    offsets: Box<[u32]>,
+    data_end: u64,
+    content_types: Box<[Box<str>]>,
+    dictionary: Option<Box<[u8]>>,
+}
+
+/// A file decoded from a record found through a [`LookupIndex`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookedUp {
+    pub bytes: Vec<u8>,
+    pub content_type: String,
+    pub content_hash: Hash,
+    pub created_at_micros: i64,
+}
+
+impl LookupIndex {
+    /// The compact form of a verified index. `None` for a format 1 segment (its records
+    /// do not say whose they are) and for one whose DATA reaches past 4 GiB.
+    pub fn from_index(index: &SegmentIndex) -> Option<LookupIndex> {
+        if index.format_version() == 1 {
+            return None;
+        }
+        let data_end = index.footer.index_region_offset;
+        u32::try_from(data_end).ok()?;
+        Some(LookupIndex {
+            fingerprints: index.fingerprints.iter().map(|&f| short_fingerprint(f)).collect(),
+            // Every offset is below data_end, checked above.
+            offsets: index.entries.iter().map(|entry| entry.data_offset as u32).collect(),
+            data_end,
+            content_types: index.content_types.iter().map(|t| t.as_str().into()).collect(),
+            dictionary: index.dictionary.as_deref().map(Box::from),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.fingerprints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fingerprints.is_empty()
+    }
+
+    /// Bytes per file: 8. Plus [`LookupIndex::segment_bytes`] per segment.
+    pub fn lookup_bytes(&self) -> usize {
+        self.fingerprints.len() * std::mem::size_of::<u32>() + self.offsets.len() * std::mem::size_of::<u32>()
+    }
+
+    /// Resident bytes that do not grow with the file count, except the dictionary.
+    pub fn segment_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.content_types.iter().map(|t| t.len() + std::mem::size_of::<Box<str>>()).sum::<usize>()
+    }
+
+    pub fn dictionary_bytes(&self) -> usize {
+        self.dictionary.as_ref().map_or(0, |d| d.len())
+    }
+
+    /// Everything this index keeps resident.
+    pub fn resident_bytes(&self) -> usize {
+        self.lookup_bytes() + self.segment_bytes() + self.dictionary_bytes()
+    }
+
+    /// Byte ranges of the records whose uid shares `uid`'s 32 fingerprint bits, in DATA
+    /// order: almost always none or one.
+    pub fn candidates(&self, uid: &str) -> impl Iterator<Item = std::ops::Range<u64>> + '_ {
+        let fingerprint = short_fingerprint(uid_fingerprint(uid));
+        let start = self.fingerprints.partition_point(|&f| f < fingerprint);
+        self.fingerprints[start..].iter().take_while(move |&&f| f == fingerprint).enumerate().map(move |(i, _)| {
+            let position = start + i;
+            let end = self.offsets.get(position + 1).map_or(self.data_end, |&next| u64::from(next));
+            u64::from(self.offsets[position])..end
+        })
+    }
+
+    /// Decodes a record fetched from one of [`LookupIndex::candidates`]. `Ok(None)` when
+    /// the record belongs to another uid (a fingerprint collision); an error when the
+    /// record is corrupt or fails its content hash.
+    pub fn decode(&self, uid: &str, record: &[u8], limits: &ReadLimits) -> Result<Option<LookedUp>, ReadError> {
+        let (header, header_len) = RecordHeader::decode(record)?;
+        if header.uid != uid {
+            return Ok(None);
+        }
+        if record.len() - header_len != header.stored_len as usize {
+            let expected = (header_len + header.stored_len as usize) as u64;
+            return Err(ReadError::RecordLength { uid: uid.to_owned(), expected, actual: record.len() as u64 });
+        }
+        let content_type = self
+            .content_types
+            .get(usize::from(header.content_type))
+            .ok_or(ReadError::Record { uid: uid.to_owned(), reason: "content type id out of range" })?;
+        if header.codec == Codec::Raw && header.stored_len != header.raw_len {
+            return Err(ReadError::Record { uid: uid.to_owned(), reason: "raw record with stored_len != raw_len" });
+        }
+        let bytes = decode_payload(
+            uid,
+            header.codec,
+            &record[header_len..],
+            header.raw_len,
+            &header.content_hash,
+            self.dictionary.as_deref(),
+            limits,
+        )?;
+        Ok(Some(LookedUp {
+            bytes,
+            content_type: content_type.to_string(),
+            content_hash: header.content_hash,
+            created_at_micros: header.created_at_micros,
+        }))
+    }
+}
+
+/// What a [`LookupIndex`] keeps of a fingerprint: its top 32 bits, which keep the order.
+fn short_fingerprint(fingerprint: u64) -> u32 {
+    (fingerprint >> 32) as u32
 }
 
 struct ParsedBlock {
@@ -466,18 +666,25 @@ pub fn verify_segment<R: Read + Seek>(
     reader.read_exact(&mut header_bytes)?;
     object_hasher.update(&header_bytes);
     let header = Header::decode(&header_bytes)?;
+    if header.format_version != index.format_version() {
+        return Err(ReadError::Corrupt { reason: "header and footer disagree on the format version" });
+    }
     let mut raw_bytes = 0u64;
     let mut record = Vec::new();
     let mut data_hasher = blake3::Hasher::new();
     for file in index.files() {
-        let record_len = u64::from(file.entry.stored_len) + TRAILER_LEN as u64;
+        let record_len = file.entry.record_len(file.format_version);
         record.clear();
         (&mut reader).take(record_len).read_to_end(&mut record)?;
         if record.len() as u64 != record_len {
             return Err(ReadError::Corrupt { reason: "object shorter than its index says" });
         }
         object_hasher.update(&record);
-        let stored = &record[..file.entry.stored_len as usize];
+        let stored = if file.format_version == 1 {
+            &record[..file.entry.stored_len as usize]
+        } else {
+            &record[record.len() - file.entry.stored_len as usize..]
+        };
         let stored_hash =
             if file.entry.codec == Codec::Raw { file.entry.content_hash } else { *blake3::hash(stored).as_bytes() };
         data_hasher.update(&stored_hash);

@@ -4,8 +4,8 @@
 //! ([`PreparedFile::prepare`], pure and safe to run on many threads), and its stored bytes
 //! go to a *spill* (any `Read + Write + Seek`: a temp file for big segments, a `Cursor`
 //! for small ones). Only the index entries stay in memory. At [`SegmentWriter::finish`]
-//! the entries are sorted by uid and the payloads are copied from the spill to the sink in
-//! that order, so the output depends only on the *set* of files and the settings, never
+//! the entries are sorted (format 2: by uid fingerprint, then uid; format 1: by uid) and
+//! the payloads are copied from the spill to the sink in that order, so the output depends only on the *set* of files and the settings, never
 //! on arrival order. The sink only needs `Write`, so it can be a file or a multipart
 //! upload.
 //!
@@ -20,8 +20,8 @@ use crate::compress::{self, Codec, CompressionPolicy, DictionaryCompressor, Poli
 use crate::merkle::{self, Hash};
 use crate::routing::{self, RoutingEpoch, RoutingError, ShardAddr};
 use crate::shard::layout::{
-    FOOTER_LEN, Footer, HEADER_LEN, Header, INDEX_CODEC_RAW, INDEX_CODEC_ZSTD, INDEX_ENTRY_LEN, IndexEntry,
-    MAX_CONTENT_TYPE_LEN,
+    FOOTER_LEN, FORMAT_VERSION, Footer, HEADER_LEN, Header, INDEX_CODEC_RAW, INDEX_CODEC_ZSTD, INDEX_ENTRY_LEN,
+    IndexEntry, MAX_CONTENT_TYPE_LEN, MIN_FORMAT_VERSION, RecordHeader,
 };
 use crate::timestamp::Timestamp;
 
@@ -40,11 +40,20 @@ pub struct SegmentSettings {
     pub policy: CompressionPolicy,
     /// Files larger than this are refused (the format's own ceiling is `u32::MAX`).
     pub max_file_bytes: u64,
+    /// `.vera` format version to write: [`FORMAT_VERSION`] unless an old reader must
+    /// read the result.
+    pub format_version: u16,
 }
 
 impl SegmentSettings {
     pub fn new(addr: ShardAddr, generation: u32) -> Self {
-        SegmentSettings { addr, generation, policy: CompressionPolicy::default(), max_file_bytes: 256 * 1024 * 1024 }
+        SegmentSettings {
+            addr,
+            generation,
+            policy: CompressionPolicy::default(),
+            max_file_bytes: 256 * 1024 * 1024,
+            format_version: FORMAT_VERSION,
+        }
     }
 }
 
@@ -79,6 +88,8 @@ pub enum WriteError {
     Policy(#[from] PolicyError),
     #[error("max_file_bytes {0} exceeds the format ceiling of u32::MAX")]
     MaxFileBytes(u64),
+    #[error("cannot write format version {0} (this writer knows {MIN_FORMAT_VERSION}..={FORMAT_VERSION})")]
+    FormatVersion(u16),
     #[error("spill or sink i/o failed")]
     Io(#[from] io::Error),
 }
@@ -179,6 +190,8 @@ fn truncate(text: &str) -> String {
 /// What the writer keeps per file until `finish`: no payload bytes.
 struct PendingFile {
     uid: Box<str>,
+    /// [`routing::uid_fingerprint`] of the uid: the format 2 sort key.
+    fingerprint: u64,
     created_at: Timestamp,
     content_type: u16,
     raw_len: u32,
@@ -220,6 +233,9 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
         settings.policy.validate()?;
         if settings.max_file_bytes > u64::from(u32::MAX) {
             return Err(WriteError::MaxFileBytes(settings.max_file_bytes));
+        }
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&settings.format_version) {
+            return Err(WriteError::FormatVersion(settings.format_version));
         }
         Ok(SegmentWriter {
             settings,
@@ -266,7 +282,9 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
         // Stored bytes never exceed raw bytes, which fit in u32 (checked in prepare).
         let spill_len = u32::try_from(bytes.len()).map_err(|_| WriteError::LimitExceeded { what: "file size" })?;
         self.spill_len += u64::from(spill_len);
+        let fingerprint = if self.settings.format_version == 1 { 0 } else { routing::uid_fingerprint(&file.uid) };
         self.pending.push(PendingFile {
+            fingerprint,
             uid: file.uid.into_boxed_str(),
             created_at: file.created_at,
             content_type,
@@ -313,7 +331,8 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
         if self.pending.is_empty() {
             return Err(WriteError::Empty);
         }
-        self.pending.sort_unstable_by(|a, b| a.uid.cmp(&b.uid));
+        // Format 1 leaves every fingerprint 0, so this is a sort by uid there.
+        self.pending.sort_unstable_by(|a, b| (a.fingerprint, &a.uid).cmp(&(b.fingerprint, &b.uid)));
         if let Some(pair) = self.pending.windows(2).find(|pair| pair[0].uid == pair[1].uid) {
             return Err(WriteError::DuplicateUid { uid: pair[0].uid.to_string() });
         }
@@ -334,12 +353,14 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
         }
 
         let mut out = HashingWriter::new(sink);
-        let header = Header { addr: self.settings.addr, generation: self.settings.generation };
+        let format_version = self.settings.format_version;
+        let header = Header { format_version, addr: self.settings.addr, generation: self.settings.generation };
         out.write_all(&header.encode())?;
 
         let mut entries = Vec::with_capacity(self.pending.len());
         let mut uid_pool = Vec::new();
         let mut buffer = Vec::new();
+        let mut record_header = Vec::new();
         let mut data_hasher = blake3::Hasher::new();
         let (mut raw_bytes, mut stored_payload_bytes, mut dictionary_files) = (0u64, 0u64, 0u64);
         for file in &self.pending {
@@ -356,14 +377,31 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
             if codec == Codec::ZstdDict {
                 dictionary_files += 1;
             }
+            let stored_len =
+                u32::try_from(stored.len()).map_err(|_| WriteError::LimitExceeded { what: "file size" })?;
+            let content_type = remap[usize::from(file.content_type)];
             let data_offset = out.position();
-            out.write_all(&stored)?;
-            out.write_all(&file.content_hash)?;
+            if format_version == 1 {
+                out.write_all(&stored)?;
+                out.write_all(&file.content_hash)?;
+            } else {
+                record_header.clear();
+                RecordHeader {
+                    codec,
+                    content_type,
+                    created_at_micros: file.created_at.as_micros(),
+                    stored_len,
+                    raw_len: file.raw_len,
+                    content_hash: file.content_hash,
+                    uid: file.uid.to_string(),
+                }
+                .encode_into(&mut record_header);
+                out.write_all(&record_header)?;
+                out.write_all(&stored)?;
+            }
             // Raw payloads are the content itself: their hash is already known.
             let stored_hash = if codec == Codec::Raw { file.content_hash } else { *blake3::hash(&stored).as_bytes() };
             data_hasher.update(&stored_hash);
-            let stored_len =
-                u32::try_from(stored.len()).map_err(|_| WriteError::LimitExceeded { what: "file size" })?;
             let uid_offset =
                 u32::try_from(uid_pool.len()).map_err(|_| WriteError::LimitExceeded { what: "uid pool bytes" })?;
             uid_pool.extend_from_slice(file.uid.as_bytes());
@@ -371,7 +409,7 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
                 uid_offset,
                 // uids are at most 255 bytes (validated in prepare).
                 uid_len: file.uid.len() as u16,
-                content_type: remap[usize::from(file.content_type)],
+                content_type,
                 codec,
                 created_at_micros: file.created_at.as_micros(),
                 data_offset,
@@ -401,6 +439,7 @@ impl<S: Read + Write + Seek> SegmentWriter<S> {
 
         let leaves: Vec<Hash> = entries.iter().map(|entry| merkle::leaf_hash(&entry.content_hash)).collect();
         let footer = Footer {
+            format_version,
             index_region_offset,
             index_region_len: (dictionary_bytes.len() + stored_index.len()) as u64,
             dictionary_len: u32::try_from(dictionary_bytes.len())
