@@ -313,6 +313,11 @@ pub struct ServeArgs {
     /// and repacks; they then expire after --sidecar-ttl-seconds only.
     #[arg(long)]
     pub no_events: bool,
+    /// Memory budget of the index cache, in MiB. A format 2 segment costs about 8 bytes
+    /// per file plus its zstd dictionary (up to 110 KiB); the least recently useful
+    /// segments are dropped and read again (one suffix GET) when needed.
+    #[arg(long, env = "VERA_INDEX_CACHE_MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub index_cache_mib: u64,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -335,8 +340,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..vera_reader::ReaderSettings::default()
     };
     let reader = Arc::new(
-        vera_reader::Reader::new(args.store.shards(store), args.store.routing()?, audit, settings)
-            .with_store_counts(counts),
+        vera_reader::Reader::new(
+            args.store.shards(store).with_cache_budget(args.index_cache_mib * 1024 * 1024),
+            args.store.routing()?,
+            audit,
+            settings,
+        )
+        .with_store_counts(counts),
     );
     let events_task = match bus {
         Some(bus) if !args.no_events => Some(vera_reader::events::spawn(reader.clone(), bus, shutdown.clone())),

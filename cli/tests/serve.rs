@@ -52,11 +52,17 @@ fn serve_answers_files_over_http_and_audits_each_read() {
         &source_s,
     ]);
     let audits_before = audit_depth(&data);
+    let refused = Command::new(env!("CARGO_BIN_EXE_vera"))
+        .args(["serve", "--index-cache-mib", "0", "--data-dir", &data])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "a zero cache budget is refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--index-cache-mib"), "and the error names the flag");
 
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let listen = format!("127.0.0.1:{port}");
     let mut server = Command::new(env!("CARGO_BIN_EXE_vera"))
-        .args(["serve", "--listen", &listen, "--data-dir", &data])
+        .args(["serve", "--listen", &listen, "--data-dir", &data, "--index-cache-mib", "64"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

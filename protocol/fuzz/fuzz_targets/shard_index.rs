@@ -9,13 +9,13 @@ use std::io::Cursor;
 use libfuzzer_sys::fuzz_target;
 use vera_protocol::merkle;
 use vera_protocol::shard::layout::{Footer, Header, HEADER_LEN, INDEX_CODEC_RAW, INDEX_CODEC_ZSTD};
-use vera_protocol::shard::{verify_segment, ReadLimits, SegmentIndex, SuffixOpen};
+use vera_protocol::shard::{verify_segment, LookupIndex, ReadLimits, SegmentIndex, SuffixOpen};
 use vera_protocol::locate_shard;
 use vera_protocol::Timestamp;
 
 fuzz_target!(|input: &[u8]| {
-    // Input: data_len (u16 LE), dictionary_len (u8), flags (bit 0: zstd index), then
-    // data || dictionary || index block.
+    // Input: data_len (u16 LE), dictionary_len (u8), flags (bit 0: zstd index, bit 1:
+    // format version 1 instead of 2), then data || dictionary || index block.
     if input.len() < 4 {
         return;
     }
@@ -23,19 +23,21 @@ fuzz_target!(|input: &[u8]| {
     let data_len = usize::from(u16::from_le_bytes([input[0], input[1]])) % (rest.len() + 1);
     let dictionary_len = usize::from(input[2]);
     let compress_index = input[3] & 1 == 1;
+    let format_version = if input[3] & 2 == 2 { 1 } else { 2 };
     let (data, tail) = rest.split_at(data_len.min(rest.len()));
     let (dictionary, block) = tail.split_at(dictionary_len.min(tail.len()));
     let stored_block = if compress_index { zstd_frame(block) } else { block.to_vec() };
 
     let Ok(created_at) = Timestamp::from_micros(0) else { return };
     let Ok(addr) = locate_shard("fuzz", created_at, 0) else { return };
-    let mut object = Header { addr, generation: 0 }.encode().to_vec();
+    let mut object = Header { format_version, addr, generation: 0 }.encode().to_vec();
     object.extend_from_slice(data);
     let index_region_offset = object.len() as u64;
     object.extend_from_slice(dictionary);
     object.extend_from_slice(&stored_block);
     let region = &object[index_region_offset as usize..];
     let footer = Footer {
+        format_version,
         index_region_offset,
         index_region_len: region.len() as u64,
         dictionary_len: dictionary.len() as u32,
@@ -51,8 +53,18 @@ fuzz_target!(|input: &[u8]| {
     let limits = ReadLimits { max_index_region_bytes: 1 << 20, max_index_raw_bytes: 1 << 22, max_file_bytes: 1 << 22 };
     if let Ok(SuffixOpen::Ready(index)) = SegmentIndex::open_suffix(&object, object.len() as u64, &limits) {
         let uids: Vec<String> = index.files().map(|file| file.uid.to_owned()).collect();
-        for uid in uids {
-            let _ = index.read_file(&mut Cursor::new(&object), &uid, &limits);
+        for uid in &uids {
+            let _ = index.read_file(&mut Cursor::new(&object), uid, &limits);
+        }
+        // The reader service's compact form, reading each record from its offset to the next.
+        if let Some(lookup) = LookupIndex::from_index(&index) {
+            for uid in &uids {
+                for range in lookup.candidates(uid) {
+                    if let Some(record) = object.get(range.start as usize..range.end as usize) {
+                        let _ = lookup.decode(uid, record, &limits);
+                    }
+                }
+            }
         }
     }
     let _ = verify_segment(&mut Cursor::new(&object), object.len() as u64, &limits);
