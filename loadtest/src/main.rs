@@ -1,6 +1,7 @@
 //! `loadtest`: VERA side by side with the naive way (one S3 object per file) on a loopback
 //! S3 server, and random reads through the reader service. See `loadtest/README.md`.
 
+mod creates;
 mod ingest;
 mod reads;
 mod report;
@@ -172,7 +173,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // Ingest, VERA first, then naive.
     let vera_counts = Arc::new(RequestCounts::default());
-    let vera_store: Arc<dyn ObjectStore> = Arc::new(server.store(&vera_bucket, Some(Arc::clone(&vera_counts))));
+    // s3s-fs does not decide create-if-absent atomically; see creates.rs.
+    let vera_store: Arc<dyn ObjectStore> =
+        Arc::new(creates::OneCreateAtATime::new(server.store(&vera_bucket, Some(Arc::clone(&vera_counts)))));
     tracing::info!(workers = args.workers, put_concurrency = args.put_concurrency, "ingesting through VERA");
     let (vera, stats) = ingest::vera(
         Arc::clone(&source),

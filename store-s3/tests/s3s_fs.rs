@@ -97,3 +97,33 @@ async fn requests_and_bytes_are_counted_on_the_wire() {
     assert_eq!(after.bytes_put - before.bytes_put, 1000);
     assert_eq!(after.bytes_got - before.bytes_got, 250 + 64, "object bytes received; a HEAD carries none");
 }
+
+/// s3s-fs refuses a create-if-absent over an existing object, for a single PUT and for a
+/// multipart upload whose completion carries `If-None-Match: *`, when the two do not
+/// overlap. (When they do, it may let both win: loadtest/src/creates.rs.)
+#[tokio::test]
+async fn sequential_creates_over_an_existing_key_are_refused() {
+    use std::sync::Arc;
+    use vera_store::{ObjectStore, PutOptions};
+    let bucket = format!("vera-s3s-{:08x}", rand::random::<u32>());
+    let setup = BucketSetup { default_retention: None, allow_without_object_lock: true };
+    let store = S3Store::with_static_credentials(
+        &S3Settings {
+            endpoint: Some(std::env::var("VERA_TEST_S3S_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:8014".into())),
+            force_path_style: true,
+            multipart_threshold: 5 * 1024 * 1024,
+            part_size: 5 * 1024 * 1024,
+            ..S3Settings::new(&bucket)
+        },
+        "test",
+        "test",
+    );
+    ensure_bucket(&store, setup).await.unwrap();
+    store.put("k", bytes::Bytes::from_static(b"first"), PutOptions::create()).await.unwrap();
+    let single = store.put("k", bytes::Bytes::from_static(b"second"), PutOptions::create()).await;
+    let big = bytes::Bytes::from(vec![9u8; 11 * 1024 * 1024]);
+    let multipart = store.put_source("k", Arc::new(big), PutOptions::create()).await;
+    assert_eq!(single.map(|_| ()).unwrap_err().kind, StoreErrorKind::AlreadyExists, "single PUT");
+    assert_eq!(multipart.map(|_| ()).unwrap_err().kind, StoreErrorKind::AlreadyExists, "multipart upload");
+    assert_eq!(&store.get("k").await.unwrap().body[..], b"first", "the first object is untouched");
+}
