@@ -78,3 +78,19 @@ fn golden_vectors_never_change() {
         assert_eq!(ShardAddr::from_segment_key(key).unwrap(), (addr, 0));
     }
 }
+
+/// FORMAT.md §7: uid fingerprints (format 2's sort key), computed independently in Python.
+const FINGERPRINTS: &[(&str, u64)] = &[
+    ("a", 0x6cda58b6d2eff955),
+    ("receipt-000000001", 0x3706f8704da25487),
+    ("naïve-ünïcode-✓", 0x07d15b0399437b50),
+    ("日本語のファイル", 0x703209b3d1c5d412),
+    ("uid with spaces", 0x8308f67ebbfcbbbc),
+];
+
+#[test]
+fn fingerprint_vectors_never_change() {
+    for &(uid, fingerprint) in FINGERPRINTS {
+        assert_eq!(vera_protocol::routing::uid_fingerprint(uid), fingerprint, "fingerprint of {uid:?}");
+    }
+}
