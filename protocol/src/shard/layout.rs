@@ -117,7 +117,8 @@ pub struct Footer {
     pub index_checksum: Hash,
     /// BLAKE3 over the concatenated BLAKE3 digests of every stored payload, in index
     /// order (for a raw payload that digest is its content hash, so it costs nothing).
-    /// Together with the per-record trailer check it covers every DATA byte.
+    /// Together with the per-record check (format 1: the trailer; format 2: the record
+    /// header against the index) it covers every DATA byte.
     pub data_checksum: Hash,
     pub merkle_root: Hash,
 }
