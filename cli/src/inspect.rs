@@ -142,6 +142,9 @@ pub struct StatsReport {
     pub index_bytes_per_file: f64,
     pub indexes_over_64k_suffix: u64,
     pub files_by_codec: BTreeMap<String, u64>,
+    /// Current segments by `.vera` format version. Readers cache format 1 segments whole
+    /// (about 100 bytes per file) and format 2 ones at about 8; a repack upgrades.
+    pub segments_by_format: BTreeMap<u16, u64>,
     pub locked_segments: u64,
     /// Segments a repack replaced: kept (locked, archived) but not counted above, since
     /// their live files are counted in the segments that replaced them.
@@ -173,6 +176,9 @@ impl StatsReport {
         for (codec, count) in &self.files_by_codec {
             lines.push(("files stored as", format!("{codec}: {count}")));
         }
+        for (version, count) in &self.segments_by_format {
+            lines.push(("segments in format", format!("{version}: {count}")));
+        }
         lines.iter().map(|(name, value)| format!("{name:>30}  {value}\n")).collect()
     }
 }
@@ -203,6 +209,7 @@ pub async fn stats(args: InspectArgs) -> anyhow::Result<StatsReport> {
         index_bytes += index.footer().index_region_len - u64::from(index.footer().dictionary_len);
         report.indexes_over_64k_suffix += u64::from(region > 64 * 1024);
         report.segments_with_dictionary += u64::from(index.dictionary().is_some());
+        *report.segments_by_format.entry(index.format_version()).or_default() += 1;
         for file in index.files() {
             report.files += 1;
             report.raw_bytes += u64::from(file.entry.raw_len);

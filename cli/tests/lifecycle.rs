@@ -94,6 +94,8 @@ fn delete_track_repack_retain_and_hold_from_the_command_line() {
     let stats: serde_json::Value = serde_json::from_str(&vera(&["stats", "--json", "--data-dir", &data])).unwrap();
     assert!(stats["superseded_segments"].as_u64().unwrap() >= 1, "{stats}");
     assert!(stats["files"].as_u64().unwrap() < rows.len() as u64, "erased files no longer counted: {stats}");
+    let current = vera_protocol::shard::FORMAT_VERSION.to_string();
+    assert_eq!(stats["segments_by_format"][current.as_str()], stats["segments"], "every segment in the current format");
 
     // Retention only grows; a hold is set on the segment's lock.
     let (uid, at, _) = &kept[0];
