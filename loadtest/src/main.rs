@@ -214,6 +214,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Space, listed with uncounted clients.
     tracing::info!("measuring bytes stored and tar | zstd -3");
     let vera_sizes = space::vera(Arc::new(server.store(&vera_bucket, None))).await?;
+    // What the workers reported packing must be what the segments hold: a store that let
+    // one create overwrite another (loadtest/src/creates.rs) shows here, by name.
+    anyhow::ensure!(
+        vera_sizes.files == naive.files,
+        "files lost: the segments' indexes list {} files but {} were packed (and the naive path stored {})",
+        vera_sizes.files,
+        vera.files,
+        naive.files
+    );
     // Not listed: s3s-fs hashes every object again to answer a LIST, minutes for 100,000
     // objects. The PUT bodies counted on the wire are the objects' sizes.
     let naive_bytes = naive.bytes_sent;
