@@ -237,11 +237,9 @@ fn full_resident_bytes(index: &SegmentIndex) -> (usize, usize) {
 trait SegmentLookup: Clone + Send + Sync + Sized {
     fn fetch<'a>(shards: &'a ShardStore, key: &'a str) -> impl Future<Output = Result<Self, ShardError>> + Send + 'a;
 
-    /// False when the segment does not hold `uid`. True when it does, or, for a compact
-    /// lookup, when another uid shares its fingerprint bits (odds near n / 2^32).
-    fn may_hold(&self, uid: &str) -> bool;
-
-    /// Byte ranges of the records that may be `uid`'s (almost always none or one).
+    /// Byte ranges of the records that may be `uid`'s (almost always none or one). Empty
+    /// when the segment does not hold `uid`; for a compact lookup, not empty also when
+    /// another uid shares its fingerprint bits (odds near n / 2^32).
     fn records(&self, uid: &str) -> Vec<Range<u64>>;
 
     /// Decodes and checks a fetched record: `None` when it is another uid's.
@@ -251,10 +249,6 @@ trait SegmentLookup: Clone + Send + Sync + Sized {
 impl SegmentLookup for Arc<SegmentIndex> {
     fn fetch<'a>(shards: &'a ShardStore, key: &'a str) -> impl Future<Output = Result<Self, ShardError>> + Send + 'a {
         shards.index(key)
-    }
-
-    fn may_hold(&self, uid: &str) -> bool {
-        self.find(uid).is_some()
     }
 
     fn records(&self, uid: &str) -> Vec<Range<u64>> {
@@ -277,13 +271,6 @@ impl SegmentLookup for Arc<SegmentIndex> {
 impl SegmentLookup for ReadIndex {
     fn fetch<'a>(shards: &'a ShardStore, key: &'a str) -> impl Future<Output = Result<Self, ShardError>> + Send + 'a {
         shards.read_index(key)
-    }
-
-    fn may_hold(&self, uid: &str) -> bool {
-        match self {
-            ReadIndex::Lookup(lookup) => lookup.candidates(uid).next().is_some(),
-            ReadIndex::Full(index) => index.may_hold(uid),
-        }
     }
 
     fn records(&self, uid: &str) -> Vec<Range<u64>> {
@@ -540,7 +527,7 @@ impl ShardStore {
         loop {
             let key = addr.segment_key(generation);
             match T::fetch(self, &key).await {
-                Ok(index) if index.may_hold(uid) => return Ok((key, index)),
+                Ok(index) if !index.records(uid).is_empty() => return Ok((key, index)),
                 Ok(_) => {}
                 Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => {
                     return Err(not_found(uid, addr));
@@ -575,7 +562,9 @@ impl ShardStore {
                 None => None,
             };
             match next_index {
-                Some((next_key, next_index)) if next_index.may_hold(uid) => (key, index) = (next_key, next_index),
+                Some((next_key, next_index)) if !next_index.records(uid).is_empty() => {
+                    (key, index) = (next_key, next_index)
+                }
                 // Dropped by the repack: it was tombstoned here.
                 _ if tombstoned => return Ok((key, index, sidecar)),
                 _ => return Err(broken(&key, "a repack lost a live file (superseding segment lacks it)")),
