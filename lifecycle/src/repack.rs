@@ -291,13 +291,12 @@ impl Lifecycle {
         }
 
         let object = store.get(&old_key).await?;
+        // SegmentSettings::new picks the current format: old segments are upgraded as
+        // they are repacked.
         let segment_settings = SegmentSettings {
-            addr,
-            generation,
             policy: settings.compression.clone(),
             max_file_bytes: settings.max_file_bytes,
-            // A repack writes the current format: old segments are upgraded as they go.
-            format_version: vera_protocol::shard::FORMAT_VERSION,
+            ..SegmentSettings::new(addr, generation)
         };
         let index_copy = index.clone();
         let moved_copy = moved.clone();

@@ -228,11 +228,9 @@ fn add_batch(
         }
     }
     let segment_settings = |addr: ShardAddr| SegmentSettings {
-        addr,
-        generation: 0,
         policy: settings.compression.clone(),
         max_file_bytes: settings.max_file_bytes,
-        format_version: vera_protocol::shard::FORMAT_VERSION,
+        ..SegmentSettings::new(addr, 0)
     };
     let prepared: Vec<(ShardAddr, Result<PreparedFile, WriteError>)> = routed
         .into_par_iter()
@@ -395,7 +393,7 @@ async fn seal_address(
                 }
                 generation += 1;
                 // Only the header names the generation: patch it in place and rehash.
-                let header = Header { format_version: vera_protocol::shard::FORMAT_VERSION, addr, generation }.encode();
+                let header = Header { generation, ..sealed.header }.encode();
                 let patched = body.clone();
                 object_hash = tokio::task::spawn_blocking(move || -> std::io::Result<[u8; 32]> {
                     std::os::unix::fs::FileExt::write_all_at(patched.file(), &header[..HEADER_LEN], 0)?;
