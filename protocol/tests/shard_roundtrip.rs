@@ -80,6 +80,11 @@ fn mixed_files(count: usize) -> Vec<TestFile> {
         .collect()
 }
 
+/// Settings for generation 0 of `addr()`, written in format `version`.
+fn in_format(version: u16) -> SegmentSettings {
+    SegmentSettings { format_version: version, ..SegmentSettings::new(addr(), 0) }
+}
+
 fn open(bytes: &[u8]) -> Result<SegmentIndex, ReadError> {
     SegmentIndex::open_from(&mut Cursor::new(bytes), bytes.len() as u64, 64 * 1024, &ReadLimits::default())
 }
@@ -93,7 +98,7 @@ fn every_file_reads_back_and_verifies_in_every_format_version() {
 
 fn every_file_reads_back_and_verifies(version: u16) {
     let files = mixed_files(300);
-    let settings = SegmentSettings { format_version: version, ..SegmentSettings::new(addr(), 0) };
+    let settings = in_format(version);
     let bytes = write(&files, &settings).unwrap();
     let index = open(&bytes).unwrap();
     assert_eq!(index.format_version(), version);
@@ -125,7 +130,7 @@ fn every_file_reads_back_and_verifies(version: u16) {
 #[test]
 fn the_writer_refuses_format_versions_it_does_not_know() {
     for version in [0, FORMAT_VERSION + 1] {
-        let settings = SegmentSettings { format_version: version, ..SegmentSettings::new(addr(), 0) };
+        let settings = in_format(version);
         assert!(matches!(
             SegmentWriter::new(settings, Cursor::new(Vec::new())),
             Err(WriteError::FormatVersion(v)) if v == version
@@ -137,7 +142,7 @@ fn the_writer_refuses_format_versions_it_does_not_know() {
 fn format_2_records_are_in_fingerprint_order_and_version_1_in_uid_order() {
     let files = mixed_files(100);
     for version in MIN_FORMAT_VERSION..=FORMAT_VERSION {
-        let settings = SegmentSettings { format_version: version, ..SegmentSettings::new(addr(), 0) };
+        let settings = in_format(version);
         let bytes = write(&files, &settings).unwrap();
         let index = open(&bytes).unwrap();
         let order: Vec<(u64, &str)> = index
@@ -177,7 +182,7 @@ fn the_lookup_index_reads_every_file_from_its_record_alone() {
         assert_eq!(lookup.decode("someone-else", record, &limits).unwrap(), None);
     }
     assert_eq!(lookup.candidates("missing").count(), 0);
-    let old = write(&files, &SegmentSettings { format_version: 1, ..SegmentSettings::new(addr(), 0) }).unwrap();
+    let old = write(&files, &in_format(1)).unwrap();
     assert!(LookupIndex::from_index(&open(&old).unwrap()).is_none(), "format 1 records do not name their uid");
 }
 
@@ -198,7 +203,7 @@ fn a_committed_format_1_segment_still_reads_and_is_reproduced() {
         content_type: Some("application/json".to_owned()),
         bytes: record(i),
     }));
-    let settings = SegmentSettings { format_version: 1, ..SegmentSettings::new(addr(), 0) };
+    let settings = in_format(1);
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FORMAT_1_FIXTURE);
     if std::env::var_os("VERA_WRITE_FIXTURES").is_some() && !path.exists() {
         std::fs::write(&path, write(&files, &settings).unwrap()).unwrap();
@@ -376,7 +381,7 @@ fn small_index_fits_one_suffix_read_large_one_asks_for_more() {
 fn every_single_byte_flip_is_caught() {
     let files = mixed_files(24);
     for version in MIN_FORMAT_VERSION..=FORMAT_VERSION {
-        let settings = SegmentSettings { format_version: version, ..SegmentSettings::new(addr(), 0) };
+        let settings = in_format(version);
         let bytes = write(&files, &settings).unwrap();
         let limits = ReadLimits::default();
         for position in 0..bytes.len() {
