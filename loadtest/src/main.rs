@@ -262,9 +262,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let cache = reader.shards().cache_stats();
+    // Every segment's read index must have stayed in the cache, or the memory figure
+    // below would cover only part of the corpus.
     anyhow::ensure!(
         cache.files == naive.files,
-        "the segments' indexes list {} files but the naive path stored {}",
+        "the reader's index cache holds {} files' lookups, not all {}: the memory figure would be partial",
         cache.files,
         naive.files
     );
