@@ -3,7 +3,8 @@
 //! Segments under an address are named by generation (`g000000.vera`, `g000001.vera`,
 //! …), so a reader probes generation 0 first, then 1, and stops at the first missing key
 //! — no LIST. An index costs one suffix GET (two if it outgrew the suffix) and is cached;
-//! a file then costs one range GET. The segment's sidecar (from a [`Sidecars`] source:
+//! a file then costs one range GET, unless the suffix a cold read just fetched already
+//! holds its record ([`Tail`]). The segment's sidecar (from a [`Sidecars`] source:
 //! the store, or a reader's short-lived cache) says whether the file is tombstoned and
 //! whether a repack superseded the segment ([`ShardStore::locate`]); a segment that every
 //! GET reports untagged has no sidecar ([`SIDECAR_TAG`]), so its reads skip it.
@@ -232,10 +233,42 @@ fn full_resident_bytes(index: &SegmentIndex) -> (usize, usize) {
     (index.resident_bytes(), index.dictionary().map_or(0, <[u8]>::len))
 }
 
+/// The end of a segment that a cold index read fetched anyway (its suffix GET), kept for
+/// the rest of that one read: a record lying inside it is served from these bytes instead
+/// of a second GET. A small segment (a day's late arrivals, typically) is wholly inside
+/// its suffix, so a cold read of it costs that one GET. The bytes are checked like any
+/// fetched record (header CRC-32C, content hash), and they are as fresh as a GET made at
+/// that moment, tags included.
+#[derive(Debug, Clone)]
+struct Tail {
+    key: String,
+    start: u64,
+    bytes: bytes::Bytes,
+    tags: crate::TagCount,
+}
+
+impl Tail {
+    /// The bytes of `range` of segment `key`, with the tag count that GET reported, if
+    /// this tail holds all of them.
+    fn record(&self, key: &str, range: &Range<u64>) -> Option<(bytes::Bytes, crate::TagCount)> {
+        if key != self.key || range.start < self.start || range.end < range.start {
+            return None;
+        }
+        let start = usize::try_from(range.start - self.start).ok()?;
+        let end = usize::try_from(range.end - self.start).ok()?;
+        (end <= self.bytes.len()).then(|| (self.bytes.slice(start..end), self.tags))
+    }
+}
+
 /// A cached form of a segment's index that the probe, the repack walk and the read go
 /// through: the whole index, or the read path's [`ReadIndex`].
 trait SegmentLookup: Clone + Send + Sync + Sized {
-    fn fetch<'a>(shards: &'a ShardStore, key: &'a str) -> impl Future<Output = Result<Self, ShardError>> + Send + 'a;
+    /// The cached index, or the index read from the store with the [`Tail`] that read
+    /// fetched.
+    fn fetch<'a>(
+        shards: &'a ShardStore,
+        key: &'a str,
+    ) -> impl Future<Output = Result<(Self, Option<Tail>), ShardError>> + Send + 'a;
 
     /// Byte ranges of the records that may be `uid`'s (almost always none or one). Empty
     /// when the segment does not hold `uid`; for a compact lookup, not empty also when
@@ -247,8 +280,11 @@ trait SegmentLookup: Clone + Send + Sync + Sized {
 }
 
 impl SegmentLookup for Arc<SegmentIndex> {
-    fn fetch<'a>(shards: &'a ShardStore, key: &'a str) -> impl Future<Output = Result<Self, ShardError>> + Send + 'a {
-        shards.index(key)
+    fn fetch<'a>(
+        shards: &'a ShardStore,
+        key: &'a str,
+    ) -> impl Future<Output = Result<(Self, Option<Tail>), ShardError>> + Send + 'a {
+        shards.index_and_tail(key)
     }
 
     fn records(&self, uid: &str) -> Vec<Range<u64>> {
@@ -269,8 +305,11 @@ impl SegmentLookup for Arc<SegmentIndex> {
 }
 
 impl SegmentLookup for ReadIndex {
-    fn fetch<'a>(shards: &'a ShardStore, key: &'a str) -> impl Future<Output = Result<Self, ShardError>> + Send + 'a {
-        shards.read_index(key)
+    fn fetch<'a>(
+        shards: &'a ShardStore,
+        key: &'a str,
+    ) -> impl Future<Output = Result<(Self, Option<Tail>), ShardError>> + Send + 'a {
+        shards.read_index_and_tail(key)
     }
 
     fn records(&self, uid: &str) -> Vec<Range<u64>> {
@@ -418,50 +457,69 @@ impl ShardStore {
     /// The parsed, verified index of a segment: from the cache, or with one suffix GET
     /// (plus one range GET if the index outgrew the suffix).
     pub async fn index(&self, key: &str) -> Result<Arc<SegmentIndex>, ShardError> {
+        Ok(self.index_and_tail(key).await?.0)
+    }
+
+    /// [`ShardStore::index`], with the [`Tail`] when the index was read from the store.
+    async fn index_and_tail(&self, key: &str) -> Result<(Arc<SegmentIndex>, Option<Tail>), ShardError> {
         if let Some(index) = self.indexes.get(key) {
             self.lookups[0].fetch_add(1, Ordering::Relaxed);
-            return Ok(index);
+            return Ok((index, None));
         }
-        let index = Arc::new(self.load(key).await?);
+        let (index, tail) = self.load(key).await?;
+        let index = Arc::new(index);
         self.indexes.insert(key.to_owned(), Arc::clone(&index));
-        Ok(index)
+        Ok((index, Some(tail)))
     }
 
     /// The read path's index of a segment: from its cache, made from a cached whole
     /// index, or read like [`ShardStore::index`] and kept only in its compact form.
     pub async fn read_index(&self, key: &str) -> Result<ReadIndex, ShardError> {
-        if let Some(index) = self.read_indexes.get(key) {
-            self.lookups[0].fetch_add(1, Ordering::Relaxed);
-            return Ok(index);
-        }
-        let index = match self.indexes.get(key) {
-            Some(index) => {
-                self.lookups[0].fetch_add(1, Ordering::Relaxed);
-                ReadIndex::of(index)
-            }
-            None => ReadIndex::of(Arc::new(self.load(key).await?)),
-        };
-        self.read_indexes.insert(key.to_owned(), index.clone());
-        Ok(index)
+        Ok(self.read_index_and_tail(key).await?.0)
     }
 
-    /// Reads and verifies a segment's index from the store (a cache miss).
-    async fn load(&self, key: &str) -> Result<SegmentIndex, ShardError> {
+    /// [`ShardStore::read_index`], with the [`Tail`] when the index was read from the store.
+    async fn read_index_and_tail(&self, key: &str) -> Result<(ReadIndex, Option<Tail>), ShardError> {
+        if let Some(index) = self.read_indexes.get(key) {
+            self.lookups[0].fetch_add(1, Ordering::Relaxed);
+            return Ok((index, None));
+        }
+        let (index, tail) = match self.indexes.get(key) {
+            Some(index) => {
+                self.lookups[0].fetch_add(1, Ordering::Relaxed);
+                (ReadIndex::of(index), None)
+            }
+            None => {
+                let (index, tail) = self.load(key).await?;
+                (ReadIndex::of(Arc::new(index)), Some(tail))
+            }
+        };
+        self.read_indexes.insert(key.to_owned(), index.clone());
+        Ok((index, tail))
+    }
+
+    /// Reads and verifies a segment's index from the store (a cache miss), with the bytes
+    /// that read fetched.
+    async fn load(&self, key: &str) -> Result<(SegmentIndex, Tail), ShardError> {
         self.lookups[1].fetch_add(1, Ordering::Relaxed);
         let suffix_len = self.suffix_hint.load(Ordering::Relaxed).max(self.suffix_bytes);
         let (suffix, object_len, tags) = self.store.get_suffix_tagged(key, suffix_len).await?;
         self.note_tags(key, tags);
         let segment_error = |source| ShardError::Segment { key: key.to_owned(), source };
+        let tail = |start: u64, bytes| Tail { key: key.to_owned(), start, bytes, tags };
         match SegmentIndex::open_suffix(&suffix, object_len, &self.limits).map_err(segment_error)? {
-            SuffixOpen::Ready(index) => Ok(*index),
+            SuffixOpen::Ready(index) => {
+                let start = object_len.saturating_sub(suffix.len() as u64);
+                Ok((*index, tail(start, suffix)))
+            }
             SuffixOpen::NeedMore { start } => {
                 // A quarter more than this index region, so similar segments fit next time.
                 let needed = object_len.saturating_sub(start);
                 let learned = (needed + needed / 4).min(MAX_SUFFIX_HINT_BYTES);
                 self.suffix_hint.fetch_max(learned, Ordering::Relaxed);
-                let tail = self.store.get_range(key, start..object_len).await?;
-                match SegmentIndex::open_suffix(&tail, object_len, &self.limits).map_err(segment_error)? {
-                    SuffixOpen::Ready(index) => Ok(*index),
+                let region = self.store.get_range(key, start..object_len).await?;
+                match SegmentIndex::open_suffix(&region, object_len, &self.limits).map_err(segment_error)? {
+                    SuffixOpen::Ready(index) => Ok((*index, tail(start, region))),
                     SuffixOpen::NeedMore { .. } => Err(ShardError::Segment {
                         key: key.to_owned(),
                         source: ReadError::Corrupt { reason: "index region moved between reads" },
@@ -515,19 +573,23 @@ impl ShardStore {
         sidecars: &dyn Sidecars,
     ) -> Result<Located, ShardError> {
         let addr = address(routing, uid, created_at)?;
-        let (key, index) = self.probe::<Arc<SegmentIndex>>(&addr, uid).await?;
+        let (key, index, _) = self.probe::<Arc<SegmentIndex>>(&addr, uid).await?;
         let (key, index, sidecar) = self.follow(key, index, uid, sidecars).await?;
         Ok(Located { addr, key, index, sidecar })
     }
 
     /// The packed segment of `addr` whose index lists (or may list) `uid`: generation 0,
-    /// 1, … until the first missing one.
-    async fn probe<T: SegmentLookup>(&self, addr: &ShardAddr, uid: &str) -> Result<(String, T), ShardError> {
+    /// 1, … until the first missing one; with the [`Tail`] if its index was not cached.
+    async fn probe<T: SegmentLookup>(
+        &self,
+        addr: &ShardAddr,
+        uid: &str,
+    ) -> Result<(String, T, Option<Tail>), ShardError> {
         let mut generation = 0u32;
         loop {
             let key = addr.segment_key(generation);
             match T::fetch(self, &key).await {
-                Ok(index) if !index.records(uid).is_empty() => return Ok((key, index)),
+                Ok((index, tail)) if !index.records(uid).is_empty() => return Ok((key, index, tail)),
                 Ok(_) => {}
                 Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => {
                     return Err(not_found(uid, addr));
@@ -558,7 +620,7 @@ impl ShardStore {
             };
             let tombstoned = sidecar.as_ref().is_some_and(|sidecar| sidecar.is_tombstoned(uid));
             let next_index = match &next.segment_key {
-                Some(next_key) => Some((next_key.clone(), T::fetch(self, next_key).await?)),
+                Some(next_key) => Some((next_key.clone(), T::fetch(self, next_key).await?.0)),
                 None => None,
             };
             match next_index {
@@ -590,7 +652,8 @@ impl ShardStore {
     /// segment reported no tags, the segment has no sidecar ([`SIDECAR_TAG`]), so the read
     /// is the data GET alone; that GET reports the tags again, and if the segment gained
     /// any, the sidecar is read (fresh) before the bytes are returned. A cold read is thus
-    /// the index suffix GET plus the data GET. In the rare case that a compact index sent
+    /// the index suffix GET plus the data GET, or the suffix GET alone when the record
+    /// lies inside the suffix ([`Tail`]). In the rare case that a compact index sent
     /// the read to another uid's record, the whole indexes settle it.
     pub async fn read_file_with(
         &self,
@@ -606,6 +669,20 @@ impl ShardStore {
         self.read_via::<Arc<SegmentIndex>>(&addr, uid, sidecars).await?.ok_or_else(|| not_found(uid, &addr))
     }
 
+    /// A record's bytes and the tags reported with them: from the tail a cold index read
+    /// just fetched when it holds them, else one range GET.
+    async fn record(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        tail: Option<&Tail>,
+    ) -> Result<(bytes::Bytes, crate::TagCount), StoreError> {
+        match tail.and_then(|tail| tail.record(key, &range)) {
+            Some(found) => Ok(found),
+            None => self.store.get_range_tagged(key, range).await,
+        }
+    }
+
     /// The read walk over one kind of index; `None` when the records it was sent to all
     /// belong to other uids.
     async fn read_via<T: SegmentLookup>(
@@ -614,13 +691,14 @@ impl ShardStore {
         uid: &str,
         sidecars: &dyn Sidecars,
     ) -> Result<Option<FileRead>, ShardError> {
-        let (key, index) = self.probe::<T>(addr, uid).await?;
+        let (key, index, tail) = self.probe::<T>(addr, uid).await?;
+        let tail = tail.as_ref();
         // A record fetched before the sidecar was consulted, kept for when the sidecar
         // sends the read nowhere else.
         let mut fetched: Option<(Range<u64>, bytes::Bytes)> = None;
         if self.known_untagged(&key) {
             for range in index.records(uid) {
-                match self.store.get_range_tagged(&key, range.clone()).await {
+                match self.record(&key, range.clone(), tail).await {
                     Ok((record, tags)) => {
                         self.note_tags(&key, tags);
                         if tags != Some(0) {
@@ -658,7 +736,7 @@ impl ShardStore {
             let record = match fetched.take() {
                 Some((fetched_range, record)) if key == original && fetched_range == range => record,
                 _ => {
-                    let (record, tags) = self.store.get_range_tagged(&key, range).await?;
+                    let (record, tags) = self.record(&key, range, tail).await?;
                     self.note_tags(&key, tags);
                     record
                 }

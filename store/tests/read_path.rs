@@ -116,3 +116,100 @@ async fn a_uid_sharing_fingerprint_bits_with_an_earlier_generation_is_still_foun
     let missing = shards.read_file(&routing(), "nobody", day()).await.unwrap_err();
     assert!(missing.is_not_found(), "{missing:?}");
 }
+
+/// 4 KiB that zstd cannot shrink, so that a segment of them outgrows the suffix.
+fn bulky(uid: &str) -> Vec<u8> {
+    let mut out = vec![0u8; 4096];
+    blake3::Hasher::new().update(uid.as_bytes()).finalize_xof().fill(&mut out);
+    out
+}
+
+async fn put_bulky_segment(store: &dyn ObjectStore, generation: u32, uids: &[String]) -> u64 {
+    let mut writer = SegmentWriter::new(SegmentSettings::new(addr(), generation), Cursor::new(Vec::new())).unwrap();
+    for uid in uids {
+        let bytes = bulky(uid);
+        writer.add(FileInput { uid, created_at: day(), content_type: None, bytes: &bytes }).unwrap();
+    }
+    let mut out = Vec::new();
+    writer.finish(&mut out).unwrap();
+    let len = out.len() as u64;
+    store.put(&addr().segment_key(generation), Bytes::from(out), PutOptions::create()).await.unwrap();
+    len
+}
+
+/// A cold read takes its record from the suffix GET that fetched the index whenever the
+/// suffix holds the record: one GET for a file near a segment's end (or in a small
+/// segment), two for the rest; a late arrival in a small later generation costs the
+/// earlier generation's suffix plus its own, not a third GET.
+#[tokio::test]
+async fn a_cold_read_takes_its_record_from_the_suffix_when_the_suffix_holds_it() {
+    use vera_store::shards::DEFAULT_SUFFIX_BYTES;
+    let dir = tempfile::tempdir().unwrap();
+    let store = CountingStore::new(LocalStore::open(dir.path()).unwrap());
+    let counts = store.counts();
+    let day_files: Vec<String> = (0..160).map(|i| format!("day-{i:03}")).collect();
+    let late: Vec<String> = (0..3).map(|i| format!("late-{i}")).collect();
+    let object_len = put_bulky_segment(&store, 0, &day_files).await;
+    assert!(object_len > 2 * DEFAULT_SUFFIX_BYTES, "segment of {object_len} bytes outgrows the suffix");
+    put_segment(&store, 1, 2, &late).await;
+    let store: Arc<dyn ObjectStore> = Arc::new(store);
+    let ranges: HashMap<String, std::ops::Range<u64>> = {
+        let index = ShardStore::new(store.clone()).index(&addr().segment_key(0)).await.unwrap();
+        index.files().map(|file| (file.uid.to_owned(), file.record_range())).collect()
+    };
+    let suffix_start = object_len - DEFAULT_SUFFIX_BYTES;
+    let (mut one, mut two) = (0, 0);
+    for uid in &day_files {
+        let cold = ShardStore::new(store.clone());
+        let before = counts.snapshot();
+        let read = cold.read_file(&routing(), uid, day()).await.unwrap();
+        assert_eq!(read.bytes, bulky(uid), "{uid}");
+        let gets = counts.snapshot().gets - before.gets;
+        let expected = if ranges[uid].start >= suffix_start { 1 } else { 2 };
+        assert_eq!(gets, expected, "{uid} at {:?}, suffix from {suffix_start}", ranges[uid]);
+        if gets == 1 { one += 1 } else { two += 1 }
+    }
+    assert!(one > 0 && two > 0, "both cases were exercised: {one} in the suffix, {two} outside");
+
+    let shards = ShardStore::new(store.clone());
+    for uid in &late {
+        let before = counts.snapshot();
+        let read = shards.read_file(&routing(), uid, day()).await.unwrap();
+        assert_eq!(read.bytes, content(uid), "{uid}");
+        assert_eq!(read.key, addr().segment_key(1));
+        let gets = counts.snapshot().gets - before.gets;
+        // The first late read is cold: both suffixes. The others find both indexes cached.
+        let expected = if uid == &late[0] { 2 } else { 1 };
+        assert_eq!(gets, expected, "{uid}");
+    }
+}
+
+/// Bytes served from the suffix are checked like fetched ones: a record damaged inside a
+/// small segment is refused on a cold read, never returned.
+#[tokio::test]
+async fn a_damaged_record_inside_the_suffix_is_refused_on_a_cold_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let uids: Vec<String> = (0..5).map(|i| format!("small-{i}")).collect();
+    put_segment(&store, 0, 2, &uids).await;
+    let key = addr().segment_key(0);
+    let index = ShardStore::new(Arc::new(LocalStore::open(dir.path()).unwrap())).index(&key).await.unwrap();
+    let victim = index.files().next().unwrap();
+    let (uid, range) = (victim.uid.to_owned(), victim.record_range());
+    let mut bytes = store.get(&key).await.unwrap().body.to_vec();
+    // The last payload byte of the record: past its header, so only the content hash
+    // (or the decoder) can notice.
+    bytes[range.end as usize - 1] ^= 0x40;
+    let damaged = tempfile::tempdir().unwrap();
+    let copy = LocalStore::open(damaged.path()).unwrap();
+    copy.put(&key, Bytes::from(bytes), PutOptions::create()).await.unwrap();
+    let shards = ShardStore::new(Arc::new(copy));
+    let error = shards.read_file(&routing(), &uid, day()).await.unwrap_err();
+    assert!(
+        matches!(&error, vera_store::shards::ShardError::Segment { source, .. } if source.is_corruption()),
+        "{error:?}"
+    );
+    for other in uids.iter().filter(|other| **other != uid) {
+        assert_eq!(shards.read_file(&routing(), other, day()).await.unwrap().bytes, content(other));
+    }
+}
