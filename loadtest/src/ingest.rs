@@ -22,6 +22,8 @@ use vera_store::{ObjectStore, PutOptions};
 use vera_worker::rows::validate_row;
 use vera_worker::{WorkerSettings, WorkerStats, run_worker};
 
+use crate::cpu::{CpuMeter, CpuUse};
+
 /// What one way of storing achieved, with its requests as counted at the client.
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestResult {
@@ -36,10 +38,19 @@ pub struct IngestResult {
     pub bytes_sent: u64,
     /// PUTs in flight at most.
     pub concurrency: usize,
+    /// CPU time of the client (this process) and the S3 server during the ingest.
+    pub cpu: CpuUse,
 }
 
 impl IngestResult {
-    fn new(files: u64, elapsed: Duration, requests: RequestSnapshot, objects: u64, concurrency: usize) -> Self {
+    fn new(
+        files: u64,
+        elapsed: Duration,
+        requests: RequestSnapshot,
+        objects: u64,
+        concurrency: usize,
+        cpu: CpuUse,
+    ) -> Self {
         let seconds = elapsed.as_secs_f64();
         IngestResult {
             files,
@@ -52,6 +63,7 @@ impl IngestResult {
             objects,
             bytes_sent: requests.bytes_put,
             concurrency,
+            cpu,
         }
     }
 }
@@ -94,10 +106,12 @@ pub async fn vera(
     counts: &RequestCounts,
     bus: Arc<dyn Bus>,
     pipeline: Pipeline,
+    cpu: &CpuMeter,
 ) -> anyhow::Result<(IngestResult, WorkerStats)> {
     let Pipeline { routing, workers, settings, slot_rows } = pipeline;
     let concurrency = workers * settings.put_concurrency;
     let started = Instant::now();
+    let cpu_mark = cpu.mark();
     let shutdown = CancellationToken::new();
     let mut handles = Vec::new();
     for index in 0..workers {
@@ -138,7 +152,7 @@ pub async fn vera(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let elapsed = started.elapsed();
+    let (elapsed, cpu_end) = (started.elapsed(), cpu.mark());
     shutdown.cancel();
     let mut stats = WorkerStats::default();
     for handle in handles {
@@ -148,7 +162,8 @@ pub async fn vera(
     // The bucket starts empty, so a file counted as already stored was stored by an earlier
     // attempt of a task that failed transiently and was retried (`stats.retried`).
     let files = stats.files_packed + stats.already_stored;
-    let result = IngestResult::new(files, elapsed, counts.snapshot(), stats.segments_written, concurrency);
+    let cpu = cpu.between(cpu_mark, cpu_end, elapsed, files);
+    let result = IngestResult::new(files, elapsed, counts.snapshot(), stats.segments_written, concurrency, cpu);
     Ok((result, stats))
 }
 
@@ -160,8 +175,10 @@ pub async fn naive(
     counts: &RequestCounts,
     concurrency: usize,
     max_file_bytes: u64,
+    cpu: &CpuMeter,
 ) -> anyhow::Result<(IngestResult, Vec<StoredFile>)> {
     let started = Instant::now();
+    let cpu_mark = cpu.mark();
     let stored: Vec<StoredFile> = valid_rows(source, max_file_bytes)
         .map(|row| {
             let store = Arc::clone(&store);
@@ -181,7 +198,8 @@ pub async fn naive(
         .buffer_unordered(concurrency.max(1))
         .try_collect()
         .await?;
-    let result =
-        IngestResult::new(stored.len() as u64, started.elapsed(), counts.snapshot(), stored.len() as u64, concurrency);
+    let (elapsed, files) = (started.elapsed(), stored.len() as u64);
+    let cpu = cpu.since(cpu_mark, elapsed, files);
+    let result = IngestResult::new(files, elapsed, counts.snapshot(), files, concurrency, cpu);
     Ok((result, stored))
 }

@@ -1,6 +1,7 @@
 //! `loadtest`: VERA side by side with the naive way (one S3 object per file) on a loopback
 //! S3 server, and random reads through the reader service. See `loadtest/README.md`.
 
+mod cpu;
 mod creates;
 mod ingest;
 mod reads;
@@ -127,6 +128,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => S3Server::start(args.s3s_fs.as_deref(), &work.join(format!("s3-{}", std::process::id()))).await?,
     };
     tracing::info!(server = %server.description, "S3 server ready");
+    let cpu = cpu::CpuMeter::new(server.pid());
 
     // The corpus.
     let generation_started = Instant::now();
@@ -188,6 +190,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             settings: worker_settings,
             slot_rows: args.slot_rows,
         },
+        &cpu,
     )
     .await?;
     tracing::info!(
@@ -202,7 +205,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let concurrency = args.workers * args.put_concurrency;
     tracing::info!(concurrency, "ingesting naively, one object per file");
     let (naive, stored) =
-        ingest::naive(source.as_ref(), naive_store, &naive_counts, concurrency, max_file_bytes).await?;
+        ingest::naive(source.as_ref(), naive_store, &naive_counts, concurrency, max_file_bytes, &cpu).await?;
     tracing::info!(files = naive.files, seconds = naive.seconds, puts = naive.puts, "naive ingest done");
     anyhow::ensure!(
         vera.files == naive.files,

@@ -284,6 +284,17 @@ impl Report {
             v.files_per_minute, n.files_per_minute, self.ratios.ingest_speedup
         );
         out += &format!("| wall seconds | {:.2} | {:.2} | |\n", v.seconds, n.seconds);
+        let server_ms = |cpu: &crate::cpu::CpuUse, files: u64| {
+            cpu.server_seconds.map_or("–".to_owned(), |s| format!("{:.3}", s * 1000.0 / files.max(1) as f64))
+        };
+        out += &format!(
+            "| CPU ms per file: client / server | {:.3} / {} | {:.3} / {} | |\n",
+            v.cpu.client_seconds * 1000.0 / v.files.max(1) as f64,
+            server_ms(&v.cpu, v.files),
+            n.cpu.client_seconds * 1000.0 / n.files.max(1) as f64,
+            server_ms(&n.cpu, n.files),
+        );
+        out += &format!("| cores busy (CPU s per wall s) | {:.2} | {:.2} | |\n", v.cpu.cores_busy, n.cpu.cores_busy);
         out += &format!("| PUT requests | {} | {} | {:.0}× fewer |\n", v.puts, n.puts, self.ratios.put_reduction);
         out += &format!(
             "| GET / HEAD / LIST requests | {} / {} / {} | {} / {} / {} | |\n",

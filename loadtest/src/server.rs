@@ -110,6 +110,11 @@ impl S3Server {
         })
     }
 
+    /// The process id of the server we started (`None` for `--endpoint`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     pub fn external(endpoint: String) -> Self {
         S3Server { description: format!("S3 server at {endpoint}"), endpoint, child: None }
     }
