@@ -337,6 +337,10 @@ impl Report {
                 r.reads, r.p50_ms, r.p95_ms, r.p99_ms, r.gets_per_read, r.sidecar_gets_per_read
             );
         }
+        let by_gets = |r: &ReadFigures| {
+            r.reads_by_gets.iter().map(|(gets, reads)| format!("{reads} took {gets}")).collect::<Vec<_>>().join(", ")
+        };
+        out += &format!("\nReads by S3 GETs: cold {}; warm {}.\n", by_gets(&self.read.cold), by_gets(&self.read.warm));
         let m = &self.reader;
         out += &format!(
             "\nReader index cache: {:.1} B per cached file for the lookup path, plus {:.1} B of zstd \

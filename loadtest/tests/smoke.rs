@@ -59,6 +59,17 @@ fn a_small_run_reports_every_field_consistently() {
         number("/read/warm/bytes_per_read")
     );
     assert!(number("/read/warm/gets_per_read") >= 1.0, "a warm read still fetches the data");
+    // Per-read GET counts add up to the averages.
+    for phase in ["cold", "warm", "direct_s3_range_get"] {
+        let by_gets = figures["read"][phase]["reads_by_gets"].as_object().unwrap();
+        let (reads, gets) = by_gets.iter().fold((0.0, 0.0), |(reads, gets), (n, count)| {
+            let count = count.as_f64().unwrap();
+            (reads + count, gets + count * n.parse::<f64>().unwrap())
+        });
+        assert_eq!(reads, number(&format!("/read/{phase}/reads")), "{phase}: {by_gets:?}");
+        let average = number(&format!("/read/{phase}/gets_per_read"));
+        assert!((gets / reads - average).abs() < 1e-9, "{phase}: {gets} GETs over {reads} reads vs {average}");
+    }
     assert_eq!(number("/read/direct_s3_range_get/gets_per_read"), 1.0, "the floor is one counted range GET");
     // CPU time, client and the server this run started: read from /proc, so present.
     assert!(number("/naive/cpu/client_seconds") > 0.0, "400 signed PUTs cost measurable client CPU");
