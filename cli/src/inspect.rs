@@ -145,6 +145,11 @@ pub struct StatsReport {
     /// Current segments by `.vera` format version. Readers cache format 1 segments whole
     /// (about 100 bytes per file) and format 2 ones at about 8; a repack upgrades.
     pub segments_by_format: BTreeMap<u16, u64>,
+    /// Current segments of generation 1 and up (late arrivals, mostly), and the largest
+    /// of them: a cold read of a file in one also reads the earlier generations' indexes,
+    /// and costs no data GET only if the segment fits in the reader's `--suffix-kib`.
+    pub later_generation_segments: u64,
+    pub largest_later_generation_bytes: u64,
     pub locked_segments: u64,
     /// Segments a repack replaced: kept (locked, archived) but not counted above, since
     /// their live files are counted in the segments that replaced them.
@@ -170,6 +175,10 @@ impl StatsReport {
             ("segments with a dictionary", self.segments_with_dictionary.to_string()),
             ("index bytes per file", format!("{:.1}", self.index_bytes_per_file)),
             ("indexes over a 64 KiB suffix", self.indexes_over_64k_suffix.to_string()),
+            (
+                "later generations (g ≥ 1)",
+                format!("{}, largest {}", self.later_generation_segments, mb(self.largest_later_generation_bytes)),
+            ),
             ("segments under Object Lock", self.locked_segments.to_string()),
             ("superseded by a repack", self.superseded_segments.to_string()),
         ];
@@ -194,7 +203,7 @@ pub async fn stats(args: InspectArgs) -> anyhow::Result<StatsReport> {
     let progress = progress_bar(segments.len() as u64, "reading", args.json);
     for meta in segments {
         progress.inc(1);
-        let Ok((addr, _, _)) = ShardAddr::parse_any_segment_key(&meta.key) else { continue };
+        let Ok((addr, generation, _)) = ShardAddr::parse_any_segment_key(&meta.key) else { continue };
         let sidecar = vera_store::shards::sidecar_of(store.as_ref(), &meta.key).await?;
         if sidecar.is_some_and(|sidecar| sidecar.superseded.is_some()) {
             report.superseded_segments += 1;
@@ -204,6 +213,10 @@ pub async fn stats(args: InspectArgs) -> anyhow::Result<StatsReport> {
         report.segments += 1;
         *per_address.entry(addr).or_default() += 1;
         report.stored_bytes += meta.len;
+        if generation > 0 {
+            report.later_generation_segments += 1;
+            report.largest_later_generation_bytes = report.largest_later_generation_bytes.max(meta.len);
+        }
         report.locked_segments += u64::from(meta.retention.is_some());
         let region = index.footer().index_region_len + vera_protocol::shard::FOOTER_LEN as u64;
         index_bytes += index.footer().index_region_len - u64::from(index.footer().dictionary_len);

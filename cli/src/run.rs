@@ -46,9 +46,14 @@ pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, Clone, Args)]
 pub struct ProducerArgs {
-    #[arg(long, default_value_t = 25_000)]
+    /// Rows per slot at most. A slot is one pack task, and its worker writes one segment
+    /// per shard address the slot's rows route to, so larger slots mean fewer, larger
+    /// segments (and fewer PUTs); a file arriving in a later slot than its day's first
+    /// lands in a later generation of that address.
+    #[arg(long, default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub slot_rows: u64,
-    #[arg(long, default_value_t = 1 << 30)]
+    /// Payload bytes per slot at most (the slot closes at whichever limit comes first).
+    #[arg(long, default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub slot_bytes: u64,
     /// Exit once the source has no more rows instead of polling for new ones.
     #[arg(long)]
@@ -318,6 +323,13 @@ pub struct ServeArgs {
     /// segments are dropped and read again (one suffix GET) when needed.
     #[arg(long, env = "VERA_INDEX_CACHE_MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub index_cache_mib: u64,
+    /// Bytes of a segment's end, in KiB, that a cold read fetches to get its footer and
+    /// index (one GET). A record inside them is served from them, so a cold read of a
+    /// segment no larger than this (a day's late arrivals, say) costs that one GET and no
+    /// data GET. Larger values trade transfer for requests on cold reads; an index that
+    /// does not fit costs one more GET, after which the reader asks for more.
+    #[arg(long, env = "VERA_SUFFIX_KIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub suffix_kib: u64,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -341,7 +353,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let reader = Arc::new(
         vera_reader::Reader::new(
-            args.store.shards(store).with_cache_budget(args.index_cache_mib * 1024 * 1024),
+            args.store
+                .shards(store)
+                .with_cache_budget(args.index_cache_mib * 1024 * 1024)
+                .with_suffix_bytes(args.suffix_kib * 1024),
             args.store.routing()?,
             audit,
             settings,

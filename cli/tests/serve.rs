@@ -33,13 +33,39 @@ fn audit_depth(data: &str) -> u64 {
     status["audit"]["depth"]["visible"].as_u64().unwrap()
 }
 
+/// Object sizes of the packed segments of generation 1 and up (`g000001.vera`, …) under
+/// `dir`, a local store: each file is `"VERALOBJ"`, a u32 LE header length, the header,
+/// then the object (store/src/local.rs).
+fn later_generations(dir: &std::path::Path) -> Vec<u64> {
+    let mut sizes = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            sizes.extend(later_generations(&path));
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let generation = name.strip_prefix('g').and_then(|rest| rest.strip_suffix(".vera"));
+        if generation.and_then(|g| g.parse::<u32>().ok()).is_some_and(|g| g > 0) {
+            let file = std::fs::read(&path).unwrap();
+            assert_eq!(&file[..8], b"VERALOBJ", "{}", path.display());
+            let header_len = u32::from_le_bytes(file[8..12].try_into().unwrap()) as usize;
+            sizes.push((file.len() - 12 - header_len) as u64);
+        }
+    }
+    sizes
+}
+
 #[test]
 fn serve_answers_files_over_http_and_audits_each_read() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("source.sqlite");
     let (source_s, data) = (source.display().to_string(), dir.path().join("data").display().to_string());
     vera(&["generate", "--db", &source_s, "--files", "300", "--days", "2"]);
-    vera(&["producer", "--drain", "--data-dir", &data, "--source-db", &source_s]);
+    // Small slots, so that the late arrivals land in later generations of their day's
+    // address and reads probe more than one segment.
+    vera(&["producer", "--drain", "--slot-rows", "100", "--data-dir", &data, "--source-db", &source_s]);
     vera(&[
         "worker",
         "--exit-when-idle-ms",
@@ -52,17 +78,33 @@ fn serve_answers_files_over_http_and_audits_each_read() {
         &source_s,
     ]);
     let audits_before = audit_depth(&data);
+
+    // `vera stats` reports the later generations a cold read may have to fit in its
+    // suffix: the same count and largest size as the segment files on disk.
+    let stats: serde_json::Value = serde_json::from_str(&vera(&["stats", "--json", "--data-dir", &data])).unwrap();
+    let later = later_generations(std::path::Path::new(&data));
+    assert!(!later.is_empty(), "slots of 100 rows over 2 days make later generations");
+    assert_eq!(stats["later_generation_segments"].as_u64(), Some(later.len() as u64), "{stats}");
+    assert_eq!(stats["largest_later_generation_bytes"].as_u64(), later.iter().copied().max(), "{stats}");
     let refused = Command::new(env!("CARGO_BIN_EXE_vera"))
         .args(["serve", "--index-cache-mib", "0", "--data-dir", &data])
         .output()
         .unwrap();
     assert!(!refused.status.success(), "a zero cache budget is refused");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--index-cache-mib"), "and the error names the flag");
+    for suffix in ["0", "4097"] {
+        let refused = Command::new(env!("CARGO_BIN_EXE_vera"))
+            .args(["serve", "--suffix-kib", suffix, "--data-dir", &data])
+            .output()
+            .unwrap();
+        assert!(!refused.status.success(), "a suffix of {suffix} KiB is refused");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("--suffix-kib"), "and the error names the flag");
+    }
 
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let listen = format!("127.0.0.1:{port}");
     let mut server = Command::new(env!("CARGO_BIN_EXE_vera"))
-        .args(["serve", "--listen", &listen, "--data-dir", &data, "--index-cache-mib", "64"])
+        .args(["serve", "--listen", &listen, "--data-dir", &data, "--index-cache-mib", "64", "--suffix-kib", "64"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
