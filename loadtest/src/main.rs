@@ -77,6 +77,10 @@ struct Args {
     /// Rows per producer slot (one pack task each).
     #[arg(long, default_value_t = 25_000)]
     slot_rows: u64,
+    /// KiB of a segment's end the reader fetches on a cold read (as `vera serve
+    /// --suffix-kib`): footer, index, and the record too when it lies inside.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    suffix_kib: u64,
     /// Cold reads (default: 300 with --quick, else 1,000).
     #[arg(long)]
     cold_reads: Option<usize>,
@@ -179,7 +183,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let vera_store: Arc<dyn ObjectStore> =
         Arc::new(creates::OneCreateAtATime::new(server.store(&vera_bucket, Some(Arc::clone(&vera_counts)))));
     tracing::info!(workers = args.workers, put_concurrency = args.put_concurrency, "ingesting through VERA");
-    let (vera, stats) = ingest::vera(
+    let (mut vera, stats) = ingest::vera(
         Arc::clone(&source),
         Arc::clone(&vera_store),
         &vera_counts,
@@ -217,6 +221,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Space, listed with uncounted clients.
     tracing::info!("measuring bytes stored and tar | zstd -3");
     let vera_sizes = space::vera(Arc::new(server.store(&vera_bucket, None))).await?;
+    // The segments in the bucket, which include any a retried task's first attempt wrote.
+    vera.objects = vera_sizes.segments;
     // What the workers reported packing must be what the segments hold: a store that let
     // one create overwrite another (loadtest/src/creates.rs) shows here, by name.
     anyhow::ensure!(
@@ -238,7 +244,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (audit, audit_task) =
         vera_reader::audit::spawn(Arc::clone(&bus), Duration::from_secs(1), audit_shutdown.clone());
     let reader = Arc::new(vera_reader::Reader::new(
-        ShardStore::new(read_store),
+        ShardStore::new(read_store).with_suffix_bytes(args.suffix_kib * 1024),
         routing.clone(),
         Some(audit),
         vera_reader::ReaderSettings::default(),
@@ -283,11 +289,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         corpus: summary,
         generate_seconds,
         vera,
-        segments: stats.segments_written,
+        tasks_retried: stats.retried,
         naive,
         vera_sizes,
         naive_bytes,
         tar_zstd,
+        suffix_kib: args.suffix_kib,
         cold,
         warm,
         direct,

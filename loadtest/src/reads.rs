@@ -30,6 +30,13 @@ pub struct ReadFigures {
     pub bytes_per_read: f64,
 }
 
+impl ReadFigures {
+    /// The most GETs any one read took.
+    pub fn most_gets(&self) -> u64 {
+        self.reads_by_gets.keys().next_back().copied().unwrap_or(0)
+    }
+}
+
 /// One timed read and the S3 GETs it cost.
 struct Sample {
     latency: Duration,

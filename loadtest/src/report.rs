@@ -16,11 +16,13 @@ pub struct RunInfo {
     pub corpus: CorpusSummary,
     pub generate_seconds: f64,
     pub vera: IngestResult,
-    pub segments: u64,
+    /// Pack tasks that failed transiently and were delivered again.
+    pub tasks_retried: u64,
     pub naive: IngestResult,
     pub vera_sizes: VeraSizes,
     pub naive_bytes: u64,
     pub tar_zstd: TarZstdSizes,
+    pub suffix_kib: u64,
     pub cold: ReadFigures,
     pub warm: ReadFigures,
     pub direct: ReadFigures,
@@ -92,8 +94,12 @@ pub struct Ratios {
     pub ingest_speedup: f64,
     /// Naive PUTs ÷ VERA PUTs.
     pub put_reduction: f64,
+    /// Segments in the bucket after the ingest (listed, not as reported by the workers:
+    /// a retried task's first attempt may have written some).
     pub segments: u64,
     pub files_per_segment: f64,
+    /// Pack tasks that failed transiently and were delivered again.
+    pub tasks_retried: u64,
     /// Addresses with segments; segments ÷ addresses is what a cold read may probe.
     pub addresses: u64,
     pub max_segments_per_address: u64,
@@ -121,6 +127,8 @@ pub struct TextSpace {
 
 #[derive(Debug, Serialize)]
 pub struct Reads {
+    /// The reader's cold-read suffix (`--suffix-kib`).
+    pub suffix_kib: u64,
     pub cold: ReadFigures,
     pub warm: ReadFigures,
     /// The same records as the warm reads, by bare S3 range GET (no reader, no HTTP hop):
@@ -152,6 +160,12 @@ pub struct Goal {
     pub met: bool,
 }
 
+/// The mean GETs per read, and how many reads took more than `limit`.
+fn gets_measured(reads: &ReadFigures, limit: u64) -> String {
+    let over: u64 = reads.reads_by_gets.range(limit + 1..).map(|(_, count)| count).sum();
+    format!("{:.3} mean; {over} of {} reads over {limit}", reads.gets_per_read, reads.reads)
+}
+
 fn ratio(numerator: f64, denominator: f64) -> f64 {
     if denominator > 0.0 { numerator / denominator } else { 0.0 }
 }
@@ -168,8 +182,9 @@ impl Report {
         let ratios = Ratios {
             ingest_speedup: ratio(run.vera.files_per_minute, run.naive.files_per_minute),
             put_reduction: ratio(run.naive.puts as f64, run.vera.puts as f64),
-            segments: run.segments,
-            files_per_segment: ratio(run.vera.files as f64, run.segments as f64),
+            segments: run.vera_sizes.segments,
+            files_per_segment: ratio(run.vera.files as f64, run.vera_sizes.segments as f64),
+            tasks_retried: run.tasks_retried,
             addresses: run.vera_sizes.addresses,
             max_segments_per_address: run.vera_sizes.max_segments_per_address,
         };
@@ -215,17 +230,18 @@ impl Report {
                 measured: format!("{:.2} ms", run.warm.p99_ms),
                 met: run.warm.p99_ms <= 5.0,
             },
+            // Per read, not on average: every read must keep to it.
             Goal {
                 goal: "GETs per warm read",
-                target: "1".into(),
-                measured: format!("{:.3}", run.warm.gets_per_read),
-                met: run.warm.gets_per_read <= 1.0,
+                target: "1, every read".into(),
+                measured: gets_measured(&run.warm, 1),
+                met: run.warm.most_gets() <= 1,
             },
             Goal {
                 goal: "GETs per cold read",
-                target: "≤ 2".into(),
-                measured: format!("{:.3}", run.cold.gets_per_read),
-                met: run.cold.gets_per_read <= 2.0,
+                target: "≤ 2, every read".into(),
+                measured: gets_measured(&run.cold, 2),
+                met: run.cold.most_gets() <= 2,
             },
             Goal {
                 goal: "space vs tar | zstd -3",
@@ -257,7 +273,7 @@ impl Report {
             naive: run.naive,
             ratios,
             space,
-            read: Reads { cold: run.cold, warm: run.warm, direct_s3_range_get: run.direct },
+            read: Reads { suffix_kib: run.suffix_kib, cold: run.cold, warm: run.warm, direct_s3_range_get: run.direct },
             reader,
             goals,
         }
@@ -307,7 +323,8 @@ impl Report {
             self.ratios.max_segments_per_address,
             self.ratios.addresses
         );
-        out += &format!("| PUTs in flight (at most) | {} | {} | |\n\n", v.concurrency, n.concurrency);
+        out += &format!("| PUTs in flight (at most) | {} | {} | |\n", v.concurrency, n.concurrency);
+        out += &format!("| pack tasks retried after a transient failure | {} | | |\n\n", self.ratios.tasks_retried);
         let s = &self.space;
         out += "| Bytes stored | VERA | naive | tar \\| zstd -3 | raw |\n|---|---:|---:|---:|---:|\n";
         out += &format!(
@@ -340,7 +357,12 @@ impl Report {
         let by_gets = |r: &ReadFigures| {
             r.reads_by_gets.iter().map(|(gets, reads)| format!("{reads} took {gets}")).collect::<Vec<_>>().join(", ")
         };
-        out += &format!("\nReads by S3 GETs: cold {}; warm {}.\n", by_gets(&self.read.cold), by_gets(&self.read.warm));
+        out += &format!(
+            "\nReads by S3 GETs (cold reads fetch the last {} KiB of a segment): cold {}; warm {}.\n",
+            self.read.suffix_kib,
+            by_gets(&self.read.cold),
+            by_gets(&self.read.warm)
+        );
         let m = &self.reader;
         out += &format!(
             "\nReader index cache: {:.1} B per cached file for the lookup path, plus {:.1} B of zstd \

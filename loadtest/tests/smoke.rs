@@ -46,6 +46,8 @@ fn a_small_run_reports_every_field_consistently() {
     assert_eq!(number("/naive/files"), 400.0);
     assert_eq!(number("/naive/puts"), 400.0, "one PUT per file, counted on the wire");
     assert!(number("/vera/puts") < 40.0, "segments, not files: {}", number("/vera/puts"));
+    assert_eq!(number("/vera/objects"), number("/ratios/segments"), "VERA's objects are the segments listed");
+    assert!(number("/ratios/tasks_retried") >= 0.0);
     assert_eq!(number("/reader/cached_files"), 400.0, "every segment's index was loaded");
     assert_eq!(number("/read/cold/reads"), 20.0);
     assert_eq!(number("/read/warm/reads"), 60.0);
@@ -96,4 +98,7 @@ fn bad_arguments_are_refused_with_a_reason() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot start /nonexistent/s3s-fs"));
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest")).args(["--suffix-kib", "0"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--suffix-kib"));
 }
