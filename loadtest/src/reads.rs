@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 use vera_reader::Reader;
-use vera_store::counting::RequestCounts;
+use vera_store::counting::{RequestCounts, RequestSnapshot};
 
 use crate::ingest::StoredFile;
 
@@ -24,6 +24,13 @@ pub struct ReadFigures {
     /// How many reads cost each number of GETs (`{"1": 12, "2": 980, "3": 8}`): an
     /// average above a goal says how many reads missed it.
     pub reads_by_gets: BTreeMap<u64, u64>,
+    /// GETs the server answered with a 5xx, per read. s3s-fs answers 500 to a suffix
+    /// range longer than the object, where S3 returns the whole object; the S3 client
+    /// then sends a HEAD and a range GET (loadtest/README.md).
+    pub get_server_errors_per_read: f64,
+    /// `reads_by_gets` without those refused GETs: what each read cost in GETs that
+    /// returned data.
+    pub reads_by_answered_gets: BTreeMap<u64, u64>,
     /// Of which GETs of `.vera.meta` sidecars (tombstone checks, answered 404 when a
     /// segment has none).
     pub sidecar_gets_per_read: f64,
@@ -35,12 +42,26 @@ impl ReadFigures {
     pub fn most_gets(&self) -> u64 {
         self.reads_by_gets.keys().next_back().copied().unwrap_or(0)
     }
+
+    /// Reads that took more than `limit` GETs, on the wire and counting only answered ones.
+    pub fn reads_over(&self, limit: u64) -> (u64, u64) {
+        let over = |by: &BTreeMap<u64, u64>| by.range(limit + 1..).map(|(_, count)| count).sum();
+        (over(&self.reads_by_gets), over(&self.reads_by_answered_gets))
+    }
 }
 
 /// One timed read and the S3 GETs it cost.
 struct Sample {
     latency: Duration,
     gets: u64,
+    /// Of `gets`, those the server answered with a 5xx.
+    refused: u64,
+}
+
+impl Sample {
+    fn new(latency: Duration, before: &RequestSnapshot, after: &RequestSnapshot) -> Self {
+        Sample { latency, gets: after.gets - before.gets, refused: after.get_server_errors - before.get_server_errors }
+    }
 }
 
 impl ReadFigures {
@@ -48,12 +69,14 @@ impl ReadFigures {
     fn new(samples: &[Sample], sidecar_gets: u64, bytes: u64) -> Self {
         let mut latencies: Vec<Duration> = samples.iter().map(|sample| sample.latency).collect();
         latencies.sort();
-        let mut reads_by_gets = BTreeMap::new();
+        let (mut reads_by_gets, mut reads_by_answered_gets) = (BTreeMap::new(), BTreeMap::new());
         for sample in samples {
             *reads_by_gets.entry(sample.gets).or_default() += 1;
+            *reads_by_answered_gets.entry(sample.gets - sample.refused).or_default() += 1;
         }
         let reads = samples.len().max(1) as f64;
         let gets: u64 = samples.iter().map(|sample| sample.gets).sum();
+        let refused: u64 = samples.iter().map(|sample| sample.refused).sum();
         ReadFigures {
             reads: latencies.len() as u64,
             p50_ms: percentile(&latencies, 50.0),
@@ -62,6 +85,8 @@ impl ReadFigures {
             max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
             gets_per_read: gets as f64 / reads,
             reads_by_gets,
+            get_server_errors_per_read: refused as f64 / reads,
+            reads_by_answered_gets,
             sidecar_gets_per_read: sidecar_gets as f64 / reads,
             bytes_per_read: bytes as f64 / reads,
         }
@@ -128,9 +153,9 @@ impl Service {
                 self.reader.forget_everything().await;
             }
             // Reads run one at a time, so the GETs between two snapshots are this read's.
-            let gets_before = counts.snapshot().gets;
+            let read_before = counts.snapshot();
             let latency = self.read(file).await?;
-            samples.push(Sample { latency, gets: counts.snapshot().gets - gets_before });
+            samples.push(Sample::new(latency, &read_before, &counts.snapshot()));
         }
         let after = counts.snapshot();
         Ok(ReadFigures::new(
@@ -175,7 +200,7 @@ pub async fn direct_range_gets(
         shards.store().get_range(&key, range).await?;
         let latency = started.elapsed();
         let after = counts.snapshot();
-        samples.push(Sample { latency, gets: after.gets - before.gets });
+        samples.push(Sample::new(latency, &before, &after));
         bytes += after.bytes_got - before.bytes_got;
     }
     Ok(ReadFigures::new(&samples, 0, bytes))

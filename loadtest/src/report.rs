@@ -160,10 +160,15 @@ pub struct Goal {
     pub met: bool,
 }
 
-/// The mean GETs per read, and how many reads took more than `limit`.
+/// The mean GETs per read, and how many reads took more than `limit`: on the wire, and
+/// without the GETs the server refused with a 5xx.
 fn gets_measured(reads: &ReadFigures, limit: u64) -> String {
-    let over: u64 = reads.reads_by_gets.range(limit + 1..).map(|(_, count)| count).sum();
-    format!("{:.3} mean; {over} of {} reads over {limit}", reads.gets_per_read, reads.reads)
+    let (over, over_answered) = reads.reads_over(limit);
+    let mut measured = format!("{:.3} mean; {over} of {} reads over {limit}", reads.gets_per_read, reads.reads);
+    if over_answered != over {
+        measured += &format!(" ({over_answered} without GETs the server answered 5xx)");
+    }
+    measured
 }
 
 fn ratio(numerator: f64, denominator: f64) -> f64 {
@@ -354,14 +359,17 @@ impl Report {
                 r.reads, r.p50_ms, r.p95_ms, r.p99_ms, r.gets_per_read, r.sidecar_gets_per_read
             );
         }
-        let by_gets = |r: &ReadFigures| {
-            r.reads_by_gets.iter().map(|(gets, reads)| format!("{reads} took {gets}")).collect::<Vec<_>>().join(", ")
+        let by_gets = |by: &std::collections::BTreeMap<u64, u64>| {
+            by.iter().map(|(gets, reads)| format!("{reads} took {gets}")).collect::<Vec<_>>().join(", ")
         };
         out += &format!(
-            "\nReads by S3 GETs (cold reads fetch the last {} KiB of a segment): cold {}; warm {}.\n",
+            "\nReads by S3 GETs (cold reads fetch the last {} KiB of a segment): cold {}; warm {}. \
+             GETs the server answered 5xx: {:.3} per cold read; without them, cold {}.\n",
             self.read.suffix_kib,
-            by_gets(&self.read.cold),
-            by_gets(&self.read.warm)
+            by_gets(&self.read.cold.reads_by_gets),
+            by_gets(&self.read.warm.reads_by_gets),
+            self.read.cold.get_server_errors_per_read,
+            by_gets(&self.read.cold.reads_by_answered_gets),
         );
         let m = &self.reader;
         out += &format!(

@@ -100,7 +100,8 @@ impl Intercept for RequestCounter {
     }
 
     /// Counts the body of a GetObject from its Content-Length when the response arrives,
-    /// before the SDK takes the (streaming) response to deserialize it.
+    /// before the SDK takes the (streaming) response to deserialize it, and a GetObject
+    /// answered with a 5xx.
     fn read_before_deserialization(
         &self,
         context: &BeforeDeserializationInterceptorContextRef<'_>,
@@ -111,6 +112,9 @@ impl Intercept for RequestCounter {
         if cfg.load::<CountBody>().is_some() && response.status().is_success() {
             let got = response.headers().get("content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             self.counts.bytes_got.fetch_add(got, Ordering::Relaxed);
+        }
+        if cfg.load::<CountBody>().is_some() && response.status().is_server_error() {
+            self.counts.get_server_errors.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }

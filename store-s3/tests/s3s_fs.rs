@@ -42,16 +42,28 @@ async fn suffix_reads_of_short_objects_fall_back_to_head_and_range() {
     use vera_store::{ObjectStore, PutOptions};
     let bucket = format!("vera-s3s-{:08x}", rand::random::<u32>());
     let setup = BucketSetup { default_retention: None, allow_without_object_lock: true };
-    let store = s3_with(&bucket, true);
+    let counts = std::sync::Arc::new(vera_store::counting::RequestCounts::default());
+    let store = s3_with(&bucket, true).with_request_counts(counts.clone());
     ensure_bucket(&store, setup).await.unwrap();
     let short: Vec<u8> = (0..100u8).collect();
     store.put("short", short.clone().into(), PutOptions::create()).await.unwrap();
+    let before = counts.snapshot();
     let (body, len) = store.get_suffix("short", 64 * 1024).await.unwrap();
     assert_eq!((body.as_ref(), len), (short.as_slice(), 100));
+    // What that cost on the wire: the refused suffix GET (counted, and counted as a server
+    // error), the HEAD, and the range GET. S3 would have answered the first GET.
+    let after = counts.snapshot();
+    assert_eq!(
+        (after.gets - before.gets, after.get_server_errors - before.get_server_errors, after.heads - before.heads),
+        (2, 1, 1)
+    );
     let long: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     store.put("long", long.clone().into(), PutOptions::create()).await.unwrap();
+    let before = counts.snapshot();
     let (body, len) = store.get_suffix("long", 1000).await.unwrap();
     assert_eq!((body.as_ref(), len), (&long[99_000..], 100_000));
+    let after = counts.snapshot();
+    assert_eq!((after.gets - before.gets, after.get_server_errors - before.get_server_errors), (1, 0));
     let error = store.get_suffix("missing", 1000).await.unwrap_err();
     assert_eq!(error.kind, StoreErrorKind::NotFound);
 }

@@ -21,6 +21,9 @@ pub struct RequestCounts {
     pub lock_updates: AtomicU64,
     pub bytes_put: AtomicU64,
     pub bytes_got: AtomicU64,
+    /// GETs (counted in `gets`) that the server answered with a 5xx: counted where the
+    /// responses are seen (the S3 client's interceptor), not by [`CountingStore`].
+    pub get_server_errors: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -33,6 +36,7 @@ pub struct RequestSnapshot {
     pub lock_updates: u64,
     pub bytes_put: u64,
     pub bytes_got: u64,
+    pub get_server_errors: u64,
 }
 
 impl RequestCounts {
@@ -46,6 +50,7 @@ impl RequestCounts {
             lock_updates: self.lock_updates.load(Ordering::Relaxed),
             bytes_put: self.bytes_put.load(Ordering::Relaxed),
             bytes_got: self.bytes_got.load(Ordering::Relaxed),
+            get_server_errors: self.get_server_errors.load(Ordering::Relaxed),
         }
     }
 }
