@@ -10,6 +10,11 @@
 //!   deduplication id is the BLAKE3 of the payload, so a publish retried within SQS's
 //!   five-minute window is stored once.
 //!
+//! Standard queues deliver at least once: SQS may, rarely, hand one message to two
+//! consumers at once (moto's receive is not atomic either, and did so under load in CI).
+//! A pack task done twice finds its files stored the second time, so nothing is written
+//! twice; the conformance suite runs this backend with `Claims::AtLeastOnce`.
+//!
 //! SQS itself counts receives (`ApproximateReceiveCount` is the attempt number) and moves a
 //! message to the DLQ on the receive after the last allowed one. `claim` long-polls,
 //! `publish` uses `SendMessageBatch`, `ack` uses `DeleteMessage` (`ack_batch`

@@ -1,6 +1,7 @@
 //! The behaviour every `Bus` backend must show. Each backend's tests call [`run_all`]
-//! with a bus configured for `max_attempts = 3`. Topics get a random suffix so the suite
-//! can share a broker with other runs.
+//! (or [`run_all_with`], for a backend whose unordered topics deliver at least once) with
+//! a bus configured for `max_attempts = 3`. Topics get a random suffix so the suite can
+//! share a broker with other runs.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -54,7 +55,25 @@ async fn claim_n(
     got
 }
 
+/// What a backend promises about concurrent claims on an unordered topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claims {
+    /// A claimed message is invisible to every other consumer until it is acked, nacked
+    /// or its visibility expires (SQLite, RabbitMQ, Kafka).
+    Exclusive,
+    /// At least once: the backend may, rarely, hand one message to two consumers at once
+    /// (SQS standard queues, by AWS's own documentation; moto's receive is not atomic
+    /// either). Every message must still arrive, and VERA's workers are idempotent.
+    AtLeastOnce,
+}
+
+/// The whole suite for a backend whose claims are [`Claims::Exclusive`].
 pub async fn run_all(bus: &dyn Bus) {
+    run_all_with(bus, Claims::Exclusive).await;
+}
+
+/// The whole suite, with the claim guarantee the backend documents.
+pub async fn run_all_with(bus: &dyn Bus, claims: Claims) {
     publish_claim_ack(bus).await;
     in_flight_messages_are_invisible_then_redelivered(bus).await;
     nack_and_extend(bus).await;
@@ -62,7 +81,7 @@ pub async fn run_all(bus: &dyn Bus) {
     explicit_dead_letter(bus).await;
     stale_receipts_are_refused(bus).await;
     same_key_is_delivered_in_order_one_at_a_time(bus).await;
-    concurrent_consumers_never_share_a_claim(bus).await;
+    concurrent_consumers_never_share_a_claim(bus, claims).await;
     bad_topics_are_refused(bus).await;
     oversized_messages_are_refused(bus).await;
     batched_acks(bus).await;
@@ -198,7 +217,7 @@ pub async fn same_key_is_delivered_in_order_one_at_a_time(bus: &dyn Bus) {
     assert_eq!(seen_a, vec!["a1", "a2", "a3"]);
 }
 
-pub async fn concurrent_consumers_never_share_a_claim(bus: &dyn Bus) {
+pub async fn concurrent_consumers_never_share_a_claim(bus: &dyn Bus, claims: Claims) {
     let topic = topic(bus, "compete").await;
     let total = 60;
     bus.publish(&topic, (0..total).map(|i| message(&format!("m{i}"))).collect()).await.expect("publish");
@@ -225,8 +244,20 @@ pub async fn concurrent_consumers_never_share_a_claim(bus: &dyn Bus) {
     });
     let all: Vec<Bytes> = futures::future::join_all(consumers).await.into_iter().flatten().collect();
     let unique: HashSet<_> = all.iter().cloned().collect();
-    assert_eq!(all.len(), total, "each message delivered exactly once to exactly one consumer");
-    assert_eq!(unique.len(), total);
+    assert_eq!(unique.len(), total, "every message delivered");
+    match claims {
+        Claims::Exclusive => {
+            assert_eq!(all.len(), total, "each message delivered exactly once to exactly one consumer")
+        }
+        Claims::AtLeastOnce => {
+            // Rare duplicates only: a backend that handed most messages out twice would
+            // not be at-least-once by accident.
+            assert!(all.len() <= total + total / 10, "{} deliveries of {total} messages", all.len());
+            if all.len() > total {
+                eprintln!("at-least-once: {} deliveries of {total} messages", all.len());
+            }
+        }
+    }
 }
 
 pub async fn bad_topics_are_refused(bus: &dyn Bus) {
