@@ -236,7 +236,11 @@ impl AmqpBus {
     #[doc(hidden)]
     pub async fn drop_connection(&self) {
         if let Some(session) = self.inner.session.lock().await.as_ref() {
-            let _ = session.connection.close(320, "vera test: simulated connection loss".into()).await;
+            // The broker's close-ok once never came (CI, 2026-11-26: the test hung, and
+            // `rabbitmqctl list_connections` with it). The connection is closing either
+            // way, so the next call reconnects; waiting longer proves nothing.
+            let close = session.connection.close(320, "vera test: simulated connection loss".into());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), close).await;
         }
     }
 
