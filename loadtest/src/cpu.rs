@@ -44,8 +44,10 @@ pub struct CpuUse {
     pub server_seconds: Option<f64>,
     /// Client and server CPU seconds per wall-clock second: 2.0 is both cores busy.
     pub cores_busy: f64,
-    /// Client and server CPU milliseconds per file stored.
+    /// Client and server CPU milliseconds per file stored, together and apart.
     pub ms_per_file: f64,
+    pub client_ms_per_file: f64,
+    pub server_ms_per_file: Option<f64>,
 }
 
 /// A reading taken at the start of a phase.
@@ -80,11 +82,14 @@ impl CpuMeter {
         let server_seconds = delta(start.server, end.server);
         let total = client_seconds + server_seconds.unwrap_or(0.0);
         let seconds = elapsed.as_secs_f64();
+        let per_file = |seconds: f64| if files > 0 { seconds * 1000.0 / files as f64 } else { 0.0 };
         CpuUse {
             client_seconds,
             server_seconds,
             cores_busy: if seconds > 0.0 { total / seconds } else { 0.0 },
-            ms_per_file: if files > 0 { total * 1000.0 / files as f64 } else { 0.0 },
+            ms_per_file: per_file(total),
+            client_ms_per_file: per_file(client_seconds),
+            server_ms_per_file: server_seconds.map(per_file),
         }
     }
 }
@@ -119,5 +124,9 @@ mod tests {
         assert!(used.client_seconds >= 0.05, "{used:?}");
         assert_eq!(used.server_seconds.map(|s| s >= 0.05), Some(true), "the same process, read by pid: {used:?}");
         assert!(used.ms_per_file > 0.0 && used.cores_busy > 0.0, "{used:?}");
+        // 10 files: the per-file figures are the seconds × 100, and add up.
+        assert!((used.client_ms_per_file - used.client_seconds * 100.0).abs() < 1e-9, "{used:?}");
+        let server_ms = used.server_ms_per_file.unwrap();
+        assert!((used.client_ms_per_file + server_ms - used.ms_per_file).abs() < 1e-9, "{used:?}");
     }
 }

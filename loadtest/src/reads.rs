@@ -37,19 +37,6 @@ pub struct ReadFigures {
     pub bytes_per_read: f64,
 }
 
-impl ReadFigures {
-    /// The most GETs any one read took.
-    pub fn most_gets(&self) -> u64 {
-        self.reads_by_gets.keys().next_back().copied().unwrap_or(0)
-    }
-
-    /// Reads that took more than `limit` GETs, on the wire and counting only answered ones.
-    pub fn reads_over(&self, limit: u64) -> (u64, u64) {
-        let over = |by: &BTreeMap<u64, u64>| by.range(limit + 1..).map(|(_, count)| count).sum();
-        (over(&self.reads_by_gets), over(&self.reads_by_answered_gets))
-    }
-}
-
 /// One timed read and the S3 GETs it cost.
 struct Sample {
     latency: Duration,
@@ -65,6 +52,12 @@ impl Sample {
 }
 
 impl ReadFigures {
+    /// Reads that took more than `limit` GETs, on the wire and counting only answered ones.
+    pub fn reads_over(&self, limit: u64) -> (u64, u64) {
+        let over = |by: &BTreeMap<u64, u64>| by.range(limit + 1..).map(|(_, count)| count).sum();
+        (over(&self.reads_by_gets), over(&self.reads_by_answered_gets))
+    }
+
     /// Percentiles of the samples' latencies, with the request figures per read.
     fn new(samples: &[Sample], sidecar_gets: u64, bytes: u64) -> Self {
         let mut latencies: Vec<Duration> = samples.iter().map(|sample| sample.latency).collect();
