@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use vera_protocol::Timestamp;
 use vera_protocol::routing::{RoutingEpoch, RoutingTable, ShardAddr, uid_fingerprint};
-use vera_protocol::shard::{FileInput, SegmentSettings, SegmentWriter};
+use vera_protocol::shard::{FORMAT_VERSION, FileInput, SegmentSettings, SegmentWriter};
 use vera_store::counting::CountingStore;
 use vera_store::local::LocalStore;
 use vera_store::shards::ShardStore;
@@ -33,17 +33,30 @@ fn content(uid: &str) -> Vec<u8> {
 }
 
 async fn put_segment(store: &dyn ObjectStore, generation: u32, format_version: u16, uids: &[String]) {
+    put_files(store, generation, format_version, uids, content, Some("application/json")).await;
+}
+
+/// Packs `uids` (each with `bytes(uid)`) into generation `generation` of [`addr`] and
+/// stores it; returns the segment's length.
+async fn put_files(
+    store: &dyn ObjectStore,
+    generation: u32,
+    format_version: u16,
+    uids: &[String],
+    bytes: fn(&str) -> Vec<u8>,
+    content_type: Option<&str>,
+) -> u64 {
     let settings = SegmentSettings { format_version, ..SegmentSettings::new(addr(), generation) };
     let mut writer = SegmentWriter::new(settings, Cursor::new(Vec::new())).unwrap();
     for uid in uids {
-        let bytes = content(uid);
-        writer
-            .add(FileInput { uid, created_at: day(), content_type: Some("application/json"), bytes: &bytes })
-            .unwrap();
+        let bytes = bytes(uid);
+        writer.add(FileInput { uid, created_at: day(), content_type, bytes: &bytes }).unwrap();
     }
     let mut out = Vec::new();
     writer.finish(&mut out).unwrap();
+    let len = out.len() as u64;
     store.put(&addr().segment_key(generation), Bytes::from(out), PutOptions::create()).await.unwrap();
+    len
 }
 
 /// Two uids whose fingerprints share their top 32 bits: what a compact lookup keeps.
@@ -124,19 +137,6 @@ fn bulky(uid: &str) -> Vec<u8> {
     out
 }
 
-async fn put_bulky_segment(store: &dyn ObjectStore, generation: u32, uids: &[String]) -> u64 {
-    let mut writer = SegmentWriter::new(SegmentSettings::new(addr(), generation), Cursor::new(Vec::new())).unwrap();
-    for uid in uids {
-        let bytes = bulky(uid);
-        writer.add(FileInput { uid, created_at: day(), content_type: None, bytes: &bytes }).unwrap();
-    }
-    let mut out = Vec::new();
-    writer.finish(&mut out).unwrap();
-    let len = out.len() as u64;
-    store.put(&addr().segment_key(generation), Bytes::from(out), PutOptions::create()).await.unwrap();
-    len
-}
-
 /// A cold read takes its record from the suffix GET that fetched the index whenever the
 /// suffix holds the record: one GET for a file near a segment's end (or in a small
 /// segment), two for the rest; a late arrival in a small later generation costs the
@@ -149,7 +149,7 @@ async fn a_cold_read_takes_its_record_from_the_suffix_when_the_suffix_holds_it()
     let counts = store.counts();
     let day_files: Vec<String> = (0..160).map(|i| format!("day-{i:03}")).collect();
     let late: Vec<String> = (0..3).map(|i| format!("late-{i}")).collect();
-    let object_len = put_bulky_segment(&store, 0, &day_files).await;
+    let object_len = put_files(&store, 0, FORMAT_VERSION, &day_files, bulky, None).await;
     assert!(object_len > 2 * DEFAULT_SUFFIX_BYTES, "segment of {object_len} bytes outgrows the suffix");
     put_segment(&store, 1, 2, &late).await;
     let store: Arc<dyn ObjectStore> = Arc::new(store);
