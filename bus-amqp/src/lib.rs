@@ -50,6 +50,9 @@ use vera_bus::{
 /// lower limit keeps a runaway producer from filling the broker's memory.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
+/// Default [`AmqpSettings::operation_timeout`].
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
 const KEY_HEADER: &str = "x-vera-key";
 const REASON_HEADER: &str = "x-vera-reason";
 const ATTEMPTS_HEADER: &str = "x-vera-attempts";
@@ -68,6 +71,11 @@ pub struct AmqpSettings {
     pub max_message_bytes: usize,
     /// How long an empty `claim` waits for a message before returning nothing.
     pub claim_wait: Duration,
+    /// The longest any one bus call (connect, publish with its confirms, ack, a declare)
+    /// may take. A broker that stops answering mid-call would otherwise stall the worker
+    /// until the heartbeat gives up; past this bound the call fails as transient, the
+    /// connection is dropped, and the next call reconnects.
+    pub operation_timeout: Duration,
 }
 
 impl AmqpSettings {
@@ -80,6 +88,7 @@ impl AmqpSettings {
             ordered: OrderedTopics::default(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             claim_wait: Duration::from_millis(200),
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
         }
     }
 }
@@ -195,6 +204,9 @@ impl AmqpBus {
         if settings.prefetch == 0 {
             return Err(BusError::new(BusErrorKind::Config, "rabbitmq: prefetch must be at least 1"));
         }
+        if settings.operation_timeout.is_zero() {
+            return Err(BusError::new(BusErrorKind::Config, "rabbitmq: operation_timeout must be above zero"));
+        }
         let inner = Arc::new(Inner {
             settings,
             session: tokio::sync::Mutex::new(None),
@@ -203,7 +215,10 @@ impl AmqpBus {
             delayed: Mutex::new(HashMap::new()),
             ensured: Mutex::new(Vec::new()),
         });
-        inner.session().await?;
+        match tokio::time::timeout(inner.settings.operation_timeout, inner.session()).await {
+            Ok(session) => session?,
+            Err(_) => return Err(inner.timed_out("connect")),
+        };
         tokio::spawn(sweeper(Arc::downgrade(&inner)));
         Ok(AmqpBus { inner })
     }
@@ -211,6 +226,10 @@ impl AmqpBus {
     /// Deletes the queues behind `topics` and their dead-letter queues, messages and all.
     /// For teardown of test or staging environments; never called in normal operation.
     pub async fn delete_topics(&self, topics: &[&str]) -> Result<(), BusError> {
+        self.bounded("delete queues", self.delete_topics_now(topics)).await
+    }
+
+    async fn delete_topics_now(&self, topics: &[&str]) -> Result<(), BusError> {
         let session = self.inner.session().await?;
         let channel = session.connection.create_channel().await.map_err(self.error("open teardown channel"))?;
         for topic in topics {
@@ -260,6 +279,22 @@ impl AmqpBus {
 
     fn dlx(&self) -> String {
         format!("{}dlx", self.inner.settings.prefix)
+    }
+
+    /// Runs one bus call under [`AmqpSettings::operation_timeout`]. Past it, the call
+    /// fails as transient and the connection is dropped, so the next call reconnects
+    /// instead of waiting on a broker that stopped answering.
+    async fn bounded<T>(&self, what: &str, call: impl Future<Output = Result<T, BusError>>) -> Result<T, BusError> {
+        // Bound first, so the timed-out call (and any lock it held) is gone before the
+        // session is dropped.
+        let outcome = tokio::time::timeout(self.inner.settings.operation_timeout, call).await;
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                self.inner.abandon_session().await;
+                Err(self.inner.timed_out(what))
+            }
+        }
     }
 
     fn error(&self, context: &str) -> impl Fn(lapin::Error) -> BusError + '_ {
@@ -451,6 +486,32 @@ impl AmqpBus {
 }
 
 impl Inner {
+    fn timed_out(&self, what: &str) -> BusError {
+        BusError::new(
+            BusErrorKind::Transient,
+            format!(
+                "rabbitmq {}: {what} did not complete within {:?}; the broker stopped answering, so the connection was dropped and the next call reconnects",
+                redact_url(&self.settings.uri),
+                self.settings.operation_timeout
+            ),
+        )
+    }
+
+    /// Drops the current connection after a call on it timed out. Its claims are
+    /// forgotten (the broker requeues them when the connection goes); the close itself
+    /// is not waited for, since the broker is not answering.
+    async fn abandon_session(&self) {
+        let Some(session) = self.session.lock().await.take() else { return };
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.claims.lock().expect("claims lock").retain(|_, claim| claim.generation != session.generation);
+        tracing::warn!(uri = %redact_url(&self.settings.uri), "rabbitmq call timed out; dropping the connection");
+        let limit = self.settings.operation_timeout;
+        tokio::spawn(async move {
+            let close = session.connection.close(320, "vera: broker stopped answering".into());
+            let _ = tokio::time::timeout(limit, close).await;
+        });
+    }
+
     fn count_delayed(&self, topic: &str, delta: i64) {
         let mut delayed = self.delayed.lock().expect("delayed lock");
         let entry = delayed.entry(topic.to_owned()).or_default();
@@ -506,7 +567,10 @@ async fn sweeper(inner: Weak<Inner>) {
         };
         for claim in expired {
             tracing::debug!(topic = %claim.topic, message_id = %claim.message_id, "visibility timeout passed; requeueing");
-            let _ = claim.acker.nack(BasicNackOptions { multiple: false, requeue: true }).await;
+            // Bounded, so one stalled nack cannot stop the sweeps; an unanswered nack is
+            // settled by the broker requeueing everything when the connection goes.
+            let nack = claim.acker.nack(BasicNackOptions { multiple: false, requeue: true });
+            let _ = tokio::time::timeout(inner.settings.operation_timeout, nack).await;
         }
     }
 }
@@ -514,111 +578,127 @@ async fn sweeper(inner: Weak<Inner>) {
 #[async_trait]
 impl Bus for AmqpBus {
     async fn publish(&self, topic: &str, messages: Vec<Outgoing>) -> Result<(), BusError> {
-        validate_topic(topic)?;
-        check_message_sizes("rabbitmq", &messages, self.inner.settings.max_message_bytes)?;
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let session = self.inner.session().await?;
-        self.require_queue(&session, topic).await?;
-        let queue = self.queue(topic);
-        let context = format!("publish to {queue}");
-        // Fan-out topics go through their fanout exchange (to the queue and to every
-        // subscriber); the rest straight to the queue.
-        let (exchange, routing_key) = if vera_bus::topics::fans_out(topic) {
-            (self.fanout_exchange(topic), String::new())
-        } else {
-            (String::new(), queue.clone())
-        };
-        let mut confirms = Vec::with_capacity(messages.len());
-        for message in &messages {
-            let mut headers = FieldTable::default();
-            if let Some(key) = &message.key {
-                headers.insert(KEY_HEADER.into(), long(key));
+        self.bounded("publish", async {
+            validate_topic(topic)?;
+            check_message_sizes("rabbitmq", &messages, self.inner.settings.max_message_bytes)?;
+            if messages.is_empty() {
+                return Ok(());
             }
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_message_id(ShortString::from(format!("{:032x}", rand::random::<u128>())))
-                .with_headers(headers);
-            let confirm = session
-                .publisher
-                .basic_publish(
-                    exchange.as_str().into(),
-                    routing_key.as_str().into(),
-                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                    &message.payload,
-                    properties,
-                )
-                .await
-                .map_err(self.error(&context))?;
-            confirms.push(confirm);
-        }
-        for confirm in confirms {
-            let confirmation = confirm.await.map_err(self.error(&context))?;
-            if confirmation.is_nack() {
-                return Err(BusError::new(
-                    BusErrorKind::Transient,
-                    format!("rabbitmq: the broker refused (nacked) a message for {queue}; retry"),
-                ));
+            let session = self.inner.session().await?;
+            self.require_queue(&session, topic).await?;
+            let queue = self.queue(topic);
+            let context = format!("publish to {queue}");
+            // Fan-out topics go through their fanout exchange (to the queue and to every
+            // subscriber); the rest straight to the queue.
+            let (exchange, routing_key) = if vera_bus::topics::fans_out(topic) {
+                (self.fanout_exchange(topic), String::new())
+            } else {
+                (String::new(), queue.clone())
+            };
+            let mut confirms = Vec::with_capacity(messages.len());
+            for message in &messages {
+                let mut headers = FieldTable::default();
+                if let Some(key) = &message.key {
+                    headers.insert(KEY_HEADER.into(), long(key));
+                }
+                let properties = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(ShortString::from(format!("{:032x}", rand::random::<u128>())))
+                    .with_headers(headers);
+                let confirm = session
+                    .publisher
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        routing_key.as_str().into(),
+                        BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                        &message.payload,
+                        properties,
+                    )
+                    .await
+                    .map_err(self.error(&context))?;
+                confirms.push(confirm);
             }
-            if confirmation.take_message().is_some() {
-                return Err(BusError::new(
-                    BusErrorKind::Config,
-                    format!("rabbitmq: no queue took a message for `{queue}`; run `vera setup-bus`"),
-                ));
+            for confirm in confirms {
+                let confirmation = confirm.await.map_err(self.error(&context))?;
+                if confirmation.is_nack() {
+                    return Err(BusError::new(
+                        BusErrorKind::Transient,
+                        format!("rabbitmq: the broker refused (nacked) a message for {queue}; retry"),
+                    ));
+                }
+                if confirmation.take_message().is_some() {
+                    return Err(BusError::new(
+                        BusErrorKind::Config,
+                        format!("rabbitmq: no queue took a message for `{queue}`; run `vera setup-bus`"),
+                    ));
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn claim(&self, topic: &str, max: usize, visibility: Duration) -> Result<Vec<Delivery>, BusError> {
-        validate_topic(topic)?;
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        let session = self.inner.session().await?;
-        let consumer = self.consumer(&session, topic).await?;
-        let claims = self.take_claims(session.generation, topic, &consumer, max, visibility);
-        if !claims.is_empty() {
-            return Ok(claims);
-        }
-        let _ = tokio::time::timeout(self.inner.settings.claim_wait, consumer.arrived.notified()).await;
-        Ok(self.take_claims(session.generation, topic, &consumer, max, visibility))
+        self.bounded("claim", async {
+            validate_topic(topic)?;
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            let session = self.inner.session().await?;
+            let consumer = self.consumer(&session, topic).await?;
+            let claims = self.take_claims(session.generation, topic, &consumer, max, visibility);
+            if !claims.is_empty() {
+                return Ok(claims);
+            }
+            let _ = tokio::time::timeout(self.inner.settings.claim_wait, consumer.arrived.notified()).await;
+            Ok(self.take_claims(session.generation, topic, &consumer, max, visibility))
+        })
+        .await
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), BusError> {
-        let claim = self.take_claim(delivery, "ack")?;
-        let stale = || {
-            BusError::new(
-                BusErrorKind::StaleReceipt,
-                "rabbitmq: ack failed because the channel closed; the broker will redeliver the message",
-            )
-        };
-        match claim.acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(stale()),
-            Err(error) => Err(stale().with_source(error)),
-        }
+        self.bounded("ack", async {
+            let claim = self.take_claim(delivery, "ack")?;
+            let stale = || {
+                BusError::new(
+                    BusErrorKind::StaleReceipt,
+                    "rabbitmq: ack failed because the channel closed; the broker will redeliver the message",
+                )
+            };
+            match claim.acker.ack(BasicAckOptions::default()).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(stale()),
+                Err(error) => Err(stale().with_source(error)),
+            }
+        })
+        .await
     }
 
     async fn nack(&self, delivery: &Delivery, delay: Duration) -> Result<(), BusError> {
-        let claim = self.take_claim(delivery, "nack")?;
-        if delay.is_zero() {
-            claim.acker.nack(BasicNackOptions { multiple: false, requeue: true }).await.map_err(self.error("nack"))?;
-            return Ok(());
-        }
-        // AMQP cannot requeue with a delay: keep the message unacked until the delay is
-        // over. If this process dies first, the broker requeues it at once.
-        self.inner.count_delayed(&claim.topic, 1);
-        let inner = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = claim.acker.nack(BasicNackOptions { multiple: false, requeue: true }).await;
-            if let Some(inner) = inner.upgrade() {
-                inner.count_delayed(&claim.topic, -1);
+        self.bounded("nack", async {
+            let claim = self.take_claim(delivery, "nack")?;
+            if delay.is_zero() {
+                claim
+                    .acker
+                    .nack(BasicNackOptions { multiple: false, requeue: true })
+                    .await
+                    .map_err(self.error("nack"))?;
+                return Ok(());
             }
-        });
-        Ok(())
+            // AMQP cannot requeue with a delay: keep the message unacked until the delay is
+            // over. If this process dies first, the broker requeues it at once.
+            self.inner.count_delayed(&claim.topic, 1);
+            let inner = Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = claim.acker.nack(BasicNackOptions { multiple: false, requeue: true }).await;
+                if let Some(inner) = inner.upgrade() {
+                    inner.count_delayed(&claim.topic, -1);
+                }
+            });
+            Ok(())
+        })
+        .await
     }
 
     async fn extend(&self, delivery: &Delivery, visibility: Duration) -> Result<(), BusError> {
@@ -634,181 +714,199 @@ impl Bus for AmqpBus {
     }
 
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
-        let claim = self.take_claim(delivery, "dead-letter")?;
-        let session = self.inner.session().await?;
-        let dead_queue = self.dead_queue(&claim.topic);
-        let mut headers = FieldTable::default();
-        headers.insert(REASON_HEADER.into(), long(reason));
-        headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(i64::from(claim.attempt)));
-        if let Some(key) = &claim.key {
-            headers.insert(KEY_HEADER.into(), long(key));
-        }
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(ShortString::from(claim.message_id.clone()))
-            .with_headers(headers);
-        let context = format!("dead-letter to {dead_queue}");
-        let confirmation = session
-            .publisher
-            .basic_publish(
-                "".into(),
-                dead_queue.as_str().into(),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                &claim.payload,
-                properties,
-            )
-            .await
-            .map_err(self.error(&context))?
-            .await
-            .map_err(self.error(&context))?;
-        if confirmation.is_nack() || confirmation.take_message().is_some() {
-            // Not stored in the DLQ: give the message back so nothing is lost.
-            let _ = claim.acker.nack(BasicNackOptions { multiple: false, requeue: true }).await;
-            return Err(BusError::new(
-                BusErrorKind::Config,
-                format!("rabbitmq: dead-letter queue `{dead_queue}` did not take the message; run `vera setup-bus`"),
-            ));
-        }
-        // Stored in the DLQ first, removed from the queue second: a crash between the two
-        // leaves a copy in both, never in neither.
-        claim.acker.ack(BasicAckOptions::default()).await.map_err(self.error("ack dead-lettered message"))?;
-        Ok(())
+        self.bounded("dead-letter", async {
+            let claim = self.take_claim(delivery, "dead-letter")?;
+            let session = self.inner.session().await?;
+            let dead_queue = self.dead_queue(&claim.topic);
+            let mut headers = FieldTable::default();
+            headers.insert(REASON_HEADER.into(), long(reason));
+            headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(i64::from(claim.attempt)));
+            if let Some(key) = &claim.key {
+                headers.insert(KEY_HEADER.into(), long(key));
+            }
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(ShortString::from(claim.message_id.clone()))
+                .with_headers(headers);
+            let context = format!("dead-letter to {dead_queue}");
+            let confirmation = session
+                .publisher
+                .basic_publish(
+                    "".into(),
+                    dead_queue.as_str().into(),
+                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                    &claim.payload,
+                    properties,
+                )
+                .await
+                .map_err(self.error(&context))?
+                .await
+                .map_err(self.error(&context))?;
+            if confirmation.is_nack() || confirmation.take_message().is_some() {
+                // Not stored in the DLQ: give the message back so nothing is lost.
+                let _ = claim.acker.nack(BasicNackOptions { multiple: false, requeue: true }).await;
+                return Err(BusError::new(
+                    BusErrorKind::Config,
+                    format!(
+                        "rabbitmq: dead-letter queue `{dead_queue}` did not take the message; run `vera setup-bus`"
+                    ),
+                ));
+            }
+            // Stored in the DLQ first, removed from the queue second: a crash between the two
+            // leaves a copy in both, never in neither.
+            claim.acker.ack(BasicAckOptions::default()).await.map_err(self.error("ack dead-lettered message"))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn depth(&self, topic: &str) -> Result<QueueDepth, BusError> {
-        validate_topic(topic)?;
-        let visible = self.ready_count(&self.queue(topic)).await?;
-        let dead = self.ready_count(&self.dead_queue(topic)).await?;
-        let claimed = self.inner.claims.lock().expect("claims lock").values().filter(|c| c.topic == topic).count();
-        let delayed = self.inner.delayed.lock().expect("delayed lock").get(topic).copied().unwrap_or(0);
-        Ok(QueueDepth { visible, in_flight: claimed as u64 + delayed, dead })
+        self.bounded("read depth", async {
+            validate_topic(topic)?;
+            let visible = self.ready_count(&self.queue(topic)).await?;
+            let dead = self.ready_count(&self.dead_queue(topic)).await?;
+            let claimed = self.inner.claims.lock().expect("claims lock").values().filter(|c| c.topic == topic).count();
+            let delayed = self.inner.delayed.lock().expect("delayed lock").get(topic).copied().unwrap_or(0);
+            Ok(QueueDepth { visible, in_flight: claimed as u64 + delayed, dead })
+        })
+        .await
     }
 
     async fn dead_letters(&self, topic: &str, max: usize) -> Result<Vec<DeadLetter>, BusError> {
-        validate_topic(topic)?;
-        let dead_queue = self.dead_queue(topic);
-        let max_attempts = self.inner.settings.max_attempts;
-        // Read without acking; closing the scratch channel puts every message back.
-        let queue = dead_queue.clone();
-        let peeked = self
-            .on_scratch_channel(&format!("read {dead_queue}"), async move |channel| {
-                let mut out = Vec::new();
-                while out.len() < max {
-                    let Some(message) =
-                        channel.basic_get(dead_queue.as_str().into(), BasicGetOptions { no_ack: false }).await?
-                    else {
-                        break;
-                    };
-                    let delivery = message.delivery;
-                    let headers = delivery.properties.headers().as_ref();
-                    let (reason, attempts) = match field_str(headers, REASON_HEADER) {
-                        Some(reason) => (reason, field_u64(headers, ATTEMPTS_HEADER).unwrap_or(0)),
-                        None => {
-                            let why = death_reason(headers).unwrap_or_else(|| "dead-lettered by the broker".to_owned());
-                            (format!("{why}: delivered {max_attempts} times without success"), u64::from(max_attempts))
-                        }
-                    };
-                    out.push(DeadLetter {
-                        message_id: delivery
-                            .properties
-                            .message_id()
-                            .as_ref()
-                            .map(|id| id.as_str().to_owned())
-                            .unwrap_or_default(),
-                        key: field_str(headers, KEY_HEADER),
-                        payload: Bytes::from(delivery.data),
-                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                        reason,
-                    });
+        self.bounded("read dead letters", async {
+            validate_topic(topic)?;
+            let dead_queue = self.dead_queue(topic);
+            let max_attempts = self.inner.settings.max_attempts;
+            // Read without acking; closing the scratch channel puts every message back.
+            let queue = dead_queue.clone();
+            let peeked = self
+                .on_scratch_channel(&format!("read {dead_queue}"), async move |channel| {
+                    let mut out = Vec::new();
+                    while out.len() < max {
+                        let Some(message) =
+                            channel.basic_get(dead_queue.as_str().into(), BasicGetOptions { no_ack: false }).await?
+                        else {
+                            break;
+                        };
+                        let delivery = message.delivery;
+                        let headers = delivery.properties.headers().as_ref();
+                        let (reason, attempts) = match field_str(headers, REASON_HEADER) {
+                            Some(reason) => (reason, field_u64(headers, ATTEMPTS_HEADER).unwrap_or(0)),
+                            None => {
+                                let why =
+                                    death_reason(headers).unwrap_or_else(|| "dead-lettered by the broker".to_owned());
+                                (
+                                    format!("{why}: delivered {max_attempts} times without success"),
+                                    u64::from(max_attempts),
+                                )
+                            }
+                        };
+                        out.push(DeadLetter {
+                            message_id: delivery
+                                .properties
+                                .message_id()
+                                .as_ref()
+                                .map(|id| id.as_str().to_owned())
+                                .unwrap_or_default(),
+                            key: field_str(headers, KEY_HEADER),
+                            payload: Bytes::from(delivery.data),
+                            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                            reason,
+                        });
+                    }
+                    Ok(out)
+                })
+                .await?;
+            // The broker requeues them after the channel's close completes; wait (briefly)
+            // until they count as ready again, so a depth read right after sees them.
+            for _ in 0..100 {
+                if self.ready_count(&queue).await? >= peeked.len() as u64 {
+                    break;
                 }
-                Ok(out)
-            })
-            .await?;
-        // The broker requeues them after the channel's close completes; wait (briefly)
-        // until they count as ready again, so a depth read right after sees them.
-        for _ in 0..100 {
-            if self.ready_count(&queue).await? >= peeked.len() as u64 {
-                break;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(peeked)
+            Ok(peeked)
+        })
+        .await
     }
 
     async fn ensure_topics(&self, topics: &[&str]) -> Result<(), BusError> {
-        topics.iter().try_for_each(|topic| validate_topic(topic))?;
-        let session = self.inner.session().await?;
-        let channel = session.connection.create_channel().await.map_err(self.error("open setup channel"))?;
-        let dlx = self.dlx();
-        channel
-            .exchange_declare(
-                dlx.as_str().into(),
-                ExchangeKind::Direct,
-                ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(self.error(&format!("declare exchange {dlx}")))?;
-        for topic in topics {
-            let queue = self.queue(topic);
-            let dead_queue = self.dead_queue(topic);
-            let mut quorum = FieldTable::default();
-            quorum.insert("x-queue-type".into(), long("quorum"));
+        self.bounded("set up queues", async {
+            topics.iter().try_for_each(|topic| validate_topic(topic))?;
+            let session = self.inner.session().await?;
+            let channel = session.connection.create_channel().await.map_err(self.error("open setup channel"))?;
+            let dlx = self.dlx();
             channel
-                .queue_declare(dead_queue.as_str().into(), QueueDeclareOptions::durable(), quorum.clone())
-                .await
-                .map_err(self.error(&format!("declare queue {dead_queue}")))?;
-            channel
-                .queue_bind(
-                    dead_queue.as_str().into(),
+                .exchange_declare(
                     dlx.as_str().into(),
-                    queue.as_str().into(),
-                    QueueBindOptions::default(),
+                    ExchangeKind::Direct,
+                    ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
                     FieldTable::default(),
                 )
                 .await
-                .map_err(self.error(&format!("bind {dead_queue}")))?;
-            let mut arguments = quorum;
-            let limit = i64::from(self.inner.settings.max_attempts - 1);
-            arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(limit));
-            arguments.insert("x-dead-letter-exchange".into(), long(&dlx));
-            arguments.insert("x-dead-letter-routing-key".into(), long(&queue));
-            if self.inner.settings.ordered.contains(topic) {
-                arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-            }
-            channel
-                .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), arguments)
-                .await
-                .map_err(self.error(&format!("declare queue {queue}")))?;
-            if vera_bus::topics::fans_out(topic) {
-                let exchange = self.fanout_exchange(topic);
+                .map_err(self.error(&format!("declare exchange {dlx}")))?;
+            for topic in topics {
+                let queue = self.queue(topic);
+                let dead_queue = self.dead_queue(topic);
+                let mut quorum = FieldTable::default();
+                quorum.insert("x-queue-type".into(), long("quorum"));
                 channel
-                    .exchange_declare(
-                        exchange.as_str().into(),
-                        ExchangeKind::Fanout,
-                        ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
-                        FieldTable::default(),
-                    )
+                    .queue_declare(dead_queue.as_str().into(), QueueDeclareOptions::durable(), quorum.clone())
                     .await
-                    .map_err(self.error(&format!("declare exchange {exchange}")))?;
+                    .map_err(self.error(&format!("declare queue {dead_queue}")))?;
                 channel
                     .queue_bind(
+                        dead_queue.as_str().into(),
+                        dlx.as_str().into(),
                         queue.as_str().into(),
-                        exchange.as_str().into(),
-                        "".into(),
                         QueueBindOptions::default(),
                         FieldTable::default(),
                     )
                     .await
-                    .map_err(self.error(&format!("bind {queue} to {exchange}")))?;
+                    .map_err(self.error(&format!("bind {dead_queue}")))?;
+                let mut arguments = quorum;
+                let limit = i64::from(self.inner.settings.max_attempts - 1);
+                arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(limit));
+                arguments.insert("x-dead-letter-exchange".into(), long(&dlx));
+                arguments.insert("x-dead-letter-routing-key".into(), long(&queue));
+                if self.inner.settings.ordered.contains(topic) {
+                    arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+                }
+                channel
+                    .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), arguments)
+                    .await
+                    .map_err(self.error(&format!("declare queue {queue}")))?;
+                if vera_bus::topics::fans_out(topic) {
+                    let exchange = self.fanout_exchange(topic);
+                    channel
+                        .exchange_declare(
+                            exchange.as_str().into(),
+                            ExchangeKind::Fanout,
+                            ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+                            FieldTable::default(),
+                        )
+                        .await
+                        .map_err(self.error(&format!("declare exchange {exchange}")))?;
+                    channel
+                        .queue_bind(
+                            queue.as_str().into(),
+                            exchange.as_str().into(),
+                            "".into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await
+                        .map_err(self.error(&format!("bind {queue} to {exchange}")))?;
+                }
+                let mut ensured = self.inner.ensured.lock().expect("ensured lock");
+                if !ensured.iter().any(|t| t == topic) {
+                    ensured.push((*topic).to_owned());
+                }
             }
-            let mut ensured = self.inner.ensured.lock().expect("ensured lock");
-            if !ensured.iter().any(|t| t == topic) {
-                ensured.push((*topic).to_owned());
-            }
-        }
-        let _ = channel.close(200, "done".into()).await;
-        Ok(())
+            let _ = channel.close(200, "done".into()).await;
+            Ok(())
+        })
+        .await
     }
 
     fn max_message_bytes(&self) -> usize {
@@ -823,45 +921,51 @@ impl Bus for AmqpBus {
     /// exchange, consumed without acks on its own channel; the broker drops the queue when
     /// the stream (or the connection) goes.
     async fn subscribe(&self, topic: &str) -> Result<vera_bus::Subscription, BusError> {
-        vera_bus::check_broadcast_topic(topic)?;
-        let session = self.inner.session().await?;
-        self.require_queue(&session, topic).await?;
-        let exchange = self.fanout_exchange(topic);
-        let context = format!("subscribe to {exchange}");
-        let channel = session.connection.create_channel().await.map_err(self.error(&context))?;
-        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
-        let queue =
-            channel.queue_declare("".into(), options, FieldTable::default()).await.map_err(self.error(&context))?;
-        channel
-            .queue_bind(
-                queue.name().as_str().into(),
-                exchange.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(self.error(&context))?;
-        let consumer = channel
-            .basic_consume(
-                queue.name().as_str().into(),
-                "".into(),
-                BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(self.error(&context))?;
-        let uri = self.inner.settings.uri.clone();
-        // The channel lives as long as the stream.
-        Ok(Box::pin(futures::stream::unfold((consumer, channel), move |(mut consumer, channel)| {
-            let uri = uri.clone();
-            async move {
-                let next = consumer.next().await?;
-                let item = next
-                    .map(|delivery| Bytes::from(delivery.data))
-                    .map_err(|error| lapin_error("read a subscription", &uri, error));
-                Some((item, (consumer, channel)))
-            }
-        })))
+        self.bounded("subscribe", async {
+            vera_bus::check_broadcast_topic(topic)?;
+            let session = self.inner.session().await?;
+            self.require_queue(&session, topic).await?;
+            let exchange = self.fanout_exchange(topic);
+            let context = format!("subscribe to {exchange}");
+            let channel = session.connection.create_channel().await.map_err(self.error(&context))?;
+            let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+            let queue =
+                channel.queue_declare("".into(), options, FieldTable::default()).await.map_err(self.error(&context))?;
+            channel
+                .queue_bind(
+                    queue.name().as_str().into(),
+                    exchange.as_str().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(self.error(&context))?;
+            let consumer = channel
+                .basic_consume(
+                    queue.name().as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(self.error(&context))?;
+            let uri = self.inner.settings.uri.clone();
+            // The channel lives as long as the stream.
+            Ok::<vera_bus::Subscription, BusError>(Box::pin(futures::stream::unfold(
+                (consumer, channel),
+                move |(mut consumer, channel)| {
+                    let uri = uri.clone();
+                    async move {
+                        let next = consumer.next().await?;
+                        let item = next
+                            .map(|delivery| Bytes::from(delivery.data))
+                            .map_err(|error| lapin_error("read a subscription", &uri, error));
+                        Some((item, (consumer, channel)))
+                    }
+                },
+            )))
+        })
+        .await
     }
 }

@@ -55,7 +55,7 @@ impl BusUrl {
             return Ok(BusUrl::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("amqp://") || url.starts_with("amqps://") {
-            let (base, params) = split_query(url, &["prefix", "prefetch", "vault_role"], "amqp")?;
+            let (base, params) = split_query(url, &["prefix", "prefetch", "timeout_ms", "vault_role"], "amqp")?;
             return Ok(BusUrl::Amqp { uri: base.to_owned(), params });
         }
         if let Some(rest) = url.strip_prefix("sqs://") {
@@ -118,6 +118,12 @@ async fn open_amqp(uri: String, params: BTreeMap<String, String>, max_attempts: 
     }
     if let Some(prefetch) = number(&params, "prefetch")? {
         settings.prefetch = prefetch;
+    }
+    if let Some(timeout_ms) = number::<u64>(&params, "timeout_ms")? {
+        if timeout_ms == 0 {
+            bail!("--bus: timeout_ms=0 would fail every call; give the longest a broker call may take, e.g. 30000");
+        }
+        settings.operation_timeout = std::time::Duration::from_millis(timeout_ms);
     }
     Ok(Arc::new(vera_bus_amqp::AmqpBus::connect(settings).await?))
 }
@@ -243,5 +249,26 @@ mod tests {
         let unknown = BusUrl::parse("nats://u:secret@h").unwrap_err().to_string();
         assert!(unknown.contains("unknown bus") && !unknown.contains("secret"), "{unknown}");
         assert!(BusUrl::parse("sqs://").is_err());
+        match BusUrl::parse("amqp://h:5672/%2f?prefetch=8&timeout_ms=5000").unwrap() {
+            BusUrl::Amqp { uri, params } => {
+                assert_eq!(uri, "amqp://h:5672/%2f");
+                assert_eq!((params["prefetch"].as_str(), params["timeout_ms"].as_str()), ("8", "5000"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[cfg(feature = "amqp")]
+    #[tokio::test]
+    async fn a_zero_or_unparsable_amqp_timeout_is_refused_before_connecting() {
+        let sqlite = std::path::PathBuf::from("unused.sqlite");
+        // Port 1: nothing listens, so reaching the connect step would fail differently.
+        for (url, expected) in [
+            ("amqp://127.0.0.1:1/%2f?timeout_ms=0", "timeout_ms=0"),
+            ("amqp://127.0.0.1:1/%2f?timeout_ms=soon", "not a number"),
+        ] {
+            let error = open(Some(url), sqlite.clone(), 5).await.err().expect("refused").to_string();
+            assert!(error.contains(expected), "{url}: {error}");
+        }
     }
 }
