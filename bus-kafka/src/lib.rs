@@ -66,6 +66,8 @@ const REASON_HEADER: &str = "vera-reason";
 /// Messages a consumer buffers before it stops polling for more.
 const BUFFER_LIMIT: usize = 1000;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Bus::close`] waits for one consumer to leave its group.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -256,6 +258,8 @@ struct TopicConsumer {
     arrived: Arc<Notify>,
     commit_lock: tokio::sync::Mutex<()>,
     stop: Arc<AtomicBool>,
+    /// The poll thread, joined by [`Bus::close`].
+    poller: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Drop for TopicConsumer {
@@ -505,15 +509,13 @@ impl KafkaBus {
         let consumer = Arc::new(consumer);
         let arrived = Arc::new(Notify::new());
         let stop = Arc::new(AtomicBool::new(false));
-        {
+        let poller = {
             let (consumer, state, arrived, stop) = (consumer.clone(), state.clone(), arrived.clone(), stop.clone());
             std::thread::Builder::new()
                 .name(format!("kafka-poll-{topic}"))
                 .spawn(move || poll_loop(consumer, state, arrived, stop))
-                .map_err(|e| {
-                    BusError::new(BusErrorKind::Other, "kafka: cannot start the poll thread").with_source(e)
-                })?;
-        }
+                .map_err(|e| BusError::new(BusErrorKind::Other, "kafka: cannot start the poll thread").with_source(e))?
+        };
         let consumer = Arc::new(TopicConsumer {
             topic: topic.to_owned(),
             consumer,
@@ -521,6 +523,7 @@ impl KafkaBus {
             arrived,
             commit_lock: tokio::sync::Mutex::new(()),
             stop,
+            poller: Mutex::new(Some(poller)),
         });
         consumers.insert(topic.to_owned(), consumer.clone());
         Ok(consumer)
@@ -1029,6 +1032,33 @@ impl Bus for KafkaBus {
                     ));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops each consumer's poll thread and closes the consumer, which leaves the group:
+    /// its partitions go to the other members at once. Without this, a process that
+    /// exits stays a member until `session.timeout.ms` (10 s) passes, and the members
+    /// that remain (or a worker started next) wait that long for the partitions.
+    async fn close(&self) -> Result<(), BusError> {
+        let consumers: Vec<Arc<TopicConsumer>> =
+            self.inner.consumers.lock().await.drain().map(|(_, consumer)| consumer).collect();
+        for consumer in consumers {
+            consumer.stop.store(true, Ordering::SeqCst);
+            let poller = consumer.poller.lock().expect("poller lock").take();
+            let topic = consumer.topic.clone();
+            // Joining the poll thread and dropping the consumer (rdkafka's close: leave
+            // the group, wait until closed) both block; bounded, as a broker that has gone
+            // must not keep the process from exiting.
+            let close = tokio::task::spawn_blocking(move || {
+                if let Some(poller) = poller {
+                    let _ = poller.join();
+                }
+                drop(consumer);
+            });
+            if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+                tracing::warn!(%topic, "kafka: the consumer did not close within {CLOSE_TIMEOUT:?}; the group drops it after its session timeout");
             }
         }
         Ok(())

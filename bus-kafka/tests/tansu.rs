@@ -139,3 +139,22 @@ async fn replay_from_a_time_skips_what_came_before() {
     let extra = drain(&bus, 1).await;
     assert!(extra.is_empty(), "and nothing else: {extra:?}");
 }
+
+/// `close` leaves the group: another member takes the partition and its messages while
+/// the closed bus (and its process) is still alive. Without `close`, the first consumer's
+/// poll thread would keep the membership, and with it the one partition, possibly forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_consumer_leaves_the_group_and_another_member_takes_its_partition() {
+    let settings = KafkaSettings { partitions: 1, ..settings() };
+    let first = KafkaBus::connect(settings.clone()).await.unwrap();
+    first.ensure_topics(&["pack"]).await.unwrap();
+    first.publish("pack", vec![Outgoing { key: None, payload: Bytes::from_static(b"one") }]).await.unwrap();
+    assert_eq!(drain(&first, 1).await, ["one"]);
+    first.close().await.unwrap();
+
+    let second = KafkaBus::connect(settings).await.unwrap();
+    second.publish("pack", vec![Outgoing { key: None, payload: Bytes::from_static(b"two") }]).await.unwrap();
+    assert_eq!(drain(&second, 1).await, ["two"], "the partition passed on, at the offset `first` committed");
+    assert_eq!(second.depth("pack").await.unwrap().visible, 0);
+    drop(first);
+}

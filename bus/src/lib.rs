@@ -199,6 +199,15 @@ pub trait Bus: Send + Sync + 'static {
     fn detects_stale_receipts(&self) -> bool {
         true
     }
+
+    /// Leaves the bus cleanly before the process exits, after its last `ack`. Kafka's
+    /// consumers leave their group here, so the partitions pass to the other members at
+    /// once instead of after the session timeout; the other backends have nothing to
+    /// release (a claim still held goes back when its visibility timeout passes or its
+    /// connection closes). Calls after `close` reopen what they need.
+    async fn close(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 }
 
 /// Refuses a batch holding a payload over `limit` bytes, naming the limit and the setting.

@@ -153,7 +153,8 @@ pub async fn tracker(args: TrackerArgs) -> anyhow::Result<ExitCode> {
     let lifecycle = Arc::new(lifecycle);
     let shutdown = crate::run::ctrl_c_token();
     tracing::info!(threshold = args.threshold, "lifecycle tracker running");
-    let stats = vera_lifecycle::tracker::run_tracker(lifecycle, bus, args.threshold, shutdown).await;
+    let stats = vera_lifecycle::tracker::run_tracker(lifecycle, Arc::clone(&bus), args.threshold, shutdown).await;
+    crate::run::close_bus(bus.as_ref()).await;
     println!("{}", serde_json::to_string_pretty(&stats)?);
     Ok(ExitCode::SUCCESS)
 }
@@ -315,8 +316,15 @@ pub async fn repack(args: RepackArgs) -> anyhow::Result<ExitCode> {
     let settings = vera_lifecycle::RepackSettings { archive: !args.no_archive, ..Default::default() };
     if args.from_bus {
         let shutdown = crate::run::ctrl_c_token();
-        let stats =
-            vera_lifecycle::repack::run_repacker(Arc::new(lifecycle), bus, settings, shutdown, !args.follow).await;
+        let stats = vera_lifecycle::repack::run_repacker(
+            Arc::new(lifecycle),
+            Arc::clone(&bus),
+            settings,
+            shutdown,
+            !args.follow,
+        )
+        .await;
+        crate::run::close_bus(bus.as_ref()).await;
         println!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(if stats.dead_lettered == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }

@@ -113,6 +113,14 @@ pub struct WorkerCommandArgs {
     pub worker: WorkerArgs,
 }
 
+/// Leaves the bus cleanly before the process exits: a Kafka consumer leaves its group,
+/// so the partitions pass on at once instead of after the session timeout.
+pub async fn close_bus(bus: &dyn Bus) {
+    if let Err(error) = bus.close().await {
+        tracing::warn!(%error, "closing the bus failed; its claims return after their timeouts");
+    }
+}
+
 pub async fn worker(args: WorkerCommandArgs) -> anyhow::Result<()> {
     let source = args.source.open(None).await?;
     let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
@@ -150,9 +158,16 @@ pub async fn worker(args: WorkerCommandArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let stats =
-        vera_worker::run_worker(&args.id, bus, source, args.store.shards(store), args.worker.settings()?, shutdown)
-            .await;
+    let stats = vera_worker::run_worker(
+        &args.id,
+        Arc::clone(&bus),
+        source,
+        args.store.shards(store),
+        args.worker.settings()?,
+        shutdown,
+    )
+    .await;
+    close_bus(bus.as_ref()).await;
     println!("{}", serde_json::to_string(&stats)?);
     Ok(())
 }

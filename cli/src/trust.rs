@@ -297,6 +297,7 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             let shutdown = crate::run::ctrl_c_token();
             let settings = WriterSettings { batch: args.batch, ..WriterSettings::default() };
             let stats = run_audit_writer(&log, bus.as_ref(), &settings, &shutdown, args.until_idle).await?;
+            crate::run::close_bus(bus.as_ref()).await;
             println!("{}", serde_json::to_string_pretty(&stats)?);
             Ok(ExitCode::SUCCESS)
         }
