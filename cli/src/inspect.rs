@@ -147,7 +147,7 @@ pub struct StatsReport {
     pub segments_by_format: BTreeMap<u16, u64>,
     /// Current segments of generation 1 and up (late arrivals, mostly), and the largest
     /// of them: a cold read of a file in one also reads the earlier generations' indexes,
-    /// and costs no data GET only if the segment fits in the reader's `--suffix-kib`.
+    /// and costs no data GET only if the segment fits in the reader's `--later-suffix-kib`.
     pub later_generation_segments: u64,
     pub largest_later_generation_bytes: u64,
     pub locked_segments: u64,

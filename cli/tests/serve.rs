@@ -92,13 +92,13 @@ fn serve_answers_files_over_http_and_audits_each_read() {
         .unwrap();
     assert!(!refused.status.success(), "a zero cache budget is refused");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--index-cache-mib"), "and the error names the flag");
-    for suffix in ["0", "4097"] {
+    for (flag, suffix) in [("--suffix-kib", "0"), ("--suffix-kib", "4097"), ("--later-suffix-kib", "0")] {
         let refused = Command::new(env!("CARGO_BIN_EXE_vera"))
-            .args(["serve", "--suffix-kib", suffix, "--data-dir", &data])
+            .args(["serve", flag, suffix, "--data-dir", &data])
             .output()
             .unwrap();
-        assert!(!refused.status.success(), "a suffix of {suffix} KiB is refused");
-        assert!(String::from_utf8_lossy(&refused.stderr).contains("--suffix-kib"), "and the error names the flag");
+        assert!(!refused.status.success(), "{flag} {suffix} is refused");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains(flag), "and the error names the flag");
     }
 
     let port = 20_000 + (std::process::id() % 20_000) as u16;

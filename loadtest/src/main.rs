@@ -81,6 +81,10 @@ struct Args {
     /// --suffix-kib`): footer, index, and the record too when it lies inside.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
     suffix_kib: u64,
+    /// KiB a cold read fetches of a later generation (as `vera serve --later-suffix-kib`);
+    /// never less than --suffix-kib.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    later_suffix_kib: u64,
     /// Cold reads (default: 300 with --quick, else 1,000).
     #[arg(long)]
     cold_reads: Option<usize>,
@@ -244,7 +248,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (audit, audit_task) =
         vera_reader::audit::spawn(Arc::clone(&bus), Duration::from_secs(1), audit_shutdown.clone());
     let reader = Arc::new(vera_reader::Reader::new(
-        ShardStore::new(read_store).with_suffix_bytes(args.suffix_kib * 1024),
+        ShardStore::new(read_store)
+            .with_suffix_bytes(args.suffix_kib * 1024)
+            .with_later_suffix_bytes(args.later_suffix_kib.max(args.suffix_kib) * 1024),
         routing.clone(),
         Some(audit),
         vera_reader::ReaderSettings::default(),
@@ -295,6 +301,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         naive_bytes,
         tar_zstd,
         suffix_kib: args.suffix_kib,
+        later_suffix_kib: args.later_suffix_kib.max(args.suffix_kib),
         cold,
         warm,
         direct,

@@ -23,6 +23,7 @@ pub struct RunInfo {
     pub naive_bytes: u64,
     pub tar_zstd: TarZstdSizes,
     pub suffix_kib: u64,
+    pub later_suffix_kib: u64,
     pub cold: ReadFigures,
     pub warm: ReadFigures,
     pub direct: ReadFigures,
@@ -129,6 +130,8 @@ pub struct TextSpace {
 pub struct Reads {
     /// The reader's cold-read suffix (`--suffix-kib`).
     pub suffix_kib: u64,
+    /// Its cold-read suffix for later generations (`--later-suffix-kib`).
+    pub later_suffix_kib: u64,
     pub cold: ReadFigures,
     pub warm: ReadFigures,
     /// The same records as the warm reads, by bare S3 range GET (no reader, no HTTP hop):
@@ -278,7 +281,13 @@ impl Report {
             naive: run.naive,
             ratios,
             space,
-            read: Reads { suffix_kib: run.suffix_kib, cold: run.cold, warm: run.warm, direct_s3_range_get: run.direct },
+            read: Reads {
+                suffix_kib: run.suffix_kib,
+                later_suffix_kib: run.later_suffix_kib,
+                cold: run.cold,
+                warm: run.warm,
+                direct_s3_range_get: run.direct,
+            },
             reader,
             goals,
         }
@@ -362,9 +371,11 @@ impl Report {
             by.iter().map(|(gets, reads)| format!("{reads} took {gets}")).collect::<Vec<_>>().join(", ")
         };
         out += &format!(
-            "\nReads by S3 GETs (cold reads fetch the last {} KiB of a segment): cold {}; warm {}. \
-             GETs the server answered 5xx: {:.3} per cold read; without them, cold {}.\n",
+            "\nReads by S3 GETs (cold reads fetch the last {} KiB of a segment, {} KiB of a later \
+             generation): cold {}; warm {}. GETs the server answered 5xx: {:.3} per cold read; \
+             without them, cold {}.\n",
             self.read.suffix_kib,
+            self.read.later_suffix_kib,
             by_gets(&self.read.cold.reads_by_gets),
             by_gets(&self.read.warm.reads_by_gets),
             self.read.cold.get_server_errors_per_read,

@@ -51,6 +51,7 @@ fn a_small_run_reports_every_field_consistently() {
     assert_eq!(number("/reader/cached_files"), 400.0, "every segment's index was loaded");
     assert_eq!(number("/read/cold/reads"), 20.0);
     assert_eq!(number("/read/warm/reads"), 60.0);
+    assert_eq!((number("/read/suffix_kib"), number("/read/later_suffix_kib")), (256.0, 1024.0), "the defaults");
     // A cold read fetches the suffix (footer and index, and for a small segment the record
     // too); it moves more bytes than a warm read, which fetches only the record.
     assert!(number("/read/cold/gets_per_read") >= 1.0, "a cold read fetches at least the suffix");

@@ -4,7 +4,8 @@
 //! …), so a reader probes generation 0 first, then 1, and stops at the first missing key
 //! — no LIST. An index costs one suffix GET (two if it outgrew the suffix) and is cached;
 //! a file then costs one range GET, unless the suffix a cold read just fetched already
-//! holds its record ([`Tail`]). The segment's sidecar (from a [`Sidecars`] source:
+//! holds its record ([`Tail`]). Later generations get a longer suffix
+//! ([`DEFAULT_LATER_SUFFIX_BYTES`]): they are usually small, so it is usually all of them. The segment's sidecar (from a [`Sidecars`] source:
 //! the store, or a reader's short-lived cache) says whether the file is tombstoned and
 //! whether a repack superseded the segment ([`ShardStore::locate`]); a segment that every
 //! GET reports untagged has no sidecar ([`SIDECAR_TAG`]), so its reads skip it.
@@ -32,6 +33,12 @@ pub const META_OBJECT_HASH: &str = "vera-object-blake3";
 
 /// Default suffix read: footer plus, usually, the whole index region.
 pub const DEFAULT_SUFFIX_BYTES: u64 = 256 * 1024;
+
+/// Default suffix read of a later generation (1, 2, …). Later generations hold late
+/// arrivals and are usually small, so a larger suffix is usually the whole segment: its
+/// index and every record in one GET, where a cold read has already spent one GET on
+/// generation 0. On S3 a suffix longer than the object returns the whole object.
+pub const DEFAULT_LATER_SUFFIX_BYTES: u64 = 1024 * 1024;
 
 /// The object tag a writer sets on a segment before it creates the segment's first
 /// `.vera.meta` sidecar (FORMAT.md §5, "The sidecar tag"). A read that reports the segment untagged
@@ -343,6 +350,8 @@ impl SegmentLookup for ReadIndex {
 pub struct ShardStore {
     store: Arc<dyn ObjectStore>,
     suffix_bytes: u64,
+    /// Suffix of a cold read of generation 1 or later ([`DEFAULT_LATER_SUFFIX_BYTES`]).
+    later_suffix_bytes: u64,
     /// Learned suffix length: grows to fit the largest index region seen, so that once one
     /// segment needed a second GET, the next cold reads fetch footer and index in one.
     suffix_hint: Arc<std::sync::atomic::AtomicU64>,
@@ -384,6 +393,7 @@ impl ShardStore {
         ShardStore {
             store,
             suffix_bytes: DEFAULT_SUFFIX_BYTES,
+            later_suffix_bytes: DEFAULT_LATER_SUFFIX_BYTES,
             suffix_hint: Arc::new(std::sync::atomic::AtomicU64::new(DEFAULT_SUFFIX_BYTES)),
             limits: ReadLimits::default(),
             indexes: index_cache(DEFAULT_CACHE_BYTES, full_weight),
@@ -425,6 +435,13 @@ impl ShardStore {
         self
     }
 
+    /// The suffix a cold read of a later generation (1, 2, …) asks for; never less than
+    /// the suffix of generation 0.
+    pub fn with_later_suffix_bytes(mut self, later_suffix_bytes: u64) -> Self {
+        self.later_suffix_bytes = later_suffix_bytes.max(256);
+        self
+    }
+
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
@@ -433,9 +450,19 @@ impl ShardStore {
         &self.limits
     }
 
-    /// The suffix length the next cold index read will ask for.
+    /// The suffix length the next cold index read of a generation 0 (or repacked)
+    /// segment will ask for.
     pub fn suffix_hint(&self) -> u64 {
         self.suffix_hint.load(Ordering::Relaxed).max(self.suffix_bytes)
+    }
+
+    /// The suffix length a cold index read of `key` asks for: the learned hint, and for a
+    /// later generation at least [`ShardStore::with_later_suffix_bytes`].
+    fn suffix_len(&self, key: &str) -> u64 {
+        match ShardAddr::from_segment_key(key) {
+            Ok((_, generation)) if generation > 0 => self.suffix_hint().max(self.later_suffix_bytes),
+            _ => self.suffix_hint(),
+        }
     }
 
     /// Existing segments under an address, by generation (one LIST).
@@ -502,7 +529,7 @@ impl ShardStore {
     /// that read fetched.
     async fn load(&self, key: &str) -> Result<(SegmentIndex, Tail), ShardError> {
         self.lookups[1].fetch_add(1, Ordering::Relaxed);
-        let suffix_len = self.suffix_hint.load(Ordering::Relaxed).max(self.suffix_bytes);
+        let suffix_len = self.suffix_len(key);
         let (suffix, object_len, tags) = self.store.get_suffix_tagged(key, suffix_len).await?;
         self.note_tags(key, tags);
         let segment_error = |source| ShardError::Segment { key: key.to_owned(), source };

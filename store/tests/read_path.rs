@@ -184,6 +184,57 @@ async fn a_cold_read_takes_its_record_from_the_suffix_when_the_suffix_holds_it()
     }
 }
 
+/// A later generation is read with the larger later-generation suffix: a late arrival
+/// costs generation 0's suffix plus one GET of its own generation whenever that suffix
+/// holds its record, which for a later generation no larger than the suffix is always.
+/// With the later suffix set no larger than generation 0's, the same reads cost three.
+#[tokio::test]
+async fn a_late_arrival_costs_two_gets_cold_when_the_later_suffix_holds_its_record() {
+    use vera_store::shards::{DEFAULT_LATER_SUFFIX_BYTES, DEFAULT_SUFFIX_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let store = CountingStore::new(LocalStore::open(dir.path()).unwrap());
+    let counts = store.counts();
+    put_segment(&store, 0, FORMAT_VERSION, &["day-0".to_owned(), "day-1".to_owned()]).await;
+    // Generation 1: about 600 KiB, between the two suffixes. Generation 2: about 1.6 MiB,
+    // larger than both.
+    let gen1: Vec<String> = (0..150).map(|i| format!("late-{i:03}")).collect();
+    let gen2: Vec<String> = (0..400).map(|i| format!("later-{i:03}")).collect();
+    let gen1_len = put_files(&store, 1, FORMAT_VERSION, &gen1, bulky, None).await;
+    let gen2_len = put_files(&store, 2, FORMAT_VERSION, &gen2, bulky, None).await;
+    assert!(DEFAULT_SUFFIX_BYTES < gen1_len && gen1_len < DEFAULT_LATER_SUFFIX_BYTES, "{gen1_len}");
+    assert!(gen2_len > DEFAULT_LATER_SUFFIX_BYTES, "{gen2_len}");
+    let store: Arc<dyn ObjectStore> = Arc::new(store);
+    let mut ranges: HashMap<String, (u64, std::ops::Range<u64>)> = HashMap::new();
+    for (generation, len) in [(1, gen1_len), (2, gen2_len)] {
+        let index = ShardStore::new(store.clone()).index(&addr().segment_key(generation)).await.unwrap();
+        ranges.extend(index.files().map(|file| (file.uid.to_owned(), (len, file.record_range()))));
+    }
+    for later_suffix in [DEFAULT_LATER_SUFFIX_BYTES, DEFAULT_SUFFIX_BYTES] {
+        let mut by_gets: HashMap<(u32, u64), usize> = HashMap::new();
+        for uid in gen1.iter().chain(&gen2).step_by(5) {
+            let cold = ShardStore::new(store.clone()).with_later_suffix_bytes(later_suffix);
+            let before = counts.snapshot();
+            let read = cold.read_file(&routing(), uid, day()).await.unwrap();
+            assert_eq!(read.bytes, bulky(uid), "{uid}");
+            let gets = counts.snapshot().gets - before.gets;
+            let generation = if uid.starts_with("late-") { 1 } else { 2 };
+            let (len, range) = &ranges[uid];
+            // Every generation before the file's costs its suffix; its own suffix holds
+            // the record or one range GET follows.
+            let in_suffix = range.start >= len.saturating_sub(later_suffix);
+            let expected = u64::from(generation) + 1 + u64::from(!in_suffix);
+            assert_eq!(gets, expected, "{uid} in generation {generation}, later suffix {later_suffix}");
+            *by_gets.entry((generation, gets)).or_default() += 1;
+        }
+        if later_suffix == DEFAULT_LATER_SUFFIX_BYTES {
+            assert_eq!(by_gets[&(1, 2)], 30, "every generation 1 read took two GETs: {by_gets:?}");
+            assert!(by_gets.contains_key(&(2, 3)) && by_gets.contains_key(&(2, 4)), "{by_gets:?}");
+        } else {
+            assert!(by_gets.contains_key(&(1, 3)), "a smaller later suffix misses records: {by_gets:?}");
+        }
+    }
+}
+
 /// Bytes served from the suffix are checked like fetched ones: a record damaged inside a
 /// small segment is refused on a cold read, never returned.
 #[tokio::test]
