@@ -163,13 +163,19 @@ pub struct Goal {
     pub met: bool,
 }
 
-/// The mean GETs per read, and how many reads took more than `limit`: on the wire, and
-/// without the GETs the server refused with a 5xx.
+/// The mean GETs per read (on the wire), and how many reads took more than `limit`
+/// GETs that the server answered; and on the wire, when GETs it refused with a 5xx
+/// change that.
+///
+/// The goals are judged on answered GETs: s3s-fs answers 500 to a suffix range longer
+/// than the object, which S3 (and moto) serve with the whole object, so on S3 the refused
+/// GET and the one sent after it are one GET (loadtest/README.md, "Suffix ranges").
 fn gets_measured(reads: &ReadFigures, limit: u64) -> String {
     let (over, over_answered) = reads.reads_over(limit);
-    let mut measured = format!("{:.3} mean; {over} of {} reads over {limit}", reads.gets_per_read, reads.reads);
+    let mut measured =
+        format!("{:.3} mean; {over_answered} of {} reads over {limit}", reads.gets_per_read, reads.reads);
     if over_answered != over {
-        measured += &format!(" ({over_answered} without GETs the server answered 5xx)");
+        measured += &format!(" ({over} counting the GETs s3s-fs refused with a 5xx)");
     }
     measured
 }
@@ -243,13 +249,13 @@ impl Report {
                 goal: "GETs per warm read",
                 target: "1, every read".into(),
                 measured: gets_measured(&run.warm, 1),
-                met: run.warm.reads_over(1).0 == 0,
+                met: run.warm.reads_over(1).1 == 0,
             },
             Goal {
                 goal: "GETs per cold read",
                 target: "≤ 2, every read".into(),
                 measured: gets_measured(&run.cold, 2),
-                met: run.cold.reads_over(2).0 == 0,
+                met: run.cold.reads_over(2).1 == 0,
             },
             Goal {
                 goal: "space vs tar | zstd -3",
