@@ -55,7 +55,8 @@ impl BusUrl {
             return Ok(BusUrl::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("amqp://") || url.starts_with("amqps://") {
-            let (base, params) = split_query(url, &["prefix", "prefetch", "timeout_ms", "vault_role"], "amqp")?;
+            let (base, params) =
+                split_query(url, &["prefix", "prefetch", "timeout_ms", "heartbeat", "vault_role"], "amqp")?;
             return Ok(BusUrl::Amqp { uri: base.to_owned(), params });
         }
         if let Some(rest) = url.strip_prefix("sqs://") {
@@ -110,6 +111,14 @@ pub async fn open(url: Option<&str>, default_sqlite: PathBuf, max_attempts: u32)
 async fn open_amqp(uri: String, params: BTreeMap<String, String>, max_attempts: u32) -> anyhow::Result<Arc<dyn Bus>> {
     let uri = match params.get("vault_role") {
         Some(role) => with_vault_credentials(&uri, role).await?,
+        None => uri,
+    };
+    // The heartbeat is AMQP's own: the client proposes it in the URI and lapin negotiates
+    // it. It is how the broker notices a dead connection and takes back what it had sent
+    // that connection's consumers.
+    let uri = match number::<u16>(&params, "heartbeat")? {
+        Some(0) => bail!("--bus: heartbeat=0 turns dead-connection detection off; give seconds, e.g. 15"),
+        Some(seconds) => format!("{uri}?heartbeat={seconds}"),
         None => uri,
     };
     let mut settings = vera_bus_amqp::AmqpSettings { max_attempts, ..vera_bus_amqp::AmqpSettings::new(uri) };
@@ -249,10 +258,11 @@ mod tests {
         let unknown = BusUrl::parse("nats://u:secret@h").unwrap_err().to_string();
         assert!(unknown.contains("unknown bus") && !unknown.contains("secret"), "{unknown}");
         assert!(BusUrl::parse("sqs://").is_err());
-        match BusUrl::parse("amqp://h:5672/%2f?prefetch=8&timeout_ms=5000").unwrap() {
+        match BusUrl::parse("amqp://h:5672/%2f?prefetch=8&timeout_ms=5000&heartbeat=15").unwrap() {
             BusUrl::Amqp { uri, params } => {
                 assert_eq!(uri, "amqp://h:5672/%2f");
                 assert_eq!((params["prefetch"].as_str(), params["timeout_ms"].as_str()), ("8", "5000"));
+                assert_eq!(params["heartbeat"], "15");
             }
             other => panic!("{other:?}"),
         }
@@ -260,12 +270,14 @@ mod tests {
 
     #[cfg(feature = "amqp")]
     #[tokio::test]
-    async fn a_zero_or_unparsable_amqp_timeout_is_refused_before_connecting() {
+    async fn a_zero_or_unparsable_amqp_timeout_or_heartbeat_is_refused_before_connecting() {
         let sqlite = std::path::PathBuf::from("unused.sqlite");
         // Port 1: nothing listens, so reaching the connect step would fail differently.
         for (url, expected) in [
             ("amqp://127.0.0.1:1/%2f?timeout_ms=0", "timeout_ms=0"),
             ("amqp://127.0.0.1:1/%2f?timeout_ms=soon", "not a number"),
+            ("amqp://127.0.0.1:1/%2f?heartbeat=0", "heartbeat=0"),
+            ("amqp://127.0.0.1:1/%2f?heartbeat=-1", "not a number"),
         ] {
             let error = open(Some(url), sqlite.clone(), 5).await.err().expect("refused").to_string();
             assert!(error.contains(expected), "{url}: {error}");

@@ -303,7 +303,8 @@ fn kafka_bus_with_a_mariadb_source() {
 #[test]
 fn rabbitmq_bus_with_a_sqlite_source() {
     let uri = env_or("VERA_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/%2f");
-    pipeline(format!("{uri}?prefix={}.", prefix()), SourceKind::Sqlite, true);
+    // heartbeat=10 reaches lapin in the URI it connects with (and the broker accepts it).
+    pipeline(format!("{uri}?prefix={}.&heartbeat=10", prefix()), SourceKind::Sqlite, true);
 }
 
 /// Disaster recovery on Kafka: the pack topic is replayed from offset 0 into an empty
