@@ -123,7 +123,9 @@ impl Reader {
             .support_invalidation_closures()
             .build();
         Reader {
-            shards,
+            // Missing generations are trusted as long as sidecars, and only while the
+            // reader follows the events that announce new segments.
+            shards: shards.with_absence_ttl(settings.sidecar_ttl),
             routing,
             sidecars,
             audit,
@@ -140,9 +142,11 @@ impl Reader {
     }
 
     /// Drops the cached sidecars of every segment under `addr` (its generations and
-    /// their repacks): what a `TombstoneRequested` or `ShardSealed` event about it means.
+    /// their repacks), and what was remembered missing there: what a `TombstoneRequested`
+    /// or `ShardSealed` event about it means.
     pub async fn invalidate_address(&self, addr: &vera_protocol::routing::ShardAddr) {
         let prefix = addr.key_prefix();
+        self.shards.forget_absent_under(&prefix);
         if let Err(error) = self.sidecars.invalidate_entries_if(move |key, _| key.starts_with(&prefix)) {
             tracing::error!(%error, "cannot invalidate sidecars by address; dropping them all");
             self.invalidate_all_sidecars().await;
@@ -150,13 +154,17 @@ impl Reader {
         self.sidecars.run_pending_tasks().await;
     }
 
-    /// Drops every cached sidecar (after a break in the events subscription).
+    /// Drops every cached sidecar and every missing segment remembered (after a break in
+    /// the events subscription).
     pub async fn invalidate_all_sidecars(&self) {
+        self.shards.forget_all_absent();
         self.sidecars.invalidate_all();
         self.sidecars.run_pending_tasks().await;
     }
 
     fn set_following_events(&self, on: bool) {
+        // A missing generation may be remembered only while new segments are announced.
+        self.shards.cache_absence(on);
         self.following_events.store(on, std::sync::atomic::Ordering::Relaxed);
         metrics::gauge!("vera_reader_following_events").set(if on { 1.0 } else { 0.0 });
     }

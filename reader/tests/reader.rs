@@ -425,3 +425,78 @@ async fn a_tombstone_event_on_the_bus_drops_the_cached_sidecar_before_its_ttl() 
     shutdown.cancel();
     follower.await.unwrap();
 }
+
+/// A uid that is not there costs no GET once its address's missing next generation is
+/// remembered, which happens only while the reader follows events; the address's event
+/// (`ShardSealed` for a new generation) makes the reader look again, so the file written
+/// there is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_uid_costs_no_get_again_while_events_are_followed_and_a_new_generation_is_seen() {
+    use vera_protocol::shard::{FileInput, SegmentSettings, SegmentWriter};
+    use vera_store::counting::CountingStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = packed_store(dir.path()).await;
+    let counting = CountingStore::new(store.clone());
+    let counts = counting.counts();
+    let bus: Arc<dyn vera_bus::Bus> =
+        Arc::new(vera_bus::sqlite::SqliteBus::open(dir.path().join("bus.sqlite"), 3).await.unwrap());
+    bus.ensure_topics(&vera_bus::topics::ALL).await.unwrap();
+    let (reader, app) = service(Arc::new(counting), Duration::from_secs(3600));
+
+    // A uid routed to r0005's address, which has a generation 0 but not this uid.
+    let at = Timestamp::parse(&created_at(5)).unwrap();
+    let addr = routing().locate("r0005", at).unwrap();
+    let late = (0..).map(|i| format!("late-{i}")).find(|uid| routing().locate(uid, at).unwrap() == addr).unwrap();
+    let late_url = format!("/v1/files/{late}?created_at={}", created_at(5));
+    let gets_of = |app: axum::Router, url: String| {
+        let counts = counts.clone();
+        async move {
+            let before = counts.snapshot().gets;
+            let (status, _, _) = call(&app, "GET", &url, &[]).await;
+            (status, counts.snapshot().gets - before)
+        }
+    };
+
+    // Not following events: every read of the unknown uid asks the store again.
+    assert_eq!(gets_of(app.clone(), late_url.clone()).await.0, StatusCode::NOT_FOUND);
+    let (status, gets) = gets_of(app.clone(), late_url.clone()).await;
+    assert_eq!((status, gets), (StatusCode::NOT_FOUND, 1), "the missing generation 1 is asked for again");
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let follower = vera_reader::events::spawn(reader.clone(), bus.clone(), shutdown.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !reader.following_events() {
+        assert!(tokio::time::Instant::now() < deadline, "the reader subscribes to events");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gets_of(app.clone(), late_url.clone()).await.0, StatusCode::NOT_FOUND);
+    let (status, gets) = gets_of(app.clone(), late_url.clone()).await;
+    assert_eq!((status, gets), (StatusCode::NOT_FOUND, 0), "remembered missing while events are followed");
+
+    // A worker writes generation 1 with the uid; its ShardSealed event reaches the reader
+    // as `invalidate_address` (what `events::apply` calls for it).
+    let settings = SegmentSettings::new(addr, 1);
+    let mut writer = SegmentWriter::new(settings, std::io::Cursor::new(Vec::new())).unwrap();
+    writer
+        .add(FileInput { uid: &late, created_at: at, content_type: Some("text/plain"), bytes: b"arrived late" })
+        .unwrap();
+    let mut segment = Vec::new();
+    writer.finish(&mut segment).unwrap();
+    store.put(&addr.segment_key(1), bytes::Bytes::from(segment), PutOptions::create()).await.unwrap();
+    let (status, _) = gets_of(app.clone(), late_url.clone()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "until the event, the remembered absence answers");
+    reader.invalidate_address(&addr).await;
+    let (status, _, body) = call(&app, "GET", &late_url, &[]).await;
+    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"arrived late"[..]));
+
+    // A break in the subscription forgets every remembered absence.
+    reader.shards().cache_absence(false);
+    let missing = format!("/v1/files/nowhere-1?created_at={}", created_at(5));
+    let (status, gets) = gets_of(app.clone(), missing.clone()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(gets >= 1, "asked the store: {gets}");
+    let (_, again) = gets_of(app.clone(), missing).await;
+    assert!(again >= 1, "not remembered while not following: {again}");
+    shutdown.cancel();
+    follower.await.unwrap();
+}

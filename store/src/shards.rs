@@ -364,6 +364,26 @@ pub struct ShardStore {
     /// Tag counts the store reported for segments on their latest reads. Zero means no
     /// sidecar (see [`SIDECAR_TAG`]); absent means unknown.
     tag_counts: moka::sync::Cache<String, u32>,
+    /// Segment keys a probe found missing, trusted only while [`ShardStore::cache_absence`]
+    /// is on (a reader that follows the `ShardSealed` events that drop them), so that a
+    /// read of a uid that is not there stops without a GET.
+    absent: moka::sync::Cache<String, ()>,
+    absence: Arc<Absence>,
+}
+
+/// Whether missing segment keys are remembered, and how many times they were forgotten (a
+/// probe remembers a 404 only if nothing was forgotten while it was being answered).
+#[derive(Default)]
+struct Absence {
+    on: std::sync::atomic::AtomicBool,
+    forgotten: std::sync::atomic::AtomicU64,
+}
+
+/// Missing segment keys remembered at most.
+const ABSENT_CAPACITY: u64 = 100_000;
+
+fn absent_cache(ttl: std::time::Duration) -> moka::sync::Cache<String, ()> {
+    moka::sync::Cache::builder().max_capacity(ABSENT_CAPACITY).time_to_live(ttl).build()
 }
 
 /// The learned suffix never grows past this (a corrupt footer cannot make every later
@@ -400,7 +420,42 @@ impl ShardStore {
             read_indexes: index_cache(DEFAULT_CACHE_BYTES, read_weight),
             lookups: Arc::default(),
             tag_counts: moka::sync::Cache::new(TAG_COUNT_CAPACITY),
+            absent: absent_cache(std::time::Duration::from_secs(60)),
+            absence: Arc::default(),
         }
+    }
+
+    /// How long a missing segment key is trusted, at most, while absence caching is on.
+    pub fn with_absence_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.absent = absent_cache(ttl);
+        self
+    }
+
+    /// Remembers (on) or stops remembering (off, forgetting all) that segment keys are
+    /// missing. Only a caller that hears of every new segment (`ShardSealed` events) and
+    /// calls [`ShardStore::forget_absent_under`] for it may turn this on: otherwise a new
+    /// generation would stay unseen until the TTL.
+    pub fn cache_absence(&self, on: bool) {
+        self.absence.on.store(on, Ordering::SeqCst);
+        if !on {
+            self.forget_all_absent();
+        }
+    }
+
+    /// Forgets that segments under `prefix` (an address) were missing: a new one was written.
+    pub fn forget_absent_under(&self, prefix: &str) {
+        self.absence.forgotten.fetch_add(1, Ordering::SeqCst);
+        for (key, ()) in self.absent.iter() {
+            if key.starts_with(prefix) {
+                self.absent.invalidate(key.as_str());
+            }
+        }
+    }
+
+    /// Forgets every missing segment key.
+    pub fn forget_all_absent(&self) {
+        self.absence.forgotten.fetch_add(1, Ordering::SeqCst);
+        self.absent.invalidate_all();
     }
 
     /// Bounds each index cache (whole indexes, and the read path's) to `budget_bytes` of
@@ -571,6 +626,7 @@ impl ShardStore {
         self.read_indexes.run_pending_tasks();
         self.tag_counts.invalidate_all();
         self.tag_counts.run_pending_tasks();
+        self.forget_all_absent();
     }
 
     /// Remembers what a read reported about a segment's tags (a warm read reports what is
@@ -615,10 +671,19 @@ impl ShardStore {
         let mut generation = 0u32;
         loop {
             let key = addr.segment_key(generation);
+            let caching = self.absence.on.load(Ordering::SeqCst);
+            if caching && self.absent.contains_key(&key) {
+                return Err(not_found(uid, addr));
+            }
+            let forgotten = self.absence.forgotten.load(Ordering::SeqCst);
             match T::fetch(self, &key).await {
                 Ok((index, tail)) if !index.records(uid).is_empty() => return Ok((key, index, tail)),
                 Ok(_) => {}
                 Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => {
+                    // Not if a new segment was announced while this GET was answered.
+                    if caching && self.absence.forgotten.load(Ordering::SeqCst) == forgotten {
+                        self.absent.insert(key, ());
+                    }
                     return Err(not_found(uid, addr));
                 }
                 Err(other) => return Err(other),
