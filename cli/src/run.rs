@@ -323,7 +323,9 @@ pub struct ServeArgs {
     /// Seconds a segment's cached sidecar (its tombstones) is trusted before it is read
     /// again. A segment's first tombstone shows at once (the read sees the segment's new
     /// tag); later ones show when the bus's `events` reach this reader, and at the
-    /// latest after this long, which is the safety net for missed events.
+    /// latest after this long, which is the safety net for missed events. While events
+    /// are followed, an address's missing next generation is remembered as long at most,
+    /// so repeated reads of a uid that is not there cost no S3 request.
     #[arg(long, env = "VERA_SIDECAR_TTL_SECONDS", default_value_t = 5)]
     pub sidecar_ttl_seconds: u64,
     /// Do not publish READ audit events (for local inspection only).

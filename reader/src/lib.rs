@@ -19,6 +19,9 @@
 //! earlier by the bus's `events` ([`events`]: tombstones and sealed segments, fanned out
 //! to every replica). A segment a repack superseded sends the read on to its successor
 //! (`ShardStore::locate`), so a repack never hides a live file or shows one twice.
+//! While the events are followed, an address's missing next generation is remembered for
+//! as long (`ShardStore::cache_absence`), so asking again for a uid that is not there
+//! costs no GET; a `ShardSealed` event for the address drops it.
 //! Corrupt data answers 500 `corrupt_segment`, never wrong bytes, and counts in
 //! `vera_reader_corrupt_total`.
 //!
