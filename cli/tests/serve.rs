@@ -101,18 +101,25 @@ fn serve_answers_files_over_http_and_audits_each_read() {
         assert!(String::from_utf8_lossy(&refused.stderr).contains(flag), "and the error names the flag");
     }
 
-    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    // A port the system just handed out, not one derived from the pid: that one fell in
+    // the ephemeral range and was once taken by a client socket, so serve could not bind.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
+    let log_path = std::path::Path::new(&data).join("serve.log");
     let mut server = Command::new(env!("CARGO_BIN_EXE_vera"))
         .args(["serve", "--listen", &listen, "--data-dir", &data, "--index-cache-mib", "64", "--suffix-kib", "64"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(port, "/healthz").is_none() {
-        assert!(Instant::now() < deadline, "vera serve did not come up on {listen}");
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(status) = server.try_wait().unwrap() {
+            panic!("vera serve exited ({status}) before answering on {listen}: {}", log());
+        }
+        assert!(Instant::now() < deadline, "vera serve did not come up on {listen}: {}", log());
         std::thread::sleep(Duration::from_millis(100));
     }
 
