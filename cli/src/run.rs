@@ -345,13 +345,13 @@ pub struct ServeArgs {
     /// segment no larger than this (a day's late arrivals, say) costs that one GET and no
     /// data GET. Larger values trade transfer for requests on cold reads; an index that
     /// does not fit costs one more GET, after which the reader asks for more.
-    #[arg(long, env = "VERA_SUFFIX_KIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, env = "VERA_SUFFIX_KIB", default_value_t = vera_store::shards::DEFAULT_SUFFIX_BYTES / 1024, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub suffix_kib: u64,
     /// The same for a later generation (1, 2, …) of an address, which holds late arrivals
     /// and is usually small: a suffix this long is usually the whole segment, so a late
     /// arrival costs generation 0's suffix and this one GET, with no data GET. Never less
     /// than --suffix-kib. `vera stats` reports the largest later generation.
-    #[arg(long, env = "VERA_LATER_SUFFIX_KIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, env = "VERA_LATER_SUFFIX_KIB", default_value_t = vera_store::shards::DEFAULT_LATER_SUFFIX_BYTES / 1024, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub later_suffix_kib: u64,
     #[command(flatten)]
     pub store: StoreArgs,
@@ -380,7 +380,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .shards(store)
                 .with_cache_budget(args.index_cache_mib * 1024 * 1024)
                 .with_suffix_bytes(args.suffix_kib * 1024)
-                .with_later_suffix_bytes(args.later_suffix_kib.max(args.suffix_kib) * 1024),
+                .with_later_suffix_bytes(args.later_suffix_kib * 1024),
             args.store.routing()?,
             audit,
             settings,

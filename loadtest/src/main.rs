@@ -79,11 +79,11 @@ struct Args {
     slot_rows: u64,
     /// KiB of a segment's end the reader fetches on a cold read (as `vera serve
     /// --suffix-kib`): footer, index, and the record too when it lies inside.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, default_value_t = vera_store::shards::DEFAULT_SUFFIX_BYTES / 1024, value_parser = clap::value_parser!(u64).range(1..=4096))]
     suffix_kib: u64,
     /// KiB a cold read fetches of a later generation (as `vera serve --later-suffix-kib`);
     /// never less than --suffix-kib.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, default_value_t = vera_store::shards::DEFAULT_LATER_SUFFIX_BYTES / 1024, value_parser = clap::value_parser!(u64).range(1..=4096))]
     later_suffix_kib: u64,
     /// Cold reads (default: 300 with --quick, else 1,000).
     #[arg(long)]
@@ -250,7 +250,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let reader = Arc::new(vera_reader::Reader::new(
         ShardStore::new(read_store)
             .with_suffix_bytes(args.suffix_kib * 1024)
-            .with_later_suffix_bytes(args.later_suffix_kib.max(args.suffix_kib) * 1024),
+            .with_later_suffix_bytes(args.later_suffix_kib * 1024),
         routing.clone(),
         Some(audit),
         vera_reader::ReaderSettings::default(),

@@ -5,10 +5,11 @@
 //! — no LIST. An index costs one suffix GET (two if it outgrew the suffix) and is cached;
 //! a file then costs one range GET, unless the suffix a cold read just fetched already
 //! holds its record ([`Tail`]). Later generations get a longer suffix
-//! ([`DEFAULT_LATER_SUFFIX_BYTES`]): they are usually small, so it is usually all of them. The segment's sidecar (from a [`Sidecars`] source:
-//! the store, or a reader's short-lived cache) says whether the file is tombstoned and
-//! whether a repack superseded the segment ([`ShardStore::locate`]); a segment that every
-//! GET reports untagged has no sidecar ([`SIDECAR_TAG`]), so its reads skip it.
+//! ([`DEFAULT_LATER_SUFFIX_BYTES`]): they are usually small, so it is usually all of
+//! them. The segment's sidecar (from a [`Sidecars`] source: the store, or a reader's
+//! short-lived cache) says whether the file is tombstoned and whether a repack superseded
+//! the segment ([`ShardStore::locate`]); a segment that every GET reports untagged has no
+//! sidecar ([`SIDECAR_TAG`]), so its reads skip it.
 //!
 //! Two caches hold indexes. [`ShardStore::index`] keeps whole indexes, for callers that
 //! list or compare files (workers, repack, exports). The read path
@@ -382,6 +383,10 @@ struct Absence {
 /// Missing segment keys remembered at most.
 const ABSENT_CAPACITY: u64 = 100_000;
 
+/// How long a missing segment key is trusted unless [`ShardStore::with_absence_ttl`]
+/// says otherwise (the reader sets its sidecar TTL).
+const DEFAULT_ABSENCE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn absent_cache(ttl: std::time::Duration) -> moka::sync::Cache<String, ()> {
     moka::sync::Cache::builder().max_capacity(ABSENT_CAPACITY).time_to_live(ttl).build()
 }
@@ -420,7 +425,7 @@ impl ShardStore {
             read_indexes: index_cache(DEFAULT_CACHE_BYTES, read_weight),
             lookups: Arc::default(),
             tag_counts: moka::sync::Cache::new(TAG_COUNT_CAPACITY),
-            absent: absent_cache(std::time::Duration::from_secs(60)),
+            absent: absent_cache(DEFAULT_ABSENCE_TTL),
             absence: Arc::default(),
         }
     }
