@@ -12,7 +12,7 @@ use vera_protocol::compress::Codec;
 use vera_protocol::routing::ShardAddr;
 use vera_protocol::shard::verify_segment;
 use vera_store::ObjectStore;
-use vera_store::shards::ShardError;
+use vera_store::shards::{DEFAULT_LATER_SUFFIX_BYTES, DEFAULT_SUFFIX_BYTES, ShardError};
 
 use crate::common::StoreArgs;
 
@@ -140,7 +140,11 @@ pub struct StatsReport {
     pub mean_files_per_segment: f64,
     pub segments_with_dictionary: u64,
     pub index_bytes_per_file: f64,
-    pub indexes_over_64k_suffix: u64,
+    /// Segments whose footer and index do not fit in the reader's default cold-read
+    /// suffix (`vera serve --suffix-kib`, `--later-suffix-kib` for generation 1 and up):
+    /// the first cold read of such a segment costs one more GET, after which the reader
+    /// asks for the larger size.
+    pub indexes_over_default_suffix: u64,
     pub files_by_codec: BTreeMap<String, u64>,
     /// Current segments by `.vera` format version. Readers cache format 1 segments whole
     /// (about 100 bytes per file) and format 2 ones at about 8; a repack upgrades.
@@ -174,7 +178,15 @@ impl StatsReport {
             ("files per segment", format!("{:.0}", self.mean_files_per_segment)),
             ("segments with a dictionary", self.segments_with_dictionary.to_string()),
             ("index bytes per file", format!("{:.1}", self.index_bytes_per_file)),
-            ("indexes over a 64 KiB suffix", self.indexes_over_64k_suffix.to_string()),
+            (
+                "indexes over default suffix",
+                format!(
+                    "{} ({} KiB, g ≥ 1: {} KiB)",
+                    self.indexes_over_default_suffix,
+                    DEFAULT_SUFFIX_BYTES / 1024,
+                    DEFAULT_LATER_SUFFIX_BYTES / 1024
+                ),
+            ),
             (
                 "later generations (g ≥ 1)",
                 format!("{}, largest {}", self.later_generation_segments, mb(self.largest_later_generation_bytes)),
@@ -220,7 +232,8 @@ pub async fn stats(args: InspectArgs) -> anyhow::Result<StatsReport> {
         report.locked_segments += u64::from(meta.retention.is_some());
         let region = index.footer().index_region_len + vera_protocol::shard::FOOTER_LEN as u64;
         index_bytes += index.footer().index_region_len - u64::from(index.footer().dictionary_len);
-        report.indexes_over_64k_suffix += u64::from(region > 64 * 1024);
+        let suffix = if generation > 0 { DEFAULT_LATER_SUFFIX_BYTES } else { DEFAULT_SUFFIX_BYTES };
+        report.indexes_over_default_suffix += u64::from(region > suffix);
         report.segments_with_dictionary += u64::from(index.dictionary().is_some());
         *report.segments_by_format.entry(index.format_version()).or_default() += 1;
         for file in index.files() {

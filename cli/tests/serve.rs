@@ -86,6 +86,8 @@ fn serve_answers_files_over_http_and_audits_each_read() {
     assert!(!later.is_empty(), "slots of 100 rows over 2 days make later generations");
     assert_eq!(stats["later_generation_segments"].as_u64(), Some(later.len() as u64), "{stats}");
     assert_eq!(stats["largest_later_generation_bytes"].as_u64(), later.iter().copied().max(), "{stats}");
+    // 300 small files: every footer and index fits in the reader's default suffix.
+    assert_eq!(stats["indexes_over_default_suffix"].as_u64(), Some(0), "{stats}");
     let refused = Command::new(env!("CARGO_BIN_EXE_vera"))
         .args(["serve", "--index-cache-mib", "0", "--data-dir", &data])
         .output()

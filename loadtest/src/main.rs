@@ -4,6 +4,7 @@
 mod cpu;
 mod creates;
 mod ingest;
+mod layout;
 mod reads;
 mod report;
 mod server;
@@ -224,7 +225,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // Space, listed with uncounted clients.
     tracing::info!("measuring bytes stored and tar | zstd -3");
-    let vera_sizes = space::vera(Arc::new(server.store(&vera_bucket, None))).await?;
+    let (vera_sizes, layout) = space::vera(Arc::new(server.store(&vera_bucket, None))).await?;
+    let later_suffix_kib = args.later_suffix_kib.max(args.suffix_kib);
+    let cold_costs =
+        layout::ColdCosts::of(layout.iter().map(Vec::as_slice), args.suffix_kib * 1024, later_suffix_kib * 1024);
     // The segments in the bucket, which include any a retried task's first attempt wrote.
     vera.objects = vera_sizes.segments;
     // What the workers reported packing must be what the segments hold: a store that let
@@ -260,13 +264,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cold_sample: Vec<&ingest::StoredFile> = stored.choose_multiple(&mut rng, cold_reads).collect();
     let warm_sample: Vec<&ingest::StoredFile> = stored.choose_multiple(&mut rng, warm_reads).collect();
     tracing::info!(reads = cold_sample.len(), "cold reads");
-    let cold = service.measure(&cold_sample, true, &read_counts).await?;
+    let cold = service.measure(&cold_sample, Some(&cold_costs), &read_counts).await?;
     tracing::info!(reads = warm_sample.len(), "warm reads");
     reader.forget_everything().await;
     service.warm_up(&warm_sample).await?;
     let mut warm_order = warm_sample.clone();
     warm_order.shuffle(&mut rng);
-    let warm = service.measure(&warm_order, false, &read_counts).await?;
+    let warm = service.measure(&warm_order, None, &read_counts).await?;
     let direct = reads::direct_range_gets(reader.shards(), &routing, &warm_order, &read_counts).await?;
 
     // Reader memory: every segment's read index (what the reader caches) loaded.
@@ -301,8 +305,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         naive_bytes,
         tar_zstd,
         suffix_kib: args.suffix_kib,
-        later_suffix_kib: args.later_suffix_kib.max(args.suffix_kib),
+        later_suffix_kib,
         cold,
+        cold_costs_by_layout: cold_costs.files_by_gets,
         warm,
         direct,
         cache,

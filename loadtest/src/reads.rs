@@ -11,6 +11,7 @@ use vera_reader::Reader;
 use vera_store::counting::{RequestCounts, RequestSnapshot};
 
 use crate::ingest::StoredFile;
+use crate::layout::ColdCosts;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ReadFigures {
@@ -35,6 +36,11 @@ pub struct ReadFigures {
     /// segment has none).
     pub sidecar_gets_per_read: f64,
     pub bytes_per_read: f64,
+    /// Cold reads only: how many cost exactly the answered GETs that the segments'
+    /// layout says they must (`crate::layout`). Every one, when the model and the reader
+    /// agree.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reads_as_layout_predicts: Option<u64>,
 }
 
 /// One timed read and the S3 GETs it cost.
@@ -59,7 +65,7 @@ impl ReadFigures {
     }
 
     /// Percentiles of the samples' latencies, with the request figures per read.
-    fn new(samples: &[Sample], sidecar_gets: u64, bytes: u64) -> Self {
+    fn new(samples: &[Sample], sidecar_gets: u64, bytes: u64, as_predicted: Option<u64>) -> Self {
         let mut latencies: Vec<Duration> = samples.iter().map(|sample| sample.latency).collect();
         latencies.sort();
         let (mut reads_by_gets, mut reads_by_answered_gets) = (BTreeMap::new(), BTreeMap::new());
@@ -82,6 +88,7 @@ impl ReadFigures {
             reads_by_answered_gets,
             sidecar_gets_per_read: sidecar_gets as f64 / reads,
             bytes_per_read: bytes as f64 / reads,
+            reads_as_layout_predicts: as_predicted,
         }
     }
 }
@@ -131,30 +138,42 @@ impl Service {
         Ok(elapsed)
     }
 
-    /// Reads `sample` in order; `cold` empties the reader's caches before each read.
+    /// Reads `sample` in order. With `cold`, empties the reader's caches before each read
+    /// and counts the reads whose answered GETs are what `cold` says the layout costs.
     pub async fn measure(
         &self,
         sample: &[&StoredFile],
-        cold: bool,
+        cold: Option<&ColdCosts>,
         counts: &RequestCounts,
     ) -> anyhow::Result<ReadFigures> {
         let before = counts.snapshot();
         let sidecars_before = self.reader.sidecar_fetches();
         let mut samples = Vec::with_capacity(sample.len());
+        let mut as_predicted = 0u64;
         for file in sample {
-            if cold {
+            if cold.is_some() {
                 self.reader.forget_everything().await;
             }
             // Reads run one at a time, so the GETs between two snapshots are this read's.
             let read_before = counts.snapshot();
             let latency = self.read(file).await?;
-            samples.push(Sample::new(latency, &read_before, &counts.snapshot()));
+            let read = Sample::new(latency, &read_before, &counts.snapshot());
+            if let Some(costs) = cold {
+                let predicted = costs.by_uid.get(&file.uid);
+                if predicted == Some(&(read.gets - read.refused)) {
+                    as_predicted += 1;
+                } else {
+                    tracing::warn!(uid = %file.uid, ?predicted, gets = read.gets, refused = read.refused, "a cold read cost other than its layout predicts");
+                }
+            }
+            samples.push(read);
         }
         let after = counts.snapshot();
         Ok(ReadFigures::new(
             &samples,
             self.reader.sidecar_fetches() - sidecars_before,
             after.bytes_got - before.bytes_got,
+            cold.map(|_| as_predicted),
         ))
     }
 
@@ -196,5 +215,5 @@ pub async fn direct_range_gets(
         samples.push(Sample::new(latency, &before, &after));
         bytes += after.bytes_got - before.bytes_got;
     }
-    Ok(ReadFigures::new(&samples, 0, bytes))
+    Ok(ReadFigures::new(&samples, 0, bytes, None))
 }

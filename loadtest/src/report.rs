@@ -1,5 +1,7 @@
 //! The figures, as JSON and as a Markdown table, with the goals checked against them.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use vera_source::corpus::{CorpusSummary, Kind};
 use vera_store::shards::CacheStats;
@@ -25,6 +27,8 @@ pub struct RunInfo {
     pub suffix_kib: u64,
     pub later_suffix_kib: u64,
     pub cold: ReadFigures,
+    /// Every stored file's cold-read cost, worked out from the layout: files by GETs.
+    pub cold_costs_by_layout: BTreeMap<u64, u64>,
     pub warm: ReadFigures,
     pub direct: ReadFigures,
     pub cache: CacheStats,
@@ -93,6 +97,11 @@ pub struct Corpus {
 pub struct Ratios {
     /// VERA files/min ÷ naive files/min.
     pub ingest_speedup: f64,
+    /// The most `ingest_speedup` could be on this machine with this S3 server: VERA's
+    /// rate if every core did nothing but the S3 server's share of VERA's work (the
+    /// client's share taken as free), ÷ naive files/min. `None` when the server's CPU was
+    /// not measured (`--endpoint`) or was too small to read.
+    pub ingest_speedup_ceiling: Option<f64>,
     /// Naive PUTs ÷ VERA PUTs.
     pub put_reduction: f64,
     /// Segments in the bucket after the ingest (listed, not as reported by the workers:
@@ -133,6 +142,10 @@ pub struct Reads {
     /// Its cold-read suffix for later generations (`--later-suffix-kib`).
     pub later_suffix_kib: u64,
     pub cold: ReadFigures,
+    /// What a cold read of every stored file costs in answered GETs, worked out from the
+    /// segments' layout (loadtest/src/layout.rs): `{"1": files, "2": files, …}`. The
+    /// sampled cold reads are checked against it (`cold.reads_as_layout_predicts`).
+    pub cold_by_layout: BTreeMap<u64, u64>,
     pub warm: ReadFigures,
     /// The same records as the warm reads, by bare S3 range GET (no reader, no HTTP hop):
     /// the floor the reader's latency sits on.
@@ -180,8 +193,23 @@ fn gets_measured(reads: &ReadFigures, limit: u64) -> String {
     measured
 }
 
+/// Files whose count in `by_gets` is over `limit`.
+fn files_over(by_gets: &BTreeMap<u64, u64>, limit: u64) -> u64 {
+    by_gets.range(limit + 1..).map(|(_, files)| files).sum()
+}
+
 fn ratio(numerator: f64, denominator: f64) -> f64 {
     if denominator > 0.0 { numerator / denominator } else { 0.0 }
+}
+
+/// The ingest ratio VERA could reach at most where both ways share `cores` with the S3
+/// server: VERA's files/min if all of them ran the server's part of VERA's work and
+/// nothing else (`server_ms_per_file` each), against the naive files/min measured.
+/// Storing VERA's bytes costs the server that CPU whatever the client does, so no client
+/// can beat this here.
+fn speedup_ceiling(cores: usize, vera_server_ms_per_file: Option<f64>, naive_files_per_minute: f64) -> Option<f64> {
+    let server_ms = vera_server_ms_per_file.filter(|ms| *ms > 0.0)?;
+    (naive_files_per_minute > 0.0).then(|| cores as f64 * 60_000.0 / server_ms / naive_files_per_minute)
 }
 
 impl Report {
@@ -193,8 +221,14 @@ impl Report {
             mix: run.mix.iter().map(|(kind, weight)| format!("{}={weight}", kind.name())).collect::<Vec<_>>().join(","),
             generate_seconds: run.generate_seconds,
         };
+        let machine = Machine::read();
         let ratios = Ratios {
             ingest_speedup: ratio(run.vera.files_per_minute, run.naive.files_per_minute),
+            ingest_speedup_ceiling: speedup_ceiling(
+                machine.cores,
+                run.vera.cpu.server_ms_per_file,
+                run.naive.files_per_minute,
+            ),
             put_reduction: ratio(run.naive.puts as f64, run.vera.puts as f64),
             segments: run.vera_sizes.segments,
             files_per_segment: ratio(run.vera.files as f64, run.vera_sizes.segments as f64),
@@ -229,7 +263,13 @@ impl Report {
             Goal {
                 goal: "ingest rate vs naive",
                 target: "≥ 50×".into(),
-                measured: format!("{:.1}×", ratios.ingest_speedup),
+                measured: match ratios.ingest_speedup_ceiling {
+                    Some(ceiling) => format!(
+                        "{:.1}× (at most {ceiling:.0}× here: the S3 server's CPU for VERA's writes alone, on every core)",
+                        ratios.ingest_speedup
+                    ),
+                    None => format!("{:.1}×", ratios.ingest_speedup),
+                },
                 met: ratios.ingest_speedup >= 50.0,
             },
             Goal {
@@ -251,11 +291,18 @@ impl Report {
                 measured: gets_measured(&run.warm, 1),
                 met: run.warm.reads_over(1).1 == 0,
             },
+            // Judged on the sample and on every file's cost by the layout: a sample of
+            // 1,000 rarely lands on a third generation's few files.
             Goal {
                 goal: "GETs per cold read",
                 target: "≤ 2, every read".into(),
-                measured: gets_measured(&run.cold, 2),
-                met: run.cold.reads_over(2).1 == 0,
+                measured: format!(
+                    "{}; by the layout, {} of {} files over 2",
+                    gets_measured(&run.cold, 2),
+                    files_over(&run.cold_costs_by_layout, 2),
+                    run.cold_costs_by_layout.values().sum::<u64>()
+                ),
+                met: run.cold.reads_over(2).1 == 0 && files_over(&run.cold_costs_by_layout, 2) == 0,
             },
             Goal {
                 goal: "space vs tar | zstd -3",
@@ -278,7 +325,7 @@ impl Report {
         ];
         Report {
             command: std::env::args().collect::<Vec<_>>().join(" "),
-            machine: Machine::read(),
+            machine,
             s3_server: run.server,
             mode: if run.quick { "quick" } else { "full" },
             seconds: run.seconds,
@@ -291,6 +338,7 @@ impl Report {
                 suffix_kib: run.suffix_kib,
                 later_suffix_kib: run.later_suffix_kib,
                 cold: run.cold,
+                cold_by_layout: run.cold_costs_by_layout,
                 warm: run.warm,
                 direct_s3_range_get: run.direct,
             },
@@ -320,6 +368,12 @@ impl Report {
             v.files_per_minute, n.files_per_minute, self.ratios.ingest_speedup
         );
         out += &format!("| wall seconds | {:.2} | {:.2} | |\n", v.seconds, n.seconds);
+        if let Some(ceiling) = self.ratios.ingest_speedup_ceiling {
+            out += &format!(
+                "| VERA files per minute at most here: every core on the S3 server's share of VERA's work | {:.0} | | {ceiling:.1}× |\n",
+                ceiling * n.files_per_minute
+            );
+        }
         let server_ms =
             |cpu: &crate::cpu::CpuUse| cpu.server_ms_per_file.map_or("–".to_owned(), |ms| format!("{ms:.3}"));
         out += &format!(
@@ -387,6 +441,18 @@ impl Report {
             self.read.cold.get_server_errors_per_read,
             by_gets(&self.read.cold.reads_by_answered_gets),
         );
+        out += &format!(
+            "\nEvery stored file's cold read, worked out from the layout (answered GETs): {}; \
+             the sampled cold reads cost what it says for {} of {}.\n",
+            self.read
+                .cold_by_layout
+                .iter()
+                .map(|(gets, files)| format!("{files} files took {gets}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.read.cold.reads_as_layout_predicts.unwrap_or(0),
+            self.read.cold.reads,
+        );
         let m = &self.reader;
         out += &format!(
             "\nReader index cache: {:.1} B per cached file for the lookup path, plus {:.1} B of zstd \
@@ -409,5 +475,25 @@ impl Report {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ceiling_is_every_core_on_the_servers_share_against_the_naive_rate() {
+        // 0.05 ms of server CPU per file on 2 cores: 40,000 files/s, 2.4 M files/min;
+        // against 100,000 naive files/min, 24×.
+        let ceiling = speedup_ceiling(2, Some(0.05), 100_000.0).unwrap();
+        assert!((ceiling - 24.0).abs() < 1e-9, "{ceiling}");
+        // Twice the cores, twice the ceiling; twice the server CPU per file, half.
+        assert!((speedup_ceiling(4, Some(0.05), 100_000.0).unwrap() - 48.0).abs() < 1e-9);
+        assert!((speedup_ceiling(2, Some(0.1), 100_000.0).unwrap() - 12.0).abs() < 1e-9);
+        // Unmeasured or unreadably small server CPU, or no naive rate: no ceiling.
+        assert_eq!(speedup_ceiling(2, None, 100_000.0), None);
+        assert_eq!(speedup_ceiling(2, Some(0.0), 100_000.0), None);
+        assert_eq!(speedup_ceiling(2, Some(0.05), 0.0), None);
     }
 }

@@ -2,16 +2,20 @@
 //! (built in process with the `tar` and `zstd` crates: the same tar stream and the same
 //! zstd level as the shell pipeline, without needing either tool installed).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::TryStreamExt;
 use serde::Serialize;
+use vera_protocol::shard::FOOTER_LEN;
 use vera_source::Source;
 use vera_source::corpus::is_text_heavy;
 use vera_store::ObjectStore;
 use vera_store::shards::ShardStore;
+
+use crate::layout::SegmentShape;
 
 /// Counts what passes through, keeps nothing.
 #[derive(Clone, Default)]
@@ -108,25 +112,29 @@ pub struct VeraSizes {
     pub max_segments_per_address: u64,
 }
 
-/// Lists the bucket and opens every segment's index.
-pub async fn vera(store: Arc<dyn ObjectStore>) -> anyhow::Result<VeraSizes> {
+/// Lists the bucket and opens every segment's index. Also returns every address's
+/// segments in generation order, shaped for [`crate::layout`].
+pub async fn vera(store: Arc<dyn ObjectStore>) -> anyhow::Result<(VeraSizes, Vec<Vec<SegmentShape>>)> {
     let mut sizes = VeraSizes::default();
     let shards = ShardStore::new(Arc::clone(&store));
     let mut text_stored = 0.0f64;
-    let mut per_address: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut per_address: BTreeMap<String, BTreeMap<u32, SegmentShape>> = BTreeMap::new();
     for object in store.list("").await? {
         sizes.bucket_bytes += object.len;
         if !object.key.ends_with(".vera") {
             continue;
         }
-        if let Ok((addr, _)) = vera_protocol::routing::ShardAddr::from_segment_key(&object.key) {
-            *per_address.entry(addr.key_prefix()).or_default() += 1;
-        }
         let index = shards.index(&object.key).await?;
+        let mut shape = SegmentShape {
+            object_len: index.object_len(),
+            index_and_footer_len: index.footer().index_region_len + FOOTER_LEN as u64,
+            records: Vec::with_capacity(index.len()),
+        };
         sizes.segments += 1;
         let (mut records, mut text_records, mut text_files) = (0u64, 0u64, 0u64);
         for file in index.files() {
             let range = file.record_range();
+            shape.records.push((file.uid.to_owned(), range.start));
             records += range.end - range.start;
             if is_text_heavy(file.content_type) {
                 text_files += 1;
@@ -138,9 +146,15 @@ pub async fn vera(store: Arc<dyn ObjectStore>) -> anyhow::Result<VeraSizes> {
         sizes.files += index.len() as u64;
         text_stored += text_records as f64 + overhead as f64 * text_files as f64 / index.len().max(1) as f64;
         shards.forget(&object.key);
+        // Only generations (not repacked segments, which the load test never writes) are
+        // probed by a cold read.
+        if let Ok((addr, generation)) = vera_protocol::routing::ShardAddr::from_segment_key(&object.key) {
+            per_address.entry(addr.key_prefix()).or_default().insert(generation, shape);
+        }
     }
     sizes.text_stored_bytes = text_stored.round() as u64;
     sizes.addresses = per_address.len() as u64;
-    sizes.max_segments_per_address = per_address.values().copied().max().unwrap_or(0);
-    Ok(sizes)
+    sizes.max_segments_per_address = per_address.values().map(|segments| segments.len() as u64).max().unwrap_or(0);
+    let layout = per_address.into_values().map(|segments| segments.into_values().collect()).collect();
+    Ok((sizes, layout))
 }

@@ -74,10 +74,28 @@ fn a_small_run_reports_every_field_consistently() {
         assert!((gets / reads - average).abs() < 1e-9, "{phase}: {gets} GETs over {reads} reads vs {average}");
     }
     assert_eq!(number("/read/direct_s3_range_get/gets_per_read"), 1.0, "the floor is one counted range GET");
+    // Every file's cold-read cost from the layout covers every file, and each sampled cold
+    // read cost exactly what the layout says (the model and the reader agree).
+    let by_layout = figures["read"]["cold_by_layout"].as_object().unwrap();
+    let files: f64 = by_layout.values().map(|files| files.as_f64().unwrap()).sum();
+    assert_eq!(files, 400.0, "{by_layout:?}");
+    assert_eq!(number("/read/cold/reads_as_layout_predicts"), 20.0, "{}", figures["read"]);
+    assert!(figures["read"]["warm"].get("reads_as_layout_predicts").is_none(), "only cold reads are predicted");
     // CPU time, client and the server this run started: read from /proc, so present.
     assert!(number("/naive/cpu/client_seconds") > 0.0, "400 signed PUTs cost measurable client CPU");
     for pointer in ["/vera/cpu/client_seconds", "/vera/cpu/server_seconds", "/naive/cpu/server_seconds"] {
         assert!(number(pointer) >= 0.0, "{pointer}");
+    }
+    // The ceiling is derived from the run: present exactly when VERA's server CPU was
+    // readable, and then every core on the server's share at that CPU per file.
+    let ceiling = figures.pointer("/ratios/ingest_speedup_ceiling").expect("ceiling field");
+    match figures.pointer("/vera/cpu/server_ms_per_file").and_then(serde_json::Value::as_f64) {
+        Some(ms) if ms > 0.0 => {
+            let expected = number("/machine/cores") * 60_000.0 / ms / number("/naive/files_per_minute");
+            let ceiling = ceiling.as_f64().expect("a ceiling when the server's CPU was read");
+            assert!((ceiling - expected).abs() < 1e-6 * expected, "{ceiling} vs {expected}");
+        }
+        _ => assert!(ceiling.is_null(), "no ceiling without server CPU: {ceiling}"),
     }
     // The naive path stores the raw bytes: its bucket holds exactly the corpus.
     assert_eq!(number("/space/naive_bytes"), number("/corpus/bytes"));
