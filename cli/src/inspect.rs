@@ -12,6 +12,7 @@ use vera_protocol::compress::Codec;
 use vera_protocol::routing::ShardAddr;
 use vera_protocol::shard::verify_segment;
 use vera_store::ObjectStore;
+use vera_store::cold_cost::{SegmentShape, cold_read_gets};
 use vera_store::shards::{DEFAULT_LATER_SUFFIX_BYTES, DEFAULT_SUFFIX_BYTES, ShardError};
 
 use crate::common::StoreArgs;
@@ -154,6 +155,12 @@ pub struct StatsReport {
     /// and costs no data GET only if the segment fits in the reader's `--later-suffix-kib`.
     pub later_generation_segments: u64,
     pub largest_later_generation_bytes: u64,
+    /// What a cold read of each file costs in GETs, with the reader's default suffixes
+    /// (`vera_store::cold_cost`): files by GETs, `{"1": …, "2": …, "3": …}`. Files of
+    /// addresses a repack touched are left out (`addresses_repacked`): a read there
+    /// follows the repack and costs more.
+    pub files_by_cold_read_gets: BTreeMap<u64, u64>,
+    pub addresses_repacked: u64,
     pub locked_segments: u64,
     /// Segments a repack replaced: kept (locked, archived) but not counted above, since
     /// their live files are counted in the segments that replaced them.
@@ -191,6 +198,14 @@ impl StatsReport {
                 "later generations (g ≥ 1)",
                 format!("{}, largest {}", self.later_generation_segments, mb(self.largest_later_generation_bytes)),
             ),
+            (
+                "cold-read GETs",
+                self.files_by_cold_read_gets
+                    .iter()
+                    .map(|(gets, files)| format!("{files} files {gets}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
             ("segments under Object Lock", self.locked_segments.to_string()),
             ("superseded by a repack", self.superseded_segments.to_string()),
         ];
@@ -211,17 +226,26 @@ pub async fn stats(args: InspectArgs) -> anyhow::Result<StatsReport> {
     let mut report = StatsReport::default();
     let mut per_address: BTreeMap<ShardAddr, u64> = BTreeMap::new();
     let mut index_bytes = 0u64;
+    // Generations by address for the cold-read cost; `None` once a repack touched it.
+    let mut layouts: BTreeMap<ShardAddr, Option<BTreeMap<u32, SegmentShape>>> = BTreeMap::new();
     let segments: Vec<_> = store.list("").await?.into_iter().filter(|m| m.key.ends_with(".vera")).collect();
     let progress = progress_bar(segments.len() as u64, "reading", args.json);
     for meta in segments {
         progress.inc(1);
-        let Ok((addr, generation, _)) = ShardAddr::parse_any_segment_key(&meta.key) else { continue };
+        let Ok((addr, generation, round)) = ShardAddr::parse_any_segment_key(&meta.key) else { continue };
         let sidecar = vera_store::shards::sidecar_of(store.as_ref(), &meta.key).await?;
         if sidecar.is_some_and(|sidecar| sidecar.superseded.is_some()) {
             report.superseded_segments += 1;
+            layouts.insert(addr, None);
             continue;
         }
         let index = shards.index(&meta.key).await?;
+        match layouts.entry(addr).or_insert_with(|| Some(BTreeMap::new())) {
+            Some(generations) if round == 0 => {
+                generations.insert(generation, SegmentShape::of(&index));
+            }
+            layout => *layout = None,
+        }
         report.segments += 1;
         *per_address.entry(addr).or_default() += 1;
         report.stored_bytes += meta.len;
@@ -249,6 +273,23 @@ pub async fn stats(args: InspectArgs) -> anyhow::Result<StatsReport> {
         }
     }
     progress.finish_and_clear();
+    for layout in layouts.into_values() {
+        let Some(generations) = layout else {
+            report.addresses_repacked += 1;
+            continue;
+        };
+        // The reader stops at the first missing generation: files past a gap are not
+        // found by a probe, so only the unbroken run from generation 0 is counted.
+        let probed: Vec<SegmentShape> = generations
+            .into_iter()
+            .enumerate()
+            .take_while(|(i, (g, _))| *i as u64 == u64::from(*g))
+            .map(|(_, (_, s))| s)
+            .collect();
+        for gets in cold_read_gets(&probed, DEFAULT_SUFFIX_BYTES, DEFAULT_LATER_SUFFIX_BYTES).into_iter().flatten() {
+            *report.files_by_cold_read_gets.entry(gets).or_default() += 1;
+        }
+    }
     report.addresses = per_address.len() as u64;
     report.max_segments_per_address = per_address.values().copied().max().unwrap_or(0);
     if report.addresses > 0 {

@@ -88,6 +88,13 @@ fn serve_answers_files_over_http_and_audits_each_read() {
     assert_eq!(stats["largest_later_generation_bytes"].as_u64(), later.iter().copied().max(), "{stats}");
     // 300 small files: every footer and index fits in the reader's default suffix.
     assert_eq!(stats["indexes_over_default_suffix"].as_u64(), Some(0), "{stats}");
+    // Every file's cold-read cost is counted, and the later generations' files cost more
+    // than one GET (generation 0's suffix first).
+    let by_gets = stats["files_by_cold_read_gets"].as_object().expect("files_by_cold_read_gets");
+    let counted: u64 = by_gets.values().map(|files| files.as_u64().unwrap()).sum();
+    assert_eq!(Some(counted), stats["files"].as_u64(), "{stats}");
+    assert!(by_gets.keys().any(|gets| gets.parse::<u64>().unwrap() >= 2), "{stats}");
+    assert_eq!(stats["addresses_repacked"].as_u64(), Some(0), "{stats}");
     let refused = Command::new(env!("CARGO_BIN_EXE_vera"))
         .args(["serve", "--index-cache-mib", "0", "--data-dir", &data])
         .output()

@@ -227,8 +227,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("measuring bytes stored and tar | zstd -3");
     let (vera_sizes, layout) = space::vera(Arc::new(server.store(&vera_bucket, None))).await?;
     let later_suffix_kib = args.later_suffix_kib.max(args.suffix_kib);
-    let cold_costs =
-        layout::ColdCosts::of(layout.iter().map(Vec::as_slice), args.suffix_kib * 1024, later_suffix_kib * 1024);
+    let cold_costs = layout::ColdCosts::of(&layout, args.suffix_kib * 1024, later_suffix_kib * 1024);
     // The segments in the bucket, which include any a retried task's first attempt wrote.
     vera.objects = vera_sizes.segments;
     // What the workers reported packing must be what the segments hold: a store that let

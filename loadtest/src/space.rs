@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::TryStreamExt;
 use serde::Serialize;
-use vera_protocol::shard::FOOTER_LEN;
 use vera_source::Source;
 use vera_source::corpus::is_text_heavy;
 use vera_store::ObjectStore;
+use vera_store::cold_cost::SegmentShape;
 use vera_store::shards::ShardStore;
 
-use crate::layout::SegmentShape;
+use crate::layout::AddressLayout;
 
 /// Counts what passes through, keeps nothing.
 #[derive(Clone, Default)]
@@ -113,28 +113,23 @@ pub struct VeraSizes {
 }
 
 /// Lists the bucket and opens every segment's index. Also returns every address's
-/// segments in generation order, shaped for [`crate::layout`].
-pub async fn vera(store: Arc<dyn ObjectStore>) -> anyhow::Result<(VeraSizes, Vec<Vec<SegmentShape>>)> {
+/// segments in generation order, for [`crate::layout`].
+pub async fn vera(store: Arc<dyn ObjectStore>) -> anyhow::Result<(VeraSizes, Vec<AddressLayout>)> {
     let mut sizes = VeraSizes::default();
     let shards = ShardStore::new(Arc::clone(&store));
     let mut text_stored = 0.0f64;
-    let mut per_address: BTreeMap<String, BTreeMap<u32, SegmentShape>> = BTreeMap::new();
+    let mut per_address: BTreeMap<String, BTreeMap<u32, (SegmentShape, Vec<String>)>> = BTreeMap::new();
     for object in store.list("").await? {
         sizes.bucket_bytes += object.len;
         if !object.key.ends_with(".vera") {
             continue;
         }
         let index = shards.index(&object.key).await?;
-        let mut shape = SegmentShape {
-            object_len: index.object_len(),
-            index_and_footer_len: index.footer().index_region_len + FOOTER_LEN as u64,
-            records: Vec::with_capacity(index.len()),
-        };
+        let shape = (SegmentShape::of(&index), index.files().map(|file| file.uid.to_owned()).collect());
         sizes.segments += 1;
         let (mut records, mut text_records, mut text_files) = (0u64, 0u64, 0u64);
         for file in index.files() {
             let range = file.record_range();
-            shape.records.push((file.uid.to_owned(), range.start));
             records += range.end - range.start;
             if is_text_heavy(file.content_type) {
                 text_files += 1;
@@ -155,6 +150,12 @@ pub async fn vera(store: Arc<dyn ObjectStore>) -> anyhow::Result<(VeraSizes, Vec
     sizes.text_stored_bytes = text_stored.round() as u64;
     sizes.addresses = per_address.len() as u64;
     sizes.max_segments_per_address = per_address.values().map(|segments| segments.len() as u64).max().unwrap_or(0);
-    let layout = per_address.into_values().map(|segments| segments.into_values().collect()).collect();
+    let layout = per_address
+        .into_values()
+        .map(|segments| {
+            let (generations, uids) = segments.into_values().unzip();
+            AddressLayout { generations, uids }
+        })
+        .collect();
     Ok((sizes, layout))
 }

@@ -13,6 +13,7 @@
 //! for), [`flaky::FlakyStore`] injects seeded failures.
 
 pub mod clock;
+pub mod cold_cost;
 pub mod conformance;
 pub mod counting;
 pub mod error;

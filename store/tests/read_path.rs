@@ -209,7 +209,24 @@ async fn a_late_arrival_costs_two_gets_cold_when_the_later_suffix_holds_its_reco
         let index = ShardStore::new(store.clone()).index(&addr().segment_key(generation)).await.unwrap();
         ranges.extend(index.files().map(|file| (file.uid.to_owned(), (len, file.record_range()))));
     }
+    // The layout model `vera stats` and the load test use, from the same segments.
+    let mut shapes = Vec::new();
+    let mut uids_in_order = Vec::new();
+    for generation in 0..3 {
+        let index = ShardStore::new(store.clone()).index(&addr().segment_key(generation)).await.unwrap();
+        shapes.push(vera_store::cold_cost::SegmentShape::of(&index));
+        uids_in_order.push(index.files().map(|file| file.uid.to_owned()).collect::<Vec<_>>());
+    }
     for later_suffix in [DEFAULT_LATER_SUFFIX_BYTES, DEFAULT_SUFFIX_BYTES] {
+        let modelled: HashMap<&String, u64> = uids_in_order
+            .iter()
+            .flatten()
+            .zip(
+                vera_store::cold_cost::cold_read_gets(&shapes, DEFAULT_SUFFIX_BYTES, later_suffix)
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect();
         let mut by_gets: HashMap<(u32, u64), usize> = HashMap::new();
         for uid in gen1.iter().chain(&gen2).step_by(5) {
             let cold = ShardStore::new(store.clone()).with_later_suffix_bytes(later_suffix);
@@ -224,6 +241,7 @@ async fn a_late_arrival_costs_two_gets_cold_when_the_later_suffix_holds_its_reco
             let in_suffix = range.start >= len.saturating_sub(later_suffix);
             let expected = u64::from(generation) + 1 + u64::from(!in_suffix);
             assert_eq!(gets, expected, "{uid} in generation {generation}, later suffix {later_suffix}");
+            assert_eq!(gets, modelled[uid], "the layout model, for {uid} with later suffix {later_suffix}");
             *by_gets.entry((generation, gets)).or_default() += 1;
         }
         if later_suffix == DEFAULT_LATER_SUFFIX_BYTES {
