@@ -12,7 +12,7 @@ use vera_protocol::compress::Codec;
 use vera_protocol::routing::ShardAddr;
 use vera_protocol::shard::verify_segment;
 use vera_store::ObjectStore;
-use vera_store::cold_cost::{SegmentShape, cold_read_gets};
+use vera_store::cold_cost::{SegmentShape, cold_read_gets, probed_run};
 use vera_store::shards::{DEFAULT_LATER_SUFFIX_BYTES, DEFAULT_SUFFIX_BYTES, ShardError};
 
 use crate::common::StoreArgs;
@@ -278,14 +278,7 @@ pub async fn stats(args: InspectArgs) -> anyhow::Result<StatsReport> {
             report.addresses_repacked += 1;
             continue;
         };
-        // The reader stops at the first missing generation: files past a gap are not
-        // found by a probe, so only the unbroken run from generation 0 is counted.
-        let probed: Vec<SegmentShape> = generations
-            .into_iter()
-            .enumerate()
-            .take_while(|(i, (g, _))| *i as u64 == u64::from(*g))
-            .map(|(_, (_, s))| s)
-            .collect();
+        let probed = probed_run(generations);
         for gets in cold_read_gets(&probed, DEFAULT_SUFFIX_BYTES, DEFAULT_LATER_SUFFIX_BYTES).into_iter().flatten() {
             *report.files_by_cold_read_gets.entry(gets).or_default() += 1;
         }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use vera_source::Source;
 use vera_source::corpus::is_text_heavy;
 use vera_store::ObjectStore;
-use vera_store::cold_cost::SegmentShape;
+use vera_store::cold_cost::{SegmentShape, probed_run};
 use vera_store::shards::ShardStore;
 
 use crate::layout::AddressLayout;
@@ -153,7 +153,7 @@ pub async fn vera(store: Arc<dyn ObjectStore>) -> anyhow::Result<(VeraSizes, Vec
     let layout = per_address
         .into_values()
         .map(|segments| {
-            let (generations, uids) = segments.into_values().unzip();
+            let (generations, uids) = probed_run(segments).into_iter().unzip();
             AddressLayout { generations, uids }
         })
         .collect();

@@ -148,8 +148,8 @@ impl Reader {
     /// their repacks), and what was remembered missing there: what a `TombstoneRequested`
     /// or `ShardSealed` event about it means.
     pub async fn invalidate_address(&self, addr: &vera_protocol::routing::ShardAddr) {
+        self.shards.forget_absent_under(addr);
         let prefix = addr.key_prefix();
-        self.shards.forget_absent_under(&prefix);
         if let Err(error) = self.sidecars.invalidate_entries_if(move |key, _| key.starts_with(&prefix)) {
             tracing::error!(%error, "cannot invalidate sidecars by address; dropping them all");
             self.invalidate_all_sidecars().await;

@@ -35,8 +35,21 @@ impl SegmentShape {
     }
 }
 
+/// An address's segments by generation, cut to what a probe reaches: the unbroken run
+/// from generation 0 (the probe stops at the first missing one, so segments past a gap
+/// are never read).
+pub fn probed_run<T>(by_generation: std::collections::BTreeMap<u32, T>) -> Vec<T> {
+    by_generation
+        .into_iter()
+        .zip(0u32..)
+        .take_while(|((generation, _), expected)| generation == expected)
+        .map(|((_, segment), _)| segment)
+        .collect()
+}
+
 /// GETs a cold read of each file costs, for one address's generations in order (0, 1,
-/// …, none missing): one list per generation, in `record_starts` order.
+/// …, none missing: see [`probed_run`]): one list per generation, in `record_starts`
+/// order.
 pub fn cold_read_gets(generations: &[SegmentShape], suffix: u64, later_suffix: u64) -> Vec<Vec<u64>> {
     let mut probes = 0u64;
     generations
@@ -88,6 +101,13 @@ mod tests {
         let generations = [segment(8192 * KIB, 400 * KIB, &[0, 8192 * KIB - 500 * KIB]), segment(64 * KIB, KIB, &[0])];
         // Generation 0's two index GETs come before generation 1's suffix.
         assert_eq!(cold_read_gets(&generations, 256 * KIB, 1024 * KIB), vec![vec![3, 3], vec![3]]);
+    }
+
+    #[test]
+    fn a_probe_reaches_the_generations_before_the_first_gap() {
+        let by_generation = std::collections::BTreeMap::from([(0, 'a'), (1, 'b'), (3, 'd')]);
+        assert_eq!(probed_run(by_generation), vec!['a', 'b']);
+        assert!(probed_run(std::collections::BTreeMap::from([(1, 'b')])).is_empty(), "no generation 0");
     }
 
     #[test]

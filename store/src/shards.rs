@@ -365,10 +365,10 @@ pub struct ShardStore {
     /// Tag counts the store reported for segments on their latest reads. Zero means no
     /// sidecar (see [`SIDECAR_TAG`]); absent means unknown.
     tag_counts: moka::sync::Cache<String, u32>,
-    /// Segment keys a probe found missing, trusted only while [`ShardStore::cache_absence`]
-    /// is on (a reader that follows the `ShardSealed` events that drop them), so that a
-    /// read of a uid that is not there stops without a GET.
-    absent: moka::sync::Cache<String, ()>,
+    /// By address (key prefix), the first generation a probe found missing, trusted only
+    /// while [`ShardStore::cache_absence`] is on (a reader that follows the `ShardSealed`
+    /// events that drop it), so that a read of a uid that is not there stops without a GET.
+    absent: moka::sync::Cache<String, u32>,
     absence: Arc<Absence>,
 }
 
@@ -380,14 +380,14 @@ struct Absence {
     forgotten: std::sync::atomic::AtomicU64,
 }
 
-/// Missing segment keys remembered at most.
+/// Addresses whose missing generation is remembered, at most.
 const ABSENT_CAPACITY: u64 = 100_000;
 
 /// How long a missing segment key is trusted unless [`ShardStore::with_absence_ttl`]
 /// says otherwise (the reader sets its sidecar TTL).
 const DEFAULT_ABSENCE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn absent_cache(ttl: std::time::Duration) -> moka::sync::Cache<String, ()> {
+fn absent_cache(ttl: std::time::Duration) -> moka::sync::Cache<String, u32> {
     moka::sync::Cache::builder().max_capacity(ABSENT_CAPACITY).time_to_live(ttl).build()
 }
 
@@ -447,14 +447,10 @@ impl ShardStore {
         }
     }
 
-    /// Forgets that segments under `prefix` (an address) were missing: a new one was written.
-    pub fn forget_absent_under(&self, prefix: &str) {
+    /// Forgets that a generation under `addr` was missing: a new one was written.
+    pub fn forget_absent_under(&self, addr: &ShardAddr) {
         self.absence.forgotten.fetch_add(1, Ordering::SeqCst);
-        for (key, ()) in self.absent.iter() {
-            if key.starts_with(prefix) {
-                self.absent.invalidate(key.as_str());
-            }
-        }
+        self.absent.invalidate(&addr.key_prefix());
     }
 
     /// Forgets every missing segment key.
@@ -673,11 +669,12 @@ impl ShardStore {
         addr: &ShardAddr,
         uid: &str,
     ) -> Result<(String, T, Option<Tail>), ShardError> {
+        let prefix = addr.key_prefix();
         let mut generation = 0u32;
         loop {
             let key = addr.segment_key(generation);
             let caching = self.absence.on.load(Ordering::SeqCst);
-            if caching && self.absent.contains_key(&key) {
+            if caching && self.absent.get(&prefix) == Some(generation) {
                 return Err(not_found(uid, addr));
             }
             let forgotten = self.absence.forgotten.load(Ordering::SeqCst);
@@ -687,7 +684,7 @@ impl ShardStore {
                 Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => {
                     // Not if a new segment was announced while this GET was answered.
                     if caching && self.absence.forgotten.load(Ordering::SeqCst) == forgotten {
-                        self.absent.insert(key, ());
+                        self.absent.insert(prefix, generation);
                     }
                     return Err(not_found(uid, addr));
                 }
