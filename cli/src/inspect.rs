@@ -161,6 +161,9 @@ pub struct StatsReport {
     /// follows the repack and costs more.
     pub files_by_cold_read_gets: BTreeMap<u64, u64>,
     pub addresses_repacked: u64,
+    /// Addresses with later generations but no generation 0: only late arrivals so far
+    /// (their day's own rows not yet packed, or none), read past the missing key.
+    pub addresses_without_generation_0: u64,
     pub locked_segments: u64,
     /// Segments a repack replaced: kept (locked, archived) but not counted above, since
     /// their live files are counted in the segments that replaced them.
@@ -198,6 +201,7 @@ impl StatsReport {
                 "later generations (g ≥ 1)",
                 format!("{}, largest {}", self.later_generation_segments, mb(self.largest_later_generation_bytes)),
             ),
+            ("addresses without g0", self.addresses_without_generation_0.to_string()),
             (
                 "cold-read GETs",
                 self.files_by_cold_read_gets
@@ -279,6 +283,7 @@ pub async fn stats(args: InspectArgs) -> anyhow::Result<StatsReport> {
             continue;
         };
         let probed = probed_run(generations);
+        report.addresses_without_generation_0 += u64::from(probed.first().is_some_and(Option::is_none));
         for gets in cold_read_gets(&probed, DEFAULT_SUFFIX_BYTES, DEFAULT_LATER_SUFFIX_BYTES).into_iter().flatten() {
             *report.files_by_cold_read_gets.entry(gets).or_default() += 1;
         }

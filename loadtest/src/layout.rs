@@ -10,11 +10,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use vera_store::cold_cost::{SegmentShape, cold_read_gets};
 
-/// One address's segments in generation order, with the uids of each in the order of its
-/// shape's `record_starts`.
+/// One address's segments in generation order as a probe reaches them (`None` for a
+/// missing generation 0), with the uids of each in the order of its shape's
+/// `record_starts`.
 #[derive(Debug, Clone, Default)]
 pub struct AddressLayout {
-    pub generations: Vec<SegmentShape>,
+    pub generations: Vec<Option<SegmentShape>>,
     pub uids: Vec<Vec<String>>,
 }
 
@@ -53,13 +54,18 @@ mod tests {
             record_starts: starts.to_vec(),
         };
         let first = AddressLayout {
-            generations: vec![shape(100 * KIB, &[0, 50 * KIB]), shape(10 * KIB, &[0])],
+            generations: vec![Some(shape(100 * KIB, &[0, 50 * KIB])), Some(shape(10 * KIB, &[0]))],
             uids: vec![vec!["a".into(), "b".into()], vec!["c".into()]],
         };
-        let second = AddressLayout { generations: vec![shape(100 * KIB, &[0])], uids: vec![vec!["d".into()]] };
-        let costs = ColdCosts::of(&[first, second], 256 * KIB, 1024 * KIB);
-        assert_eq!(costs.files_by_gets, BTreeMap::from([(1, 3), (2, 1)]));
-        assert_eq!((costs.by_uid["a"], costs.by_uid["c"], costs.by_uid["d"]), (1, 2, 1));
-        assert_eq!(costs.by_uid.len(), 4);
+        let second = AddressLayout { generations: vec![Some(shape(100 * KIB, &[0]))], uids: vec![vec!["d".into()]] };
+        // Late arrivals only: generation 0 is missing.
+        let third = AddressLayout {
+            generations: vec![None, Some(shape(10 * KIB, &[0]))],
+            uids: vec![vec![], vec!["e".into()]],
+        };
+        let costs = ColdCosts::of(&[first, second, third], 256 * KIB, 1024 * KIB);
+        assert_eq!(costs.files_by_gets, BTreeMap::from([(1, 3), (2, 2)]));
+        assert_eq!((costs.by_uid["a"], costs.by_uid["c"], costs.by_uid["d"], costs.by_uid["e"]), (1, 2, 1, 2));
+        assert_eq!(costs.by_uid.len(), 5);
     }
 }

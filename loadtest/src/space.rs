@@ -153,7 +153,13 @@ pub async fn vera(store: Arc<dyn ObjectStore>) -> anyhow::Result<(VeraSizes, Vec
     let layout = per_address
         .into_values()
         .map(|segments| {
-            let (generations, uids) = probed_run(segments).into_iter().unzip();
+            let (generations, uids) = probed_run(segments)
+                .into_iter()
+                .map(|segment| match segment {
+                    Some((shape, uids)) => (Some(shape), uids),
+                    None => (None, Vec::new()),
+                })
+                .unzip();
             AddressLayout { generations, uids }
         })
         .collect();

@@ -5,7 +5,8 @@
 //! `Range: bytes=…` inside the file is honoured (206, or 416 when unsatisfiable), and
 //! `If-None-Match` with the current ETag answers 304.
 //!
-//! Read path: `locate_shard` → generation 0, 1, … of the address → the segment index from
+//! Read path: `locate_shard` → generation 0, 1, … of the address (past a missing
+//! generation 0: late arrivals stored before their day's own rows) → the segment index from
 //! the cache (one suffix GET on a miss) → one range GET → decode (with the segment's
 //! dictionary) → BLAKE3 check. A warm read is that one range GET; a cold one adds the
 //! suffix GET.
@@ -19,7 +20,7 @@
 //! earlier by the bus's `events` ([`events`]: tombstones and sealed segments, fanned out
 //! to every replica). A segment a repack superseded sends the read on to its successor
 //! (`ShardStore::locate`), so a repack never hides a live file or shows one twice.
-//! While the events are followed, an address's missing next generation is remembered for
+//! While the events are followed, an address's missing generations are remembered for
 //! as long (`ShardStore::cache_absence`), so asking again for a uid that is not there
 //! costs no GET; a `ShardSealed` event for the address drops it.
 //! Corrupt data answers 500 `corrupt_segment`, never wrong bytes, and counts in

@@ -5,7 +5,7 @@
 //! generations in order:
 //! - each generation up to the file's own costs one suffix GET (the generation 0 suffix,
 //!   or the longer suffix of a later one), plus one more when its footer and index do not
-//!   fit in that suffix;
+//!   fit in that suffix; a missing generation 0 costs the GET that found it missing;
 //! - in the file's own generation, the record costs one more range GET unless it lies
 //!   inside the bytes that suffix fetched.
 //!
@@ -35,27 +35,36 @@ impl SegmentShape {
     }
 }
 
-/// An address's segments by generation, cut to what a probe reaches: the unbroken run
-/// from generation 0 (the probe stops at the first missing one, so segments past a gap
-/// are never read).
-pub fn probed_run<T>(by_generation: std::collections::BTreeMap<u32, T>) -> Vec<T> {
-    by_generation
-        .into_iter()
-        .zip(0u32..)
-        .take_while(|((generation, _), expected)| generation == expected)
-        .map(|((_, segment), _)| segment)
+/// An address's segments by generation, cut to what a probe reaches: generation 0 if it
+/// is there (`None` if not: the probe goes on past it), then the unbroken run from
+/// generation 1 (the probe stops at the first missing one, so segments past a gap are
+/// never read).
+pub fn probed_run<T>(mut by_generation: std::collections::BTreeMap<u32, T>) -> Vec<Option<T>> {
+    let zero = by_generation.remove(&0);
+    std::iter::once(zero)
+        .chain(
+            by_generation
+                .into_iter()
+                .zip(1u32..)
+                .take_while(|((generation, _), expected)| generation == expected)
+                .map(|((_, segment), _)| Some(segment)),
+        )
         .collect()
 }
 
-/// GETs a cold read of each file costs, for one address's generations in order (0, 1,
-/// …, none missing: see [`probed_run`]): one list per generation, in `record_starts`
-/// order.
-pub fn cold_read_gets(generations: &[SegmentShape], suffix: u64, later_suffix: u64) -> Vec<Vec<u64>> {
+/// GETs a cold read of each file costs, for one address's generations in order as
+/// [`probed_run`] gives them: one list per generation, in `record_starts` order (empty
+/// for a missing generation 0, which costs the GET that finds it missing).
+pub fn cold_read_gets(generations: &[Option<SegmentShape>], suffix: u64, later_suffix: u64) -> Vec<Vec<u64>> {
     let mut probes = 0u64;
     generations
         .iter()
         .enumerate()
         .map(|(generation, segment)| {
+            let Some(segment) = segment else {
+                probes += 1;
+                return Vec::new();
+            };
             let suffix = if generation == 0 { suffix } else { later_suffix.max(suffix) };
             let index_fits = segment.index_and_footer_len <= suffix;
             probes += if index_fits { 1 } else { 2 };
@@ -82,11 +91,11 @@ mod tests {
         let generations = [
             // 10 MiB, index in the last 100 KiB: the first record lies outside the 256 KiB
             // suffix, the second inside it.
-            segment(10_240 * KIB, 100 * KIB, &[0, 10_240 * KIB - 200 * KIB]),
+            Some(segment(10_240 * KIB, 100 * KIB, &[0, 10_240 * KIB - 200 * KIB])),
             // A small later generation, wholly inside the 1 MiB later suffix.
-            segment(600 * KIB, 2 * KIB, &[0]),
+            Some(segment(600 * KIB, 2 * KIB, &[0])),
             // A later generation of 2 MiB: its first record lies outside the suffix.
-            segment(2048 * KIB, 4 * KIB, &[0, 1536 * KIB]),
+            Some(segment(2048 * KIB, 4 * KIB, &[0, 1536 * KIB])),
         ];
         assert_eq!(cold_read_gets(&generations, 256 * KIB, 1024 * KIB), vec![vec![2, 1], vec![2], vec![4, 3]]);
         // With the 256 KiB suffix for every generation, generation 1's record lies outside
@@ -98,20 +107,32 @@ mod tests {
     fn an_index_larger_than_the_suffix_costs_one_more_get_and_its_records_another() {
         // 400 KiB of index: the suffix read, then the index region, then the record (even
         // one that lay inside the first suffix: the store keeps the region's bytes).
-        let generations = [segment(8192 * KIB, 400 * KIB, &[0, 8192 * KIB - 500 * KIB]), segment(64 * KIB, KIB, &[0])];
+        let generations =
+            [Some(segment(8192 * KIB, 400 * KIB, &[0, 8192 * KIB - 500 * KIB])), Some(segment(64 * KIB, KIB, &[0]))];
         // Generation 0's two index GETs come before generation 1's suffix.
         assert_eq!(cold_read_gets(&generations, 256 * KIB, 1024 * KIB), vec![vec![3, 3], vec![3]]);
     }
 
     #[test]
-    fn a_probe_reaches_the_generations_before_the_first_gap() {
+    fn a_probe_reaches_the_generations_before_the_first_gap_after_generation_0() {
         let by_generation = std::collections::BTreeMap::from([(0, 'a'), (1, 'b'), (3, 'd')]);
-        assert_eq!(probed_run(by_generation), vec!['a', 'b']);
-        assert!(probed_run(std::collections::BTreeMap::from([(1, 'b')])).is_empty(), "no generation 0");
+        assert_eq!(probed_run(by_generation), vec![Some('a'), Some('b')]);
+        // Late arrivals written before their slice's own rows: the probe goes past the
+        // missing generation 0.
+        let late_first = std::collections::BTreeMap::from([(1, 'b'), (2, 'c'), (4, 'e')]);
+        assert_eq!(probed_run(late_first), vec![None, Some('b'), Some('c')]);
+        assert_eq!(probed_run(std::collections::BTreeMap::<u32, char>::new()), vec![None]);
+    }
+
+    #[test]
+    fn a_missing_generation_0_costs_the_get_that_finds_it_missing() {
+        let generations = [None, Some(segment(600 * KIB, 2 * KIB, &[0, 300 * KIB]))];
+        assert_eq!(cold_read_gets(&generations, 256 * KIB, 1024 * KIB), vec![vec![], vec![2, 2]]);
     }
 
     #[test]
     fn no_generations_no_costs() {
         assert!(cold_read_gets(&[], 256 * KIB, 1024 * KIB).is_empty());
+        assert_eq!(cold_read_gets(&[None], 256 * KIB, 1024 * KIB), vec![Vec::<u64>::new()]);
     }
 }

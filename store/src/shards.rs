@@ -2,7 +2,9 @@
 //!
 //! Segments under an address are named by generation (`g000000.vera`, `g000001.vera`,
 //! …), so a reader probes generation 0 first, then 1, and stops at the first missing key
-//! — no LIST. An index costs one suffix GET (two if it outgrew the suffix) and is cached;
+//! from generation 1 on — no LIST. Generation 0 may be missing while later ones exist: a
+//! worker never gives a slot's late arrivals generation 0, which stays free for the task
+//! that holds their time slice's own rows, so a probe goes on past it. An index costs one suffix GET (two if it outgrew the suffix) and is cached;
 //! a file then costs one range GET, unless the suffix a cold read just fetched already
 //! holds its record ([`Tail`]). Later generations get a longer suffix
 //! ([`DEFAULT_LATER_SUFFIX_BYTES`]): they are usually small, so it is usually all of
@@ -365,10 +367,10 @@ pub struct ShardStore {
     /// Tag counts the store reported for segments on their latest reads. Zero means no
     /// sidecar (see [`SIDECAR_TAG`]); absent means unknown.
     tag_counts: moka::sync::Cache<String, u32>,
-    /// By address (key prefix), the first generation a probe found missing, trusted only
-    /// while [`ShardStore::cache_absence`] is on (a reader that follows the `ShardSealed`
-    /// events that drop it), so that a read of a uid that is not there stops without a GET.
-    absent: moka::sync::Cache<String, u32>,
+    /// By address (key prefix), what a probe found missing, trusted only while
+    /// [`ShardStore::cache_absence`] is on (a reader that follows the `ShardSealed` events
+    /// that drop it), so that a read of a uid that is not there stops without a GET.
+    absent: moka::sync::Cache<String, Missing>,
     absence: Arc<Absence>,
 }
 
@@ -380,6 +382,15 @@ struct Absence {
     forgotten: std::sync::atomic::AtomicU64,
 }
 
+/// What probes found missing under one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Missing {
+    /// Generation 0 is missing (its address has only late arrivals so far).
+    zero: bool,
+    /// The first missing generation from 1 on, where a probe stops, once one found it.
+    end: Option<u32>,
+}
+
 /// Addresses whose missing generation is remembered, at most.
 const ABSENT_CAPACITY: u64 = 100_000;
 
@@ -387,7 +398,7 @@ const ABSENT_CAPACITY: u64 = 100_000;
 /// says otherwise (the reader sets its sidecar TTL).
 const DEFAULT_ABSENCE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn absent_cache(ttl: std::time::Duration) -> moka::sync::Cache<String, u32> {
+fn absent_cache(ttl: std::time::Duration) -> moka::sync::Cache<String, Missing> {
     moka::sync::Cache::builder().max_capacity(ABSENT_CAPACITY).time_to_live(ttl).build()
 }
 
@@ -646,7 +657,7 @@ impl ShardStore {
     }
 
     /// Finds the segment holding `uid` now: probes generations 0, 1, … of its address
-    /// (stopping at the first missing one), then follows `superseded` links in the
+    /// (stopping at the first missing one after generation 0), then follows `superseded` links in the
     /// sidecars through any repacks. A file a repack dropped ends the walk at the segment
     /// whose sidecar tombstoned it.
     pub async fn locate(
@@ -663,7 +674,8 @@ impl ShardStore {
     }
 
     /// The packed segment of `addr` whose index lists (or may list) `uid`: generation 0,
-    /// 1, … until the first missing one; with the [`Tail`] if its index was not cached.
+    /// 1, … until the first missing one from generation 1 on (generation 0 may be missing:
+    /// see the module docs); with the [`Tail`] if its index was not cached.
     async fn probe<T: SegmentLookup>(
         &self,
         addr: &ShardAddr,
@@ -671,22 +683,35 @@ impl ShardStore {
     ) -> Result<(String, T, Option<Tail>), ShardError> {
         let prefix = addr.key_prefix();
         let mut generation = 0u32;
+        let mut zero_missing = false;
         loop {
-            let key = addr.segment_key(generation);
             let caching = self.absence.on.load(Ordering::SeqCst);
-            if caching && self.absent.get(&prefix) == Some(generation) {
-                return Err(not_found(uid, addr));
+            if let Some(known) = caching.then(|| self.absent.get(&prefix)).flatten() {
+                if generation == 0 && known.zero {
+                    zero_missing = true;
+                    generation = 1;
+                    continue;
+                }
+                if known.end == Some(generation) {
+                    return Err(not_found(uid, addr));
+                }
             }
+            let key = addr.segment_key(generation);
             let forgotten = self.absence.forgotten.load(Ordering::SeqCst);
             match T::fetch(self, &key).await {
                 Ok((index, tail)) if !index.records(uid).is_empty() => return Ok((key, index, tail)),
                 Ok(_) => {}
                 Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => {
+                    let stops = generation > 0;
+                    zero_missing |= generation == 0;
                     // Not if a new segment was announced while this GET was answered.
                     if caching && self.absence.forgotten.load(Ordering::SeqCst) == forgotten {
-                        self.absent.insert(prefix, generation);
+                        let missing = Missing { zero: zero_missing, end: stops.then_some(generation) };
+                        self.absent.insert(prefix.clone(), missing);
                     }
-                    return Err(not_found(uid, addr));
+                    if stops {
+                        return Err(not_found(uid, addr));
+                    }
                 }
                 Err(other) => return Err(other),
             }

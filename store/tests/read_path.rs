@@ -214,7 +214,7 @@ async fn a_late_arrival_costs_two_gets_cold_when_the_later_suffix_holds_its_reco
     let mut uids_in_order = Vec::new();
     for generation in 0..3 {
         let index = ShardStore::new(store.clone()).index(&addr().segment_key(generation)).await.unwrap();
-        shapes.push(vera_store::cold_cost::SegmentShape::of(&index));
+        shapes.push(Some(vera_store::cold_cost::SegmentShape::of(&index)));
         uids_in_order.push(index.files().map(|file| file.uid.to_owned()).collect::<Vec<_>>());
     }
     for later_suffix in [DEFAULT_LATER_SUFFIX_BYTES, DEFAULT_SUFFIX_BYTES] {
@@ -281,4 +281,58 @@ async fn a_damaged_record_inside_the_suffix_is_refused_on_a_cold_read() {
     for other in uids.iter().filter(|other| **other != uid) {
         assert_eq!(shards.read_file(&routing(), other, day()).await.unwrap().bytes, content(other));
     }
+}
+
+/// Late arrivals written before their time slice's own rows sit in generation 1 with
+/// generation 0 missing: a cold read goes past the missing key (one GET) to generation 1's
+/// suffix (one more), a uid that is not there costs those two GETs and no more, and the
+/// generation 0 written afterwards is read like any other.
+#[tokio::test]
+async fn a_missing_generation_0_is_probed_past_and_costs_one_get() {
+    use vera_store::shards::{DEFAULT_LATER_SUFFIX_BYTES, DEFAULT_SUFFIX_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let store = CountingStore::new(LocalStore::open(dir.path()).unwrap());
+    let counts = store.counts();
+    let late: Vec<String> = (0..40).map(|i| format!("late-{i:03}")).collect();
+    put_segment(&store, 1, FORMAT_VERSION, &late).await;
+    let store: Arc<dyn ObjectStore> = Arc::new(store);
+
+    let mut shapes = vec![None];
+    let index = ShardStore::new(store.clone()).index(&addr().segment_key(1)).await.unwrap();
+    shapes.push(Some(vera_store::cold_cost::SegmentShape::of(&index)));
+    let modelled = vera_store::cold_cost::cold_read_gets(&shapes, DEFAULT_SUFFIX_BYTES, DEFAULT_LATER_SUFFIX_BYTES);
+    assert_eq!(modelled[1], vec![2; late.len()], "the model: the missing key, then the suffix holding the record");
+    for uid in late.iter().step_by(3) {
+        let cold = ShardStore::new(store.clone());
+        let before = counts.snapshot();
+        let read = cold.read_file(&routing(), uid, day()).await.unwrap();
+        assert_eq!(read.bytes, content(uid), "{uid}");
+        assert_eq!(counts.snapshot().gets - before.gets, 2, "cold read of {uid}");
+    }
+
+    // A uid that is not there: generation 0 and generation 2 are missing, generation 1
+    // does not list it.
+    let shards = ShardStore::new(store.clone());
+    shards.cache_absence(true);
+    let before = counts.snapshot();
+    let missing = shards.read_file(&routing(), "nowhere", day()).await.unwrap_err();
+    assert!(missing.is_not_found(), "{missing:?}");
+    assert_eq!(counts.snapshot().gets - before.gets, 3, "generation 0 (missing), 1, 2 (missing)");
+    // Remembered: neither missing key is asked for again, and generation 1 is cached.
+    let before = counts.snapshot();
+    assert!(shards.read_file(&routing(), "nowhere-either", day()).await.unwrap_err().is_not_found());
+    assert_eq!(counts.snapshot().gets - before.gets, 0, "a remembered absence costs no GET");
+    let read = shards.read_file(&routing(), &late[0], day()).await.unwrap();
+    assert_eq!(read.bytes, content(&late[0]));
+    assert_eq!(counts.snapshot().gets - before.gets, 1, "a warm read of generation 1 skips the missing generation 0");
+
+    // The slice's own rows arrive as generation 0; the event that announces it makes the
+    // reader look again.
+    let bulk: Vec<String> = (0..40).map(|i| format!("bulk-{i:03}")).collect();
+    put_segment(store.as_ref(), 0, FORMAT_VERSION, &bulk).await;
+    shards.forget_absent_under(&addr());
+    let read = shards.read_file(&routing(), &bulk[7], day()).await.unwrap();
+    assert_eq!(read.bytes, content(&bulk[7]));
+    let read = shards.read_file(&routing(), &late[5], day()).await.unwrap();
+    assert_eq!(read.bytes, content(&late[5]), "generation 1 is still found after generation 0");
 }

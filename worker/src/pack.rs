@@ -11,7 +11,14 @@
 //! 3. Seal what is left as the next generation and write it create-if-absent with Object
 //!    Lock retention. If another worker claimed that generation first, check whether it
 //!    stored exactly our files (a concurrent delivery of the same task: success) or
-//!    something else (take the next generation).
+//!    something else (take the next generation). Late arrivals never take generation 0:
+//!    it stays free for the task that holds their time slice's own rows, even when that
+//!    task seals after this one, so a cold read of the slice's bulk probes one segment. A
+//!    segment is late when its slice is older than the slot's newest, holds at most a
+//!    tenth of the slot's rows, and its records fit in the suffix a reader fetches of a
+//!    later generation (so the missing generation 0 and that one suffix are a late
+//!    arrival's whole cold read). Anything else (a slice's own rows cut by a slot limit, a
+//!    backfill) takes generation 0 when it is free.
 //!
 //! A crash anywhere leaves either nothing or complete, verified, immutable segments, and
 //! the redelivered task converges on the same result.
@@ -40,6 +47,11 @@ use crate::settings::WorkerSettings;
 pub use vera_store::shards::META_OBJECT_HASH;
 /// Object metadata key holding the task that wrote the segment.
 pub const META_TASK: &str = "vera-task";
+/// A late segment holds at most this many record bytes: what a reader's suffix of a later
+/// generation holds whole.
+const LATE_SEGMENT_MAX_BYTES: u64 = vera_store::shards::DEFAULT_LATER_SUFFIX_BYTES;
+/// A late segment's time slice holds at most 1/this of its slot's rows.
+const LATE_SLICE_SHARE: u64 = 10;
 /// How many generations a task may skip past concurrent writers before giving up.
 const MAX_GENERATION_ATTEMPTS: u32 = 64;
 
@@ -107,6 +119,9 @@ pub struct PackReport {
 /// Accumulated state while streaming a slot; moved to and from the blocking pool.
 struct SlotState {
     writers: HashMap<ShardAddr, SegmentWriter<SpooledTempFile>>,
+    /// Routed rows by time slice (epoch, bucket): a small share of an older slice than
+    /// the newest is late arrivals.
+    slice_rows: HashMap<(u16, i32), u64>,
     seen: HashSet<String>,
     rejected: Vec<Rejection>,
     rows: u64,
@@ -130,7 +145,14 @@ pub async fn pack_task(
     task.routing.validate().map_err(|e| PackError::InvalidTask(e.to_string()))?;
     let settings = Arc::new(settings.clone());
     let task_arc = Arc::new(task.clone());
-    let state = SlotState { writers: HashMap::new(), seen: HashSet::new(), rejected: Vec::new(), rows: 0, bytes_in: 0 };
+    let state = SlotState {
+        writers: HashMap::new(),
+        slice_rows: HashMap::new(),
+        seen: HashSet::new(),
+        rejected: Vec::new(),
+        rows: 0,
+        bytes_in: 0,
+    };
     let mut rows = source.read_slot(task.slot);
     let mut batch = Vec::with_capacity(settings.batch_rows);
     // One batch is hashed and compressed on the blocking pool while the next one is read
@@ -172,12 +194,15 @@ pub async fn pack_task(
     };
     let mut rejected = state.rejected;
     let mut writers: Vec<(ShardAddr, SegmentWriter<SpooledTempFile>)> = state.writers.into_iter().collect();
-    // Newest time slice first: a slot's rows of earlier days are late arrivals, a few per
-    // address, and sealing them last lets the task that holds those days' bulk take
-    // generation 0 first, where a cold read probes first.
+    // Newest time slice first: the slot's own rows are most of its bytes.
     writers.sort_by_key(|(addr, _)| (std::cmp::Reverse((addr.epoch, addr.time_bucket)), *addr));
+    let late_slices = late_slices(&state.slice_rows);
     let outcomes: Vec<Result<AddressOutcome, PackError>> = futures::stream::iter(writers)
-        .map(|(addr, writer)| seal_address(task, addr, writer, shards, Arc::clone(&settings)))
+        .map(|(addr, writer)| {
+            let late = late_slices.contains(&(addr.epoch, addr.time_bucket))
+                && writer.spilled_bytes() <= LATE_SEGMENT_MAX_BYTES;
+            seal_address(task, addr, late, writer, shards, Arc::clone(&settings))
+        })
         .buffer_unordered(settings.put_concurrency)
         .collect()
         .await;
@@ -226,6 +251,9 @@ fn add_batch(
                 state.rejected.push(rejection);
             }
         }
+    }
+    for (_, addr) in &routed {
+        *state.slice_rows.entry((addr.epoch, addr.time_bucket)).or_default() += 1;
     }
     let segment_settings = |addr: ShardAddr| SegmentSettings {
         policy: settings.compression.clone(),
@@ -307,9 +335,35 @@ async fn drop_stored_files(
     Ok((existing, holders))
 }
 
+/// The time slices whose rows in a slot are late arrivals: older than the slot's newest
+/// slice, and at most a [`LATE_SLICE_SHARE`]th of its rows.
+fn late_slices(slice_rows: &HashMap<(u16, i32), u64>) -> HashSet<(u16, i32)> {
+    let total: u64 = slice_rows.values().sum();
+    let Some(newest) = slice_rows.keys().max() else { return HashSet::new() };
+    slice_rows
+        .iter()
+        .filter(|(slice, rows)| *slice < newest && **rows * LATE_SLICE_SHARE <= total)
+        .map(|(slice, _)| *slice)
+        .collect()
+}
+
+/// The generation a new segment at an address first tries: after every stored one, but
+/// generation 0 for a slot's own rows whenever it is free, and never for late arrivals.
+fn first_generation(existing: &[(u32, String)], late: bool) -> u32 {
+    let zero_taken = existing.iter().any(|(generation, _)| *generation == 0);
+    match existing.iter().map(|(generation, _)| *generation).max() {
+        _ if !late && !zero_taken => 0,
+        Some(last) => last + 1,
+        None => 1,
+    }
+}
+
+/// Seals the files of one address that are not stored yet; `late` when they are late
+/// arrivals (see the module docs).
 async fn seal_address(
     task: &PackTask,
     addr: ShardAddr,
+    late: bool,
     mut writer: SegmentWriter<SpooledTempFile>,
     shards: &ShardStore,
     settings: Arc<WorkerSettings>,
@@ -325,7 +379,7 @@ async fn seal_address(
         return Ok(AddressOutcome { packed_files: 0, already_stored, rejected, segments });
     }
     let our_files: HashMap<String, Hash> = writer.pending_files().map(|(uid, hash)| (uid.to_owned(), *hash)).collect();
-    let mut generation = existing.last().map_or(0, |(generation, _)| generation + 1);
+    let mut generation = first_generation(&existing, late);
     writer.set_generation(generation);
     // The sealed segment goes to an unnamed temp file and streams from there (a multipart
     // upload on S3), so a worker holds one upload part in memory, not a whole segment.
@@ -391,6 +445,8 @@ async fn seal_address(
                 if ours > 0 {
                     return Err(PackError::Conflict { prefix: addr.key_prefix() });
                 }
+                // Each generation in turn: a concurrent delivery of this task may hold our
+                // files in the next one.
                 generation += 1;
                 // Only the header names the generation: patch it in place and rehash.
                 let header = Header { generation, ..sealed.header }.encode();
@@ -450,5 +506,42 @@ async fn write_rejects_report(store: &dyn ObjectStore, task_id: &str, rejected: 
         // The same task wrote the same report before.
         Err(error) if error.kind == StoreErrorKind::AlreadyExists => Ok(()),
         Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+
+    use super::{first_generation, late_slices};
+
+    #[test]
+    fn a_small_share_of_an_older_slice_is_late_and_nothing_of_the_newest() {
+        let slots = HashMap::from([((1, 20), 30), ((1, 21), 900), ((1, 19), 70), ((0, 30), 5)]);
+        // 1,005 rows: day 20 (30) and day 19 (70) are at most a tenth; epoch 0 is older still.
+        assert_eq!(late_slices(&slots), HashSet::from([(1, 20), (1, 19), (0, 30)]));
+        // Interleaved days (a backfill): none is late.
+        let interleaved = HashMap::from([((1, 20), 100), ((1, 21), 100), ((1, 22), 100)]);
+        assert!(late_slices(&interleaved).is_empty());
+        // The newest slice is never late, however few its rows.
+        let tail = HashMap::from([((1, 20), 990), ((1, 21), 10)]);
+        assert!(late_slices(&tail).is_empty());
+        assert!(late_slices(&HashMap::new()).is_empty());
+    }
+
+    fn stored(generations: &[u32]) -> Vec<(u32, String)> {
+        generations.iter().map(|g| (*g, format!("g{g:06}.vera"))).collect()
+    }
+
+    #[test]
+    fn late_arrivals_leave_generation_0_to_their_slices_own_rows() {
+        assert_eq!(first_generation(&stored(&[]), false), 0);
+        assert_eq!(first_generation(&stored(&[]), true), 1, "late, nothing stored: generation 1");
+        assert_eq!(first_generation(&stored(&[1]), false), 0, "the slice's rows after its late arrivals");
+        assert_eq!(first_generation(&stored(&[1]), true), 2);
+        assert_eq!(first_generation(&stored(&[0]), true), 1);
+        assert_eq!(first_generation(&stored(&[0]), false), 1, "a slice's second slot");
+        assert_eq!(first_generation(&stored(&[0, 1, 2]), false), 3);
+        assert_eq!(first_generation(&stored(&[1, 2]), true), 3);
     }
 }

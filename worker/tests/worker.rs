@@ -321,3 +321,63 @@ async fn a_generation_taken_meanwhile_moves_the_segment_to_the_next_one() {
     assert!(uids.values().all(|&n| n == 1));
     assert_every_row_reads_back(&store).await;
 }
+
+/// The race a late arrivals' segment used to win: the task holding a day's late arrivals
+/// seals before the task holding that day's own rows. The late arrivals take generation 1
+/// and leave generation 0 to the day's bulk, so a cold read of a bulk file probes one
+/// segment, and one of a late arrival the missing generation 0 and its own.
+#[tokio::test]
+async fn late_arrivals_sealed_first_leave_generation_0_to_their_days_own_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("src.sqlite");
+    let mut connection = vera_source::sqlite::create_demo_database(&path).await.unwrap();
+    // Rows 1..=200 are day 20's own; rows 201..=400 are day 21's, with every 20th one a
+    // late arrival of day 20 (10 rows, under a tenth of the slot).
+    let day_of = |id: i64| if id <= 200 || id % 20 == 0 { 20 } else { 21 };
+    for id in 1..=400i64 {
+        sqlx::query("INSERT INTO files VALUES (?, ?, ?, NULL, ?)")
+            .bind(id)
+            .bind(format!("u{id:05}"))
+            .bind(format!("2026-11-{}T10:{:02}:00Z", day_of(id), id % 60))
+            .bind(payload(id))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    let source: Arc<dyn Source> = Arc::new(SqliteSource::open("demo", &path, SourceMapping::demo()).await.unwrap());
+    let store = LocalStore::open(dir.path().join("store")).unwrap();
+    let slot_task = |after: i64, up_to: i64| PackTask {
+        task_id: format!("demo:{after}-{up_to}"),
+        source: "demo".into(),
+        slot: Slot { after, up_to, rows: (up_to - after) as u64, bytes: 0 },
+        routing: routing(),
+    };
+    let shards = ShardStore::new(Arc::new(store.clone()));
+    let next_day = pack_task(&slot_task(200, 400), source.as_ref(), &shards, &settings()).await.unwrap();
+    let day_20 = |s: &&vera_worker::SealedInfo| s.key.contains("d2026-11-20");
+    let late: Vec<_> = next_day.segments.iter().filter(day_20).collect();
+    assert!(!late.is_empty() && late.iter().all(|s| s.generation == 1), "late arrivals take generation 1: {late:?}");
+    assert!(next_day.segments.iter().filter(|s| !day_20(s)).all(|s| s.generation == 0), "day 21's own rows take 0");
+    let own_day = pack_task(&slot_task(0, 200), source.as_ref(), &shards, &settings()).await.unwrap();
+    assert_eq!(own_day.packed_files, 200);
+    assert!(own_day.segments.iter().all(|s| s.generation == 0), "the day's own rows take the free generation 0");
+
+    // Every file reads back; a cold read costs one probe for the bulk and two for a late one.
+    let counting = vera_store::counting::CountingStore::new(store.clone());
+    let counts = counting.counts();
+    let counting: Arc<dyn ObjectStore> = Arc::new(counting);
+    for id in 1..=400i64 {
+        let cold = ShardStore::new(counting.clone());
+        let before = counts.snapshot();
+        let created_at = Timestamp::parse(&format!("2026-11-{}T10:{:02}:00Z", day_of(id), id % 60)).unwrap();
+        let read = cold.read_file(&routing(), &format!("u{id:05}"), created_at).await.unwrap();
+        assert_eq!(read.bytes, payload(id), "u{id:05}");
+        let gets = counts.snapshot().gets - before.gets;
+        assert!(gets <= 2, "u{id:05} took {gets} GETs cold");
+    }
+    // Packing both again writes nothing.
+    for (after, up_to) in [(0, 200), (200, 400)] {
+        let again = pack_task(&slot_task(after, up_to), source.as_ref(), &shards, &settings()).await.unwrap();
+        assert_eq!(again.packed_files, 0);
+    }
+}
