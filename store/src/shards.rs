@@ -371,6 +371,10 @@ pub struct ShardStore {
     /// [`ShardStore::cache_absence`] is on (a reader that follows the `ShardSealed` events
     /// that drop it), so that a read of a uid that is not there stops without a GET.
     absent: moka::sync::Cache<String, Missing>,
+    /// Addresses whose generation 0 a probe found missing lately, remembered whether or
+    /// not events are followed: a probe there looks in the later generations first, and
+    /// goes back to generation 0 only for a uid they do not list (see [`ShardStore::probe`]).
+    zero_missing: moka::sync::Cache<String, ()>,
     absence: Arc<Absence>,
 }
 
@@ -391,6 +395,13 @@ struct Missing {
     end: Option<u32>,
 }
 
+/// One generation's answer to a probe.
+enum Probe<T> {
+    Found((String, T, Option<Tail>)),
+    NotListed,
+    Missing,
+}
+
 /// Addresses whose missing generation is remembered, at most.
 const ABSENT_CAPACITY: u64 = 100_000;
 
@@ -398,7 +409,7 @@ const ABSENT_CAPACITY: u64 = 100_000;
 /// says otherwise (the reader sets its sidecar TTL).
 const DEFAULT_ABSENCE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn absent_cache(ttl: std::time::Duration) -> moka::sync::Cache<String, Missing> {
+fn absent_cache<V: Clone + Send + Sync + 'static>(ttl: std::time::Duration) -> moka::sync::Cache<String, V> {
     moka::sync::Cache::builder().max_capacity(ABSENT_CAPACITY).time_to_live(ttl).build()
 }
 
@@ -437,6 +448,7 @@ impl ShardStore {
             lookups: Arc::default(),
             tag_counts: moka::sync::Cache::new(TAG_COUNT_CAPACITY),
             absent: absent_cache(DEFAULT_ABSENCE_TTL),
+            zero_missing: absent_cache(DEFAULT_ABSENCE_TTL),
             absence: Arc::default(),
         }
     }
@@ -444,6 +456,7 @@ impl ShardStore {
     /// How long a missing segment key is trusted, at most, while absence caching is on.
     pub fn with_absence_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.absent = absent_cache(ttl);
+        self.zero_missing = absent_cache(ttl);
         self
     }
 
@@ -462,12 +475,14 @@ impl ShardStore {
     pub fn forget_absent_under(&self, addr: &ShardAddr) {
         self.absence.forgotten.fetch_add(1, Ordering::SeqCst);
         self.absent.invalidate(&addr.key_prefix());
+        self.zero_missing.invalidate(&addr.key_prefix());
     }
 
     /// Forgets every missing segment key.
     pub fn forget_all_absent(&self) {
         self.absence.forgotten.fetch_add(1, Ordering::SeqCst);
         self.absent.invalidate_all();
+        self.zero_missing.invalidate_all();
     }
 
     /// Bounds each index cache (whole indexes, and the read path's) to `budget_bytes` of
@@ -676,46 +691,87 @@ impl ShardStore {
     /// The packed segment of `addr` whose index lists (or may list) `uid`: generation 0,
     /// 1, … until the first missing one from generation 1 on (generation 0 may be missing:
     /// see the module docs); with the [`Tail`] if its index was not cached.
+    ///
+    /// Where generation 0 was found missing lately, the probe starts at generation 1: a
+    /// uid is stored once per address, so one that a later generation lists is not in a
+    /// generation 0 written since, and a warm read of a late arrival costs no GET for the
+    /// missing key. A uid the later generations do not list sends the probe back to
+    /// generation 0, unless its absence is trusted ([`ShardStore::cache_absence`]).
     async fn probe<T: SegmentLookup>(
         &self,
         addr: &ShardAddr,
         uid: &str,
     ) -> Result<(String, T, Option<Tail>), ShardError> {
         let prefix = addr.key_prefix();
-        let mut generation = 0u32;
-        let mut zero_missing = false;
+        let caching = self.absence.on.load(Ordering::SeqCst);
+        let known = if caching { self.absent.get(&prefix) } else { None };
+        let zero_trusted_missing = known.is_some_and(|known| known.zero);
+        let zero_skipped = zero_trusted_missing || self.zero_missing.contains_key(&prefix);
+        let mut generation = u32::from(zero_skipped);
+        let mut zero_missing = zero_trusted_missing;
         loop {
-            let caching = self.absence.on.load(Ordering::SeqCst);
-            if let Some(known) = caching.then(|| self.absent.get(&prefix)).flatten() {
-                if generation == 0 && known.zero {
-                    zero_missing = true;
-                    generation = 1;
-                    continue;
+            let found = if known.and_then(|known| known.end) == Some(generation) {
+                Probe::Missing
+            } else {
+                self.probe_one::<T>(addr, generation, uid, &mut zero_missing).await?
+            };
+            match found {
+                Probe::Found(found) => return Ok(found),
+                Probe::NotListed => {}
+                Probe::Missing if generation == 0 => {}
+                Probe::Missing if zero_skipped && !zero_trusted_missing => {
+                    // Generation 0 may have been written since it was found missing.
+                    return match self.probe_one::<T>(addr, 0, uid, &mut zero_missing).await? {
+                        Probe::Found(found) => Ok(found),
+                        Probe::NotListed | Probe::Missing => Err(not_found(uid, addr)),
+                    };
                 }
-                if known.end == Some(generation) {
-                    return Err(not_found(uid, addr));
-                }
-            }
-            let key = addr.segment_key(generation);
-            let forgotten = self.absence.forgotten.load(Ordering::SeqCst);
-            match T::fetch(self, &key).await {
-                Ok((index, tail)) if !index.records(uid).is_empty() => return Ok((key, index, tail)),
-                Ok(_) => {}
-                Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => {
-                    let stops = generation > 0;
-                    zero_missing |= generation == 0;
-                    // Not if a new segment was announced while this GET was answered.
-                    if caching && self.absence.forgotten.load(Ordering::SeqCst) == forgotten {
-                        let missing = Missing { zero: zero_missing, end: stops.then_some(generation) };
-                        self.absent.insert(prefix.clone(), missing);
-                    }
-                    if stops {
-                        return Err(not_found(uid, addr));
-                    }
-                }
-                Err(other) => return Err(other),
+                Probe::Missing => return Err(not_found(uid, addr)),
             }
             generation = generation.checked_add(1).ok_or_else(|| not_found(uid, addr))?;
+        }
+    }
+
+    /// One generation of a probe: its index lists `uid`, does not, or the segment is
+    /// missing (remembered as [`ShardStore::probe`] describes; `zero_missing` is set when
+    /// generation 0 is).
+    async fn probe_one<T: SegmentLookup>(
+        &self,
+        addr: &ShardAddr,
+        generation: u32,
+        uid: &str,
+        zero_missing: &mut bool,
+    ) -> Result<Probe<T>, ShardError> {
+        let key = addr.segment_key(generation);
+        let caching = self.absence.on.load(Ordering::SeqCst);
+        let forgotten = self.absence.forgotten.load(Ordering::SeqCst);
+        match T::fetch(self, &key).await {
+            Ok((index, tail)) => {
+                if generation == 0 {
+                    self.zero_missing.invalidate(&addr.key_prefix());
+                }
+                Ok(if index.records(uid).is_empty() { Probe::NotListed } else { Probe::Found((key, index, tail)) })
+            }
+            Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => {
+                *zero_missing |= generation == 0;
+                // Not if a new segment was announced while this GET was answered.
+                if self.absence.forgotten.load(Ordering::SeqCst) == forgotten {
+                    let prefix = addr.key_prefix();
+                    if generation == 0 {
+                        self.zero_missing.insert(prefix.clone(), ());
+                    }
+                    if caching {
+                        // A missing generation 0 keeps the end an earlier probe found.
+                        let end = match generation {
+                            0 => self.absent.get(&prefix).and_then(|known| known.end),
+                            _ => Some(generation),
+                        };
+                        self.absent.insert(prefix, Missing { zero: *zero_missing, end });
+                    }
+                }
+                Ok(Probe::Missing)
+            }
+            Err(other) => Err(other),
         }
     }
 

@@ -310,6 +310,21 @@ async fn a_missing_generation_0_is_probed_past_and_costs_one_get() {
         assert_eq!(counts.snapshot().gets - before.gets, 2, "cold read of {uid}");
     }
 
+    // Without events (absence not trusted), a warm read of a late arrival skips the
+    // generation 0 found missing: the uid is in generation 1, so it is not in a generation
+    // 0 written since. A uid generation 1 does not list looks at generation 0 again.
+    let untrusted = ShardStore::new(store.clone());
+    untrusted.read_file(&routing(), &late[0], day()).await.unwrap();
+    let before = counts.snapshot();
+    for uid in late.iter().skip(1).step_by(4) {
+        assert_eq!(untrusted.read_file(&routing(), uid, day()).await.unwrap().bytes, content(uid));
+    }
+    let warm_reads = late.iter().skip(1).step_by(4).count() as u64;
+    assert_eq!(counts.snapshot().gets - before.gets, warm_reads, "one GET per warm read of a late arrival");
+    let before = counts.snapshot();
+    assert!(untrusted.read_file(&routing(), "nowhere", day()).await.unwrap_err().is_not_found());
+    assert_eq!(counts.snapshot().gets - before.gets, 2, "generation 2 (missing), then generation 0 again (missing)");
+
     // A uid that is not there: generation 0 and generation 2 are missing, generation 1
     // does not list it.
     let shards = ShardStore::new(store.clone());
@@ -335,4 +350,10 @@ async fn a_missing_generation_0_is_probed_past_and_costs_one_get() {
     assert_eq!(read.bytes, content(&bulk[7]));
     let read = shards.read_file(&routing(), &late[5], day()).await.unwrap();
     assert_eq!(read.bytes, content(&late[5]), "generation 1 is still found after generation 0");
+    // The reader without events sees generation 0 at once, with nothing forgotten.
+    let read = untrusted.read_file(&routing(), &bulk[3], day()).await.unwrap();
+    assert_eq!(read.bytes, content(&bulk[3]));
+    let before = counts.snapshot();
+    untrusted.read_file(&routing(), &bulk[4], day()).await.unwrap();
+    assert_eq!(counts.snapshot().gets - before.gets, 1, "and probes it first again once it exists");
 }
