@@ -371,9 +371,11 @@ pub struct ShardStore {
     /// [`ShardStore::cache_absence`] is on (a reader that follows the `ShardSealed` events
     /// that drop it), so that a read of a uid that is not there stops without a GET.
     absent: moka::sync::Cache<String, Missing>,
-    /// Addresses whose generation 0 a probe found missing lately, remembered whether or
-    /// not events are followed: a probe there looks in the later generations first, and
-    /// goes back to generation 0 only for a uid they do not list (see [`ShardStore::probe`]).
+    /// Addresses whose generation 0 a probe found missing, remembered whether or not
+    /// events are followed, and with no TTL: a probe there looks in the later generations
+    /// first and goes back to generation 0 for a uid they do not list (see
+    /// [`ShardStore::probe`]), which drops the entry once generation 0 exists. Staleness
+    /// costs GETs, never a wrong answer.
     zero_missing: moka::sync::Cache<String, ()>,
     absence: Arc<Absence>,
 }
@@ -409,7 +411,7 @@ const ABSENT_CAPACITY: u64 = 100_000;
 /// says otherwise (the reader sets its sidecar TTL).
 const DEFAULT_ABSENCE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn absent_cache<V: Clone + Send + Sync + 'static>(ttl: std::time::Duration) -> moka::sync::Cache<String, V> {
+fn absent_cache(ttl: std::time::Duration) -> moka::sync::Cache<String, Missing> {
     moka::sync::Cache::builder().max_capacity(ABSENT_CAPACITY).time_to_live(ttl).build()
 }
 
@@ -448,7 +450,7 @@ impl ShardStore {
             lookups: Arc::default(),
             tag_counts: moka::sync::Cache::new(TAG_COUNT_CAPACITY),
             absent: absent_cache(DEFAULT_ABSENCE_TTL),
-            zero_missing: absent_cache(DEFAULT_ABSENCE_TTL),
+            zero_missing: moka::sync::Cache::new(ABSENT_CAPACITY),
             absence: Arc::default(),
         }
     }
@@ -456,7 +458,6 @@ impl ShardStore {
     /// How long a missing segment key is trusted, at most, while absence caching is on.
     pub fn with_absence_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.absent = absent_cache(ttl);
-        self.zero_missing = absent_cache(ttl);
         self
     }
 
