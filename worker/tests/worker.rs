@@ -322,6 +322,42 @@ async fn a_generation_taken_meanwhile_moves_the_segment_to_the_next_one() {
     assert_every_row_reads_back(&store).await;
 }
 
+/// Day 20 or 21 for row `id` of [`late_source`]: rows 1..=200 are day 20's own; rows
+/// 201..=400 are day 21's, with every 20th one a late arrival of day 20 (10 rows, under a
+/// tenth of their slot).
+fn late_day(id: i64) -> u32 {
+    if id <= 200 || id % 20 == 0 { 20 } else { 21 }
+}
+
+fn late_created_at(id: i64) -> String {
+    format!("2026-11-{}T10:{:02}:00Z", late_day(id), id % 60)
+}
+
+async fn late_source(dir: &std::path::Path) -> Arc<dyn Source> {
+    let path = dir.join("src.sqlite");
+    let mut connection = vera_source::sqlite::create_demo_database(&path).await.unwrap();
+    for id in 1..=400i64 {
+        sqlx::query("INSERT INTO files VALUES (?, ?, ?, NULL, ?)")
+            .bind(id)
+            .bind(format!("u{id:05}"))
+            .bind(late_created_at(id))
+            .bind(payload(id))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    Arc::new(SqliteSource::open("demo", &path, SourceMapping::demo()).await.unwrap())
+}
+
+fn slot_task(after: i64, up_to: i64) -> PackTask {
+    PackTask {
+        task_id: format!("demo:{after}-{up_to}"),
+        source: "demo".into(),
+        slot: Slot { after, up_to, rows: (up_to - after) as u64, bytes: 0 },
+        routing: routing(),
+    }
+}
+
 /// The race a late arrivals' segment used to win: the task holding a day's late arrivals
 /// seals before the task holding that day's own rows. The late arrivals take generation 1
 /// and leave generation 0 to the day's bulk, so a cold read of a bulk file probes one
@@ -329,29 +365,8 @@ async fn a_generation_taken_meanwhile_moves_the_segment_to_the_next_one() {
 #[tokio::test]
 async fn late_arrivals_sealed_first_leave_generation_0_to_their_days_own_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("src.sqlite");
-    let mut connection = vera_source::sqlite::create_demo_database(&path).await.unwrap();
-    // Rows 1..=200 are day 20's own; rows 201..=400 are day 21's, with every 20th one a
-    // late arrival of day 20 (10 rows, under a tenth of the slot).
-    let day_of = |id: i64| if id <= 200 || id % 20 == 0 { 20 } else { 21 };
-    for id in 1..=400i64 {
-        sqlx::query("INSERT INTO files VALUES (?, ?, ?, NULL, ?)")
-            .bind(id)
-            .bind(format!("u{id:05}"))
-            .bind(format!("2026-11-{}T10:{:02}:00Z", day_of(id), id % 60))
-            .bind(payload(id))
-            .execute(&mut connection)
-            .await
-            .unwrap();
-    }
-    let source: Arc<dyn Source> = Arc::new(SqliteSource::open("demo", &path, SourceMapping::demo()).await.unwrap());
+    let source = late_source(dir.path()).await;
     let store = LocalStore::open(dir.path().join("store")).unwrap();
-    let slot_task = |after: i64, up_to: i64| PackTask {
-        task_id: format!("demo:{after}-{up_to}"),
-        source: "demo".into(),
-        slot: Slot { after, up_to, rows: (up_to - after) as u64, bytes: 0 },
-        routing: routing(),
-    };
     let shards = ShardStore::new(Arc::new(store.clone()));
     let next_day = pack_task(&slot_task(200, 400), source.as_ref(), &shards, &settings()).await.unwrap();
     let day_20 = |s: &&vera_worker::SealedInfo| s.key.contains("d2026-11-20");
@@ -369,7 +384,7 @@ async fn late_arrivals_sealed_first_leave_generation_0_to_their_days_own_rows() 
     for id in 1..=400i64 {
         let cold = ShardStore::new(counting.clone());
         let before = counts.snapshot();
-        let created_at = Timestamp::parse(&format!("2026-11-{}T10:{:02}:00Z", day_of(id), id % 60)).unwrap();
+        let created_at = Timestamp::parse(&late_created_at(id)).unwrap();
         let read = cold.read_file(&routing(), &format!("u{id:05}"), created_at).await.unwrap();
         assert_eq!(read.bytes, payload(id), "u{id:05}");
         let gets = counts.snapshot().gets - before.gets;
@@ -379,5 +394,47 @@ async fn late_arrivals_sealed_first_leave_generation_0_to_their_days_own_rows() 
     for (after, up_to) in [(0, 200), (200, 400)] {
         let again = pack_task(&slot_task(after, up_to), source.as_ref(), &shards, &settings()).await.unwrap();
         assert_eq!(again.packed_files, 0);
+    }
+}
+
+/// Both slots, each delivered twice, all four at once: every file is stored once, and
+/// generation 0 of day 20 holds that day's own rows and nothing else, whatever order the
+/// four seal in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_delivered_twice_at_once_keep_generation_0_for_the_days_own_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = late_source(dir.path()).await;
+    let store = LocalStore::open(dir.path().join("store")).unwrap();
+    let (own, next) = (slot_task(0, 200), slot_task(200, 400));
+    let shards: Vec<ShardStore> = (0..4).map(|_| ShardStore::new(Arc::new(store.clone()))).collect();
+    let settings = settings();
+    let results = tokio::join!(
+        pack_task(&next, source.as_ref(), &shards[0], &settings),
+        pack_task(&own, source.as_ref(), &shards[1], &settings),
+        pack_task(&next, source.as_ref(), &shards[2], &settings),
+        pack_task(&own, source.as_ref(), &shards[3], &settings),
+    );
+    // A delivery that lost a race asks for a retry; the retry must converge.
+    for (result, task) in [(results.0, &next), (results.1, &own), (results.2, &next), (results.3, &own)] {
+        if result.is_err() {
+            pack_task(task, source.as_ref(), &ShardStore::new(Arc::new(store.clone())), &settings).await.unwrap();
+        }
+    }
+    let (uids, _) = inventory(&store).await;
+    assert_eq!(uids.len(), 400);
+    assert!(uids.values().all(|&n| n == 1), "a file stored twice");
+    let shards = ShardStore::new(Arc::new(store.clone()));
+    for meta in store.list("e1/d2026-11-20/").await.unwrap() {
+        let (_, generation) = vera_protocol::routing::ShardAddr::from_segment_key(&meta.key).unwrap();
+        let index = shards.index(&meta.key).await.unwrap();
+        let own_rows = index.files().filter(|f| f.uid[1..].parse::<i64>().unwrap() <= 200).count();
+        match generation {
+            0 => assert_eq!(own_rows, index.len(), "{} holds only the day's own rows", meta.key),
+            _ => assert_eq!(own_rows, 0, "{} holds only late arrivals", meta.key),
+        }
+    }
+    for id in 1..=400i64 {
+        let created_at = Timestamp::parse(&late_created_at(id)).unwrap();
+        assert_eq!(shards.read_file(&routing(), &format!("u{id:05}"), created_at).await.unwrap().bytes, payload(id));
     }
 }
