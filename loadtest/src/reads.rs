@@ -196,26 +196,17 @@ pub async fn direct_range_gets(
 ) -> anyhow::Result<ReadFigures> {
     let mut samples = Vec::with_capacity(sample.len());
     let mut bytes = 0u64;
+    let sidecars = vera_store::shards::MemoSidecars::new(shards.store().as_ref());
     for file in sample {
-        let addr = routing.locate(&file.uid, file.created_at)?;
-        let mut generation = 0;
-        let (key, range) = loop {
-            let key = addr.segment_key(generation);
-            generation += 1;
-            let index = match shards.index(&key).await {
-                Ok(index) => index,
-                // Generation 0 is missing where only late arrivals are stored.
-                Err(vera_store::shards::ShardError::Store(e))
-                    if generation == 1 && e.kind == vera_store::StoreErrorKind::NotFound =>
-                {
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if let Some(found) = index.find(&file.uid) {
-                break (key, found.record_range());
-            }
-        };
+        // The reader's own probe (past a missing generation 0, through any repack), before
+        // the GETs are counted: only the range GET is measured.
+        let located = shards.locate(routing, &file.uid, file.created_at, &sidecars).await?;
+        let range = located
+            .index
+            .find(&file.uid)
+            .map(|found| found.record_range())
+            .ok_or_else(|| anyhow::anyhow!("{} is not in {}", file.uid, located.key))?;
+        let key = located.key;
         let before = counts.snapshot();
         let started = Instant::now();
         shards.store().get_range(&key, range).await?;
