@@ -4,9 +4,10 @@
 //! …), so a reader probes generation 0 first, then 1, and stops at the first missing key
 //! from generation 1 on — no LIST. Generation 0 may be missing while later ones exist: a
 //! worker never gives a slot's late arrivals generation 0, which stays free for the task
-//! that holds their time slice's own rows, so a probe goes on past it. An index costs one suffix GET (two if it outgrew the suffix) and is cached;
-//! a file then costs one range GET, unless the suffix a cold read just fetched already
-//! holds its record ([`Tail`]). Later generations get a longer suffix
+//! that holds their time slice's own rows, so a probe goes on past it. An index costs
+//! one suffix GET (two if it outgrew the suffix) and is cached; a file then costs one
+//! range GET, unless the suffix a cold read just fetched already holds its record
+//! ([`Tail`]). Later generations get a longer suffix
 //! ([`DEFAULT_LATER_SUFFIX_BYTES`]): they are usually small, so it is usually all of
 //! them. The segment's sidecar (from a [`Sidecars`] source: the store, or a reader's
 //! short-lived cache) says whether the file is tombstoned and whether a repack superseded
@@ -673,8 +674,8 @@ impl ShardStore {
     }
 
     /// Finds the segment holding `uid` now: probes generations 0, 1, … of its address
-    /// (stopping at the first missing one after generation 0), then follows `superseded` links in the
-    /// sidecars through any repacks. A file a repack dropped ends the walk at the segment
+    /// (stopping at the first missing one after generation 0), then follows `superseded`
+    /// links in the sidecars through any repacks. A file a repack dropped ends the walk at the segment
     /// whose sidecar tombstoned it.
     pub async fn locate(
         &self,

@@ -350,12 +350,10 @@ fn late_slices(slice_rows: &HashMap<(u16, i32), u64>) -> HashSet<(u16, i32)> {
 /// The generation a new segment at an address first tries: after every stored one, but
 /// generation 0 for a slot's own rows whenever it is free, and never for late arrivals.
 fn first_generation(existing: &[(u32, String)], late: bool) -> u32 {
-    let zero_taken = existing.iter().any(|(generation, _)| *generation == 0);
-    match existing.iter().map(|(generation, _)| *generation).max() {
-        _ if !late && !zero_taken => 0,
-        Some(last) => last + 1,
-        None => 1,
+    if !late && !existing.iter().any(|(generation, _)| *generation == 0) {
+        return 0;
     }
+    existing.iter().map(|(generation, _)| generation + 1).max().unwrap_or(1)
 }
 
 /// Seals the files of one address that are not stored yet; `late` when they are late
