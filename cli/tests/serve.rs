@@ -31,19 +31,18 @@ fn http_get(port: u16, path: &str) -> Option<(String, String, Vec<u8>)> {
 /// Address directories under `dir`, a local store, that hold packed segments but no
 /// generation 0 (`g000000.vera`).
 fn addresses_without_generation_0(dir: &std::path::Path) -> u64 {
-    let names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    let packed = names.iter().any(|name| name.starts_with('g') && name.ends_with(".vera") && !name.contains(".r"));
-    let own = u64::from(packed && !names.iter().any(|name| name == "g000000.vera"));
-    let nested: u64 = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap())
-        .filter(|entry| entry.file_type().unwrap().is_dir())
-        .map(|entry| addresses_without_generation_0(&entry.path()))
-        .sum();
-    own + nested
+    let (mut packed, mut zero, mut nested) = (false, false, 0);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            nested += addresses_without_generation_0(&entry.path());
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        packed |= name.starts_with('g') && name.ends_with(".vera") && !name.contains(".r");
+        zero |= name == "g000000.vera";
+    }
+    u64::from(packed && !zero) + nested
 }
 
 fn audit_depth(data: &str) -> u64 {
@@ -113,11 +112,11 @@ fn serve_answers_files_over_http_and_audits_each_read() {
     assert_eq!(Some(counted), stats["files"].as_u64(), "{stats}");
     assert!(by_gets.keys().any(|gets| gets.parse::<u64>().unwrap() >= 2), "{stats}");
     assert_eq!(stats["addresses_repacked"].as_u64(), Some(0), "{stats}");
-    assert_eq!(
-        stats["addresses_without_generation_0"].as_u64(),
-        Some(addresses_without_generation_0(std::path::Path::new(&data))),
-        "{stats}"
-    );
+    // The seeded corpus has late arrivals of the day before it starts: an address of
+    // those alone has no generation 0.
+    let without_zero = addresses_without_generation_0(std::path::Path::new(&data));
+    assert!(without_zero > 0, "the corpus makes an address of late arrivals only");
+    assert_eq!(stats["addresses_without_generation_0"].as_u64(), Some(without_zero), "{stats}");
     let refused = Command::new(env!("CARGO_BIN_EXE_vera"))
         .args(["serve", "--index-cache-mib", "0", "--data-dir", &data])
         .output()
