@@ -7,12 +7,13 @@
 //! After criterion's own report, a summary table prints the ratios and the goals.
 
 use std::hint::black_box;
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use vera_protocol::Timestamp;
+use vera_protocol::compress::{self, Codec, CompressionPolicy};
 use vera_protocol::routing::{ShardAddr, locate_shard};
 use vera_protocol::shard::{FileInput, ReadLimits, SegmentIndex, SegmentSettings, SegmentWriter};
 
@@ -213,6 +214,38 @@ fn main() {
 
     // 4. Dictionary: pack time with and without, on 4,000 small receipts.
     let receipts: Vec<Vec<u8>> = (0..4000).map(|_| receipt(&mut rng)).collect();
+
+    // 5. Decoding one record compressed with a segment dictionary: `compress::decode`
+    //    (one zstd context per thread, reused) against a fresh streaming decoder per
+    //    record, which is how VERA decoded before.
+    let policy = CompressionPolicy::default();
+    let receipt_slices: Vec<&[u8]> = receipts.iter().map(Vec::as_slice).collect();
+    let dictionary = compress::train_dictionary(&policy, &receipt_slices).expect("dictionary trains");
+    let mut compressor = compress::DictionaryCompressor::new(&policy, &dictionary).expect("compressor");
+    let receipts_stored: Vec<Vec<u8>> = receipts.iter().map(|r| compressor.compress(r).expect("compresses")).collect();
+    let mut group = criterion.benchmark_group("decode_record");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("vera_decode", |b| {
+        b.iter(|| {
+            let i = pick.below(4000) as usize;
+            let len = receipts[i].len() as u64;
+            black_box(
+                compress::decode(Codec::ZstdDict, &receipts_stored[i], len, Some(&dictionary), 1 << 20)
+                    .expect("decodes"),
+            )
+        })
+    });
+    group.bench_function("fresh_stream_decoder", |b| {
+        b.iter(|| {
+            let i = pick.below(4000) as usize;
+            let decoder =
+                zstd::stream::read::Decoder::with_dictionary(&receipts_stored[i][..], &dictionary).expect("decoder");
+            let mut output = Vec::with_capacity(receipts[i].len());
+            decoder.take(receipts[i].len() as u64 + 1).read_to_end(&mut output).expect("decodes");
+            black_box(output)
+        })
+    });
+    group.finish();
     let mut no_dictionary = settings.clone();
     no_dictionary.policy.dictionary.enabled = false;
     let mut group = criterion.benchmark_group("pack_small_records");
@@ -251,6 +284,14 @@ fn main() {
             vera / 1000.0,
             vera / zstd_only,
             zstd_only / 1000.0
+        );
+    }
+    if let (Some(r), Some(vera)) =
+        (ratio("decode_record", "vera_decode", "fresh_stream_decoder"), mean_ns("decode_record", "vera_decode"))
+    {
+        println!(
+            "| decode one small record with the segment dictionary vs a fresh zstd decoder per record (speed ratio) | {r:.2}x, {:.1} us | report |",
+            vera / 1000.0
         );
     }
     if let Some(r) = ratio("pack_small_records", "with_dictionary", "without_dictionary") {

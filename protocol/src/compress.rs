@@ -451,14 +451,39 @@ pub fn decode(
     Ok(decoded)
 }
 
+thread_local! {
+    /// One zstd decompression context per thread, reused by every decode on it: making a
+    /// context (and a streaming decoder's buffers) costs about three times what decoding a
+    /// small record does (`cargo bench -p vera-protocol --bench pack`, `decode_record`).
+    static ZSTD_CONTEXT: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decodes a zstd payload into a buffer of `expected + 1` bytes: a frame that holds more is
+/// refused (`None`) when it fills the buffer, so a decompression bomb cannot run away; one
+/// that holds fewer bytes, or exactly one more, comes back for the caller's length check.
 fn decode_zstd_bounded(stored: &[u8], dictionary: &[u8], expected: usize) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let decoder = zstd::stream::read::Decoder::with_dictionary(stored, dictionary).ok()?;
-    let mut limited = decoder.take(expected as u64 + 1);
-    // Capacity is the checked expected length; growth beyond it is capped by `take`.
-    let mut output = Vec::with_capacity(expected);
-    limited.read_to_end(&mut output).ok()?;
-    Some(output)
+    let capacity = expected.saturating_add(1);
+    let decode = |context: &mut zstd::bulk::Decompressor<'static>| {
+        context.set_dictionary(dictionary).and_then(|()| context.decompress(stored, capacity))
+    };
+    ZSTD_CONTEXT.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut slot) => {
+            let context = match slot.as_mut() {
+                Some(context) => context,
+                None => slot.insert(zstd::bulk::Decompressor::new().ok()?),
+            };
+            let decoded = decode(context);
+            // Dropping the dictionary's copy leaves an idle thread holding only the
+            // context; a context that failed is not trusted again.
+            if decoded.is_err() || context.set_dictionary(&[]).is_err() {
+                *slot = None;
+            }
+            decoded.ok()
+        }
+        // Only reachable if a decode ever ran inside another on one thread: use a fresh one.
+        Err(_) => decode(&mut zstd::bulk::Decompressor::new().ok()?).ok(),
+    })
 }
 
 #[cfg(test)]
@@ -530,12 +555,18 @@ mod tests {
         assert_eq!(prepare(&policy, &tiny), Prepared::Final { codec: Codec::Raw, stored: tiny.clone() });
     }
 
+    /// 400 small JSON records and a dictionary trained on them.
+    fn records_and_dictionary(policy: &CompressionPolicy) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let records: Vec<Vec<u8>> = (0..400).map(json_record).collect();
+        let samples: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        let dictionary = train_dictionary(policy, &samples).expect("dictionary trains");
+        (records, dictionary)
+    }
+
     #[test]
     fn dictionary_beats_plain_zstd_on_small_records() {
         let policy = CompressionPolicy::default();
-        let records: Vec<Vec<u8>> = (0..400).map(json_record).collect();
-        let samples: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
-        let dictionary = train_dictionary(&policy, &samples).expect("dictionary trains");
+        let (records, dictionary) = records_and_dictionary(&policy);
         let mut compressor = DictionaryCompressor::new(&policy, &dictionary).unwrap();
         let (mut with_dict, mut plain) = (0usize, 0usize);
         for record in &records {
@@ -549,14 +580,50 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_decoding_context_never_carries_a_dictionary_or_a_failure_over() {
+        let policy = CompressionPolicy::default();
+        let (records, dictionary) = records_and_dictionary(&policy);
+        let mut compressor = DictionaryCompressor::new(&policy, &dictionary).unwrap();
+        let record = &records[7];
+        let with_dictionary = compressor.compress(record).unwrap();
+        let plain = zstd::bulk::compress(record, 3).unwrap();
+        let len = record.len() as u64;
+        for _ in 0..3 {
+            let decoded = decode(Codec::ZstdDict, &with_dictionary, len, Some(&dictionary), 1 << 20);
+            assert_eq!(decoded.as_ref(), Ok(record));
+            // The same thread's next decode has no dictionary: the record cannot decode.
+            assert_eq!(
+                decode(Codec::Zstd, &with_dictionary, len, None, 1 << 20),
+                Err(DecodeError::Corrupt { codec: Codec::Zstd })
+            );
+            assert_eq!(decode(Codec::Zstd, &plain, len, None, 1 << 20).as_ref(), Ok(record));
+            // A failure leaves the thread able to decode the next payload.
+            assert!(decode(Codec::Zstd, &plain[..plain.len() / 2], len, None, 1 << 20).is_err());
+            let other = decode(Codec::ZstdDict, &with_dictionary, len, Some(&dictionary), 1 << 20);
+            assert_eq!(other.as_ref(), Ok(record));
+        }
+    }
+
+    #[test]
     fn decode_refuses_hostile_lengths() {
         let stored = zstd::bulk::compress(&vec![0u8; 1 << 20], 3).unwrap();
         assert_eq!(
             decode(Codec::Zstd, &stored, 1 << 20, None, 1000),
             Err(DecodeError::TooLarge { raw_len: 1 << 20, limit: 1000 })
         );
-        // The index claims fewer bytes than the frame holds: decoding stops, no runaway.
-        assert!(matches!(decode(Codec::Zstd, &stored, 10, None, 1 << 30), Err(DecodeError::LengthMismatch { .. })));
+        // The index claims fewer bytes than the frame holds: refused, no runaway.
+        assert_eq!(decode(Codec::Zstd, &stored, 10, None, 1 << 30), Err(DecodeError::Corrupt { codec: Codec::Zstd }));
+        // One byte more than the index says is reported as a length mismatch.
+        let eleven = zstd::bulk::compress(&[7u8; 11], 3).unwrap();
+        assert_eq!(
+            decode(Codec::Zstd, &eleven, 10, None, 1 << 30),
+            Err(DecodeError::LengthMismatch { codec: Codec::Zstd, expected: 10, actual: 11 })
+        );
+        // And fewer bytes than the index says, too.
+        assert_eq!(
+            decode(Codec::Zstd, &eleven, 12, None, 1 << 30),
+            Err(DecodeError::LengthMismatch { codec: Codec::Zstd, expected: 12, actual: 11 })
+        );
         assert_eq!(
             decode(Codec::Lz4, &[0xF0], 1 << 20, None, 1 << 30),
             Err(DecodeError::Corrupt { codec: Codec::Lz4 })
