@@ -1,6 +1,6 @@
-//! Packing, lookup and dictionary benchmarks, each reported as a ratio against a baseline
-//! measured in the same run (these machines are shared and noisy; ratios travel better
-//! than absolute times).
+//! Packing, lookup, decoding and dictionary benchmarks, each reported as a ratio against
+//! a baseline measured in the same run (these machines are shared and noisy; ratios travel
+//! better than absolute times).
 //!
 //! `cargo bench -p vera-protocol --bench pack`
 //!
@@ -214,6 +214,16 @@ fn main() {
 
     // 4. Dictionary: pack time with and without, on 4,000 small receipts.
     let receipts: Vec<Vec<u8>> = (0..4000).map(|_| receipt(&mut rng)).collect();
+    let mut no_dictionary = settings.clone();
+    no_dictionary.policy.dictionary.enabled = false;
+    let mut group = criterion.benchmark_group("pack_small_records");
+    group.throughput(Throughput::Elements(receipts.len() as u64));
+    for (name, candidate) in [("with_dictionary", &settings), ("without_dictionary", &no_dictionary)] {
+        group.bench_with_input(BenchmarkId::from_parameter(name), candidate, |b, s| {
+            b.iter(|| black_box(pack(&receipts, s)))
+        });
+    }
+    group.finish();
 
     // 5. Decoding one record compressed with a segment dictionary: `compress::decode`
     //    (one zstd context per thread, reused) against a fresh streaming decoder per
@@ -245,16 +255,6 @@ fn main() {
             black_box(output)
         })
     });
-    group.finish();
-    let mut no_dictionary = settings.clone();
-    no_dictionary.policy.dictionary.enabled = false;
-    let mut group = criterion.benchmark_group("pack_small_records");
-    group.throughput(Throughput::Elements(receipts.len() as u64));
-    for (name, candidate) in [("with_dictionary", &settings), ("without_dictionary", &no_dictionary)] {
-        group.bench_with_input(BenchmarkId::from_parameter(name), candidate, |b, s| {
-            b.iter(|| black_box(pack(&receipts, s)))
-        });
-    }
     group.finish();
     criterion.final_summary();
 

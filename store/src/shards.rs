@@ -675,8 +675,8 @@ impl ShardStore {
 
     /// Finds the segment holding `uid` now: probes generations 0, 1, … of its address
     /// (stopping at the first missing one after generation 0), then follows `superseded`
-    /// links in the sidecars through any repacks. A file a repack dropped ends the walk at the segment
-    /// whose sidecar tombstoned it.
+    /// links in the sidecars through any repacks. A file a repack dropped ends the walk at
+    /// the segment whose sidecar tombstoned it.
     pub async fn locate(
         &self,
         routing: &RoutingTable,

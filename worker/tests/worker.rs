@@ -35,9 +35,14 @@ fn created_at(id: i64) -> String {
 }
 
 async fn source(dir: &std::path::Path) -> Arc<dyn Source> {
+    source_of(dir, ROWS, created_at).await
+}
+
+/// A demo source of rows 1..=`rows`, uid `u{id:05}`, created at `created_at(id)`.
+async fn source_of(dir: &std::path::Path, rows: i64, created_at: fn(i64) -> String) -> Arc<dyn Source> {
     let path = dir.join("src.sqlite");
     let mut connection = vera_source::sqlite::create_demo_database(&path).await.unwrap();
-    for id in 1..=ROWS {
+    for id in 1..=rows {
         sqlx::query("INSERT INTO files VALUES (?, ?, ?, NULL, ?)")
             .bind(id)
             .bind(format!("u{id:05}"))
@@ -51,8 +56,17 @@ async fn source(dir: &std::path::Path) -> Arc<dyn Source> {
 }
 
 fn task() -> PackTask {
-    let slot = Slot { after: 0, up_to: ROWS, rows: ROWS as u64, bytes: 0 };
-    PackTask { task_id: format!("demo:0-{ROWS}"), source: "demo".into(), slot, routing: routing() }
+    slot_task(0, ROWS)
+}
+
+/// The task for the slot of rows `after`+1..=`up_to`.
+fn slot_task(after: i64, up_to: i64) -> PackTask {
+    PackTask {
+        task_id: format!("demo:{after}-{up_to}"),
+        source: "demo".into(),
+        slot: Slot { after, up_to, rows: (up_to - after) as u64, bytes: 0 },
+        routing: routing(),
+    }
 }
 
 fn routing() -> RoutingTable {
@@ -289,18 +303,12 @@ async fn a_generation_taken_meanwhile_moves_the_segment_to_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
     let source = source(dir.path()).await;
     let store = LocalStore::open(dir.path().join("store")).unwrap();
-    let half = |after: i64, up_to: i64| PackTask {
-        task_id: format!("demo:{after}-{up_to}"),
-        source: "demo".into(),
-        slot: Slot { after, up_to, rows: (up_to - after) as u64, bytes: 0 },
-        routing: routing(),
-    };
-    let first = pack_task(&half(0, 300), source.as_ref(), &ShardStore::new(Arc::new(store.clone())), &settings())
+    let first = pack_task(&slot_task(0, 300), source.as_ref(), &ShardStore::new(Arc::new(store.clone())), &settings())
         .await
         .unwrap();
     assert!(first.segments.iter().all(|s| s.generation == 0));
     let blind = ShardStore::new(Arc::new(BlindLister(store.clone())));
-    let second = pack_task(&half(300, ROWS), source.as_ref(), &blind, &settings()).await.unwrap();
+    let second = pack_task(&slot_task(300, ROWS), source.as_ref(), &blind, &settings()).await.unwrap();
     assert_eq!(second.packed_files, 300);
     let shared: Vec<_> = second.segments.iter().filter(|s| first.segments.iter().any(|f| f.addr == s.addr)).collect();
     assert!(!shared.is_empty(), "the halves share shard addresses");
@@ -334,28 +342,7 @@ fn late_created_at(id: i64) -> String {
 }
 
 async fn late_source(dir: &std::path::Path) -> Arc<dyn Source> {
-    let path = dir.join("src.sqlite");
-    let mut connection = vera_source::sqlite::create_demo_database(&path).await.unwrap();
-    for id in 1..=400i64 {
-        sqlx::query("INSERT INTO files VALUES (?, ?, ?, NULL, ?)")
-            .bind(id)
-            .bind(format!("u{id:05}"))
-            .bind(late_created_at(id))
-            .bind(payload(id))
-            .execute(&mut connection)
-            .await
-            .unwrap();
-    }
-    Arc::new(SqliteSource::open("demo", &path, SourceMapping::demo()).await.unwrap())
-}
-
-fn slot_task(after: i64, up_to: i64) -> PackTask {
-    PackTask {
-        task_id: format!("demo:{after}-{up_to}"),
-        source: "demo".into(),
-        slot: Slot { after, up_to, rows: (up_to - after) as u64, bytes: 0 },
-        routing: routing(),
-    }
+    source_of(dir, 400, late_created_at).await
 }
 
 /// The race a late arrivals' segment used to win: the task holding a day's late arrivals
