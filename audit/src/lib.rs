@@ -7,10 +7,13 @@
 //!   [`log::verify_log`] recomputes everything from S3.
 //! * [`operator`]: admin requests signed with the operator's SSH key (SSHSIG), checked
 //!   against an OpenSSH `allowed_signers` file, with roles, expiry and replay protection.
+//! * [`attest`]: signed statements an auditor checks offline, such as `vera reconcile
+//!   --attest`'s "every row of this range is archived or rejected".
 //! * [`export`]: auditor exports with `integrity_proof.json`, and the offline verifier.
 //! * `vault` (feature `vault`): S3 credentials from KV v2, dynamic RabbitMQ credentials,
 //!   checkpoint signing in Transit, token renewal.
 
+pub mod attest;
 pub mod breakglass;
 pub mod export;
 pub mod log;
@@ -81,4 +84,8 @@ pub enum AuditError {
     Proof(String),
     #[error("vault: {0}")]
     Vault(String),
+    #[error("malformed attestation: {0}")]
+    BadAttestation(String),
+    #[error("the attestation's statement does not match the hash its signature covers: it was changed")]
+    AttestationMismatch,
 }

@@ -182,6 +182,53 @@ impl Verifiers {
     }
 }
 
+/// Signs a note's text (every line newline-terminated) and returns the whole note.
+pub async fn sign_note(body: &str, signer: &dyn NoteSigner) -> Result<String, AuditError> {
+    check_key_name(signer.name())?;
+    debug_assert!(body.ends_with('\n') && !body.contains("\n\n"), "a note's text is non-empty lines");
+    let signed = signer.sign(body.as_bytes()).await?;
+    let mut material = key_id(signer.name(), &signed.public_key).to_be_bytes().to_vec();
+    material.extend_from_slice(&signed.signature);
+    Ok(format!("{body}\n{SIGNATURE_PREFIX}{} {}\n", signer.name(), B64.encode(material)))
+}
+
+/// Parses a note and checks that at least one of its signatures is by a known key and
+/// valid; returns the signed text. Signatures by unknown keys are ignored, as the
+/// signed-note spec says; a note with none by a known key is refused.
+pub fn open_note<'a>(note: &'a str, verifiers: &Verifiers) -> Result<&'a str, AuditError> {
+    let bad = |reason: &str| AuditError::BadCheckpoint(reason.to_owned());
+    let Some(split) = note.find("\n\n") else {
+        return Err(bad("no blank line between text and signatures"));
+    };
+    let (body, signatures) = (&note[..split + 1], &note[split + 2..]);
+    let mut known = false;
+    for line in signatures.lines() {
+        let Some(rest) = line.strip_prefix(SIGNATURE_PREFIX) else {
+            return Err(bad("a signature line does not start with an em dash"));
+        };
+        let Some((name, material)) = rest.split_once(' ') else {
+            return Err(bad("a signature line has no signature"));
+        };
+        let material = B64.decode(material).map_err(|_| bad("a signature is not base64"))?;
+        if material.len() != 4 + 64 {
+            return Err(bad("an Ed25519 signature line holds 68 bytes"));
+        }
+        let id = u32::from_be_bytes([material[0], material[1], material[2], material[3]]);
+        let Some(key) = verifiers.keys.get(&(name.to_owned(), id)) else {
+            continue;
+        };
+        known = true;
+        let signature = Signature::from_slice(&material[4..]).map_err(|_| bad("malformed signature"))?;
+        if key.verify(body.as_bytes(), &signature).is_err() {
+            return Err(AuditError::CheckpointSignature { key: format!("{name}+{id:08x}") });
+        }
+    }
+    if !known {
+        return Err(AuditError::UnknownCheckpointKey);
+    }
+    Ok(body)
+}
+
 /// A checkpoint: the log's size and root at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -203,49 +250,13 @@ impl Checkpoint {
 
     /// Signs the checkpoint and returns the whole note.
     pub async fn sign(&self, signer: &dyn NoteSigner) -> Result<String, AuditError> {
-        check_key_name(signer.name())?;
-        let body = self.body();
-        let signed = signer.sign(body.as_bytes()).await?;
-        let mut material = key_id(signer.name(), &signed.public_key).to_be_bytes().to_vec();
-        material.extend_from_slice(&signed.signature);
-        Ok(format!("{body}\n{SIGNATURE_PREFIX}{} {}\n", signer.name(), B64.encode(material)))
+        sign_note(&self.body(), signer).await
     }
 
     /// Parses a note and checks that at least one of its signatures is by a known key
-    /// and valid. Signatures by unknown keys are ignored, as the signed-note spec says;
-    /// a note with none by a known key is refused.
+    /// and valid (see [`open_note`]).
     pub fn open(note: &str, verifiers: &Verifiers) -> Result<Checkpoint, AuditError> {
-        let bad = |reason: &str| AuditError::BadCheckpoint(reason.to_owned());
-        let Some(split) = note.find("\n\n") else {
-            return Err(bad("no blank line between text and signatures"));
-        };
-        let (body, signatures) = (&note[..split + 1], &note[split + 2..]);
-        let mut known = false;
-        for line in signatures.lines() {
-            let Some(rest) = line.strip_prefix(SIGNATURE_PREFIX) else {
-                return Err(bad("a signature line does not start with an em dash"));
-            };
-            let Some((name, material)) = rest.split_once(' ') else {
-                return Err(bad("a signature line has no signature"));
-            };
-            let material = B64.decode(material).map_err(|_| bad("a signature is not base64"))?;
-            if material.len() != 4 + 64 {
-                return Err(bad("an Ed25519 signature line holds 68 bytes"));
-            }
-            let id = u32::from_be_bytes([material[0], material[1], material[2], material[3]]);
-            let Some(key) = verifiers.keys.get(&(name.to_owned(), id)) else {
-                continue;
-            };
-            known = true;
-            let signature = Signature::from_slice(&material[4..]).map_err(|_| bad("malformed signature"))?;
-            if key.verify(body.as_bytes(), &signature).is_err() {
-                return Err(AuditError::CheckpointSignature { key: format!("{name}+{id:08x}") });
-            }
-        }
-        if !known {
-            return Err(AuditError::UnknownCheckpointKey);
-        }
-        Self::parse_body(body)
+        Self::parse_body(open_note(note, verifiers)?)
     }
 
     fn parse_body(body: &str) -> Result<Checkpoint, AuditError> {

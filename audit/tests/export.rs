@@ -65,7 +65,7 @@ async fn world() -> World {
     let task = PackTask {
         task_id: "demo:0-60".into(),
         source: "demo".into(),
-        slot: Slot { after: 0, up_to: ROWS, rows: ROWS as u64, bytes: 0 },
+        slot: Slot::by_watermark(0, ROWS, ROWS as u64, 0),
         routing: routing(),
     };
     let shards = ShardStore::new(Arc::clone(&store));

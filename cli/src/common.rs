@@ -8,7 +8,7 @@ use vera_bus::Bus;
 use vera_protocol::compress::{CompressionMode, CompressionPolicy};
 use vera_protocol::routing::{RoutingEpoch, RoutingTable};
 use vera_source::sqlite::SqliteSource;
-use vera_source::{PayloadKind, SourceMapping};
+use vera_source::{PayloadKind, SourceMapping, Visibility};
 use vera_store::counting::CountingStore;
 use vera_store::local::LocalStore;
 use vera_store::shards::ShardStore;
@@ -159,9 +159,87 @@ pub struct SourceArgs {
     /// Monotonically increasing column the producer scans by.
     #[arg(long, default_value = "id")]
     pub watermark_column: String,
+    /// How VERA knows that no row can still commit below where it has read, so that a
+    /// row whose transaction commits late is never passed over. `auto`: SQLite is read
+    /// in watermark order (one writer at a time); PostgreSQL by `transaction-id`;
+    /// MySQL/MariaDB by `insert-time`. `watermark-order` on PostgreSQL or MySQL is only
+    /// for a table nobody writes to while VERA reads it.
+    #[arg(long, env = "VERA_SOURCE_VISIBILITY", value_enum, default_value_t = VisibilityChoice::Auto)]
+    pub visibility: VisibilityChoice,
+    /// The visibility column: an `xid8 DEFAULT pg_current_xact_id()` for transaction-id
+    /// (default `vera_xid`), a `TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6)` for
+    /// insert-time (default `vera_inserted_at`). It must lead an index. `vera` checks
+    /// it at start and names what is missing.
+    #[arg(long, env = "VERA_SOURCE_VISIBILITY_COLUMN")]
+    pub visibility_column: Option<String>,
+    /// insert-time only: plan rows only this many milliseconds behind the server's
+    /// clock (open transactions below that are waited for). It must cover the longest
+    /// an INSERT waits (on a table lock, say) between its start, which sets its row's
+    /// time, and writing the row.
+    #[arg(long, env = "VERA_SOURCE_SETTLE_MS", default_value_t = 1000)]
+    pub settle_ms: u64,
+}
+
+/// `--visibility`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VisibilityChoice {
+    Auto,
+    WatermarkOrder,
+    TransactionId,
+    InsertTime,
+}
+
+/// Which kind of database a source URL or path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Sqlite,
+    Postgres,
+    MySql,
 }
 
 impl SourceArgs {
+    pub fn kind(&self) -> anyhow::Result<SourceKind> {
+        match &self.source_url {
+            None => Ok(SourceKind::Sqlite),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(SourceKind::Postgres),
+            Some(url) if url.starts_with("mysql://") || url.starts_with("mariadb://") => Ok(SourceKind::MySql),
+            Some(_) => anyhow::bail!("--source-url must start with postgres:// or mysql://"),
+        }
+    }
+
+    /// The visibility `--visibility` names for this kind of source.
+    pub fn visibility(&self, kind: SourceKind) -> anyhow::Result<Visibility> {
+        let choice = match (self.visibility, kind) {
+            (VisibilityChoice::Auto, SourceKind::Sqlite) => VisibilityChoice::WatermarkOrder,
+            (VisibilityChoice::Auto, SourceKind::Postgres) => VisibilityChoice::TransactionId,
+            (VisibilityChoice::Auto, SourceKind::MySql) => VisibilityChoice::InsertTime,
+            (choice, _) => choice,
+        };
+        let column = |default: &str| self.visibility_column.clone().unwrap_or_else(|| default.to_owned());
+        Ok(match (choice, kind) {
+            (VisibilityChoice::WatermarkOrder, _) => {
+                if kind != SourceKind::Sqlite {
+                    tracing::warn!(
+                        "--visibility watermark-order: a row whose transaction commits after a later row's is \
+                         missed; only for a table nobody writes to while VERA reads it"
+                    );
+                }
+                Visibility::WatermarkOrder
+            }
+            (VisibilityChoice::TransactionId, SourceKind::Postgres) => {
+                Visibility::TransactionId { column: column("vera_xid") }
+            }
+            (VisibilityChoice::InsertTime, SourceKind::MySql) => {
+                Visibility::InsertTime { column: column("vera_inserted_at"), settle_millis: self.settle_ms }
+            }
+            (choice, kind) => anyhow::bail!(
+                "--visibility {} does not apply to a {kind:?} source (SQLite: watermark-order; PostgreSQL: \
+                 transaction-id; MySQL/MariaDB: insert-time)",
+                clap::ValueEnum::to_possible_value(&choice).map_or_else(String::new, |v| v.get_name().to_owned())
+            ),
+        })
+    }
+
     pub fn mapping(&self) -> SourceMapping {
         SourceMapping {
             table: self.table.clone(),
@@ -174,20 +252,27 @@ impl SourceArgs {
             },
             content_type_column: (!self.content_type_column.is_empty()).then(|| self.content_type_column.clone()),
             watermark_column: self.watermark_column.clone(),
+            visibility: Visibility::WatermarkOrder,
         }
     }
 
+    /// [`SourceArgs::mapping`] with the visibility for the configured source.
+    pub fn full_mapping(&self) -> anyhow::Result<SourceMapping> {
+        Ok(SourceMapping { visibility: self.visibility(self.kind()?)?, ..self.mapping() })
+    }
+
     pub async fn open(&self, default_db: Option<PathBuf>) -> anyhow::Result<Arc<dyn vera_source::Source>> {
+        let mapping = self.full_mapping()?;
         if let Some(url) = &self.source_url {
-            let source: Arc<dyn vera_source::Source> = if url.starts_with("postgres://")
-                || url.starts_with("postgresql://")
-            {
-                Arc::new(vera_source::postgres::PostgresSource::connect(&self.source_name, url, self.mapping()).await?)
-            } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
-                let url = url.replacen("mariadb://", "mysql://", 1);
-                Arc::new(vera_source::mysql::MySqlSource::connect(&self.source_name, &url, self.mapping()).await?)
-            } else {
-                anyhow::bail!("--source-url must start with postgres:// or mysql://");
+            let source: Arc<dyn vera_source::Source> = match self.kind()? {
+                SourceKind::Postgres => {
+                    Arc::new(vera_source::postgres::PostgresSource::connect(&self.source_name, url, mapping).await?)
+                }
+                SourceKind::MySql => {
+                    let url = url.replacen("mariadb://", "mysql://", 1);
+                    Arc::new(vera_source::mysql::MySqlSource::connect(&self.source_name, &url, mapping).await?)
+                }
+                SourceKind::Sqlite => anyhow::bail!("--source-url must start with postgres:// or mysql://"),
             };
             return Ok(source);
         }
@@ -199,7 +284,7 @@ impl SourceArgs {
         if !path.exists() {
             anyhow::bail!("source database {} does not exist", path.display());
         }
-        Ok(Arc::new(SqliteSource::open(&self.source_name, &path, self.mapping()).await?))
+        Ok(Arc::new(SqliteSource::open(&self.source_name, &path, mapping).await?))
     }
 }
 

@@ -126,6 +126,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
         payload_paths_under: None,
         content_type_column: "content_type".into(),
         watermark_column: "id".into(),
+        visibility: crate::common::VisibilityChoice::Auto,
+        visibility_column: None,
+        settle_ms: 0,
     };
     let source = source_args.open(None).await?;
     let store = args.store.counting_store()?;
@@ -191,7 +194,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
     let gets_before = counts.snapshot().gets;
     let shards = args.store.shards(Arc::clone(&store_dyn));
     let progress = bar(corpus.rows, "reading back", args.json);
-    let everything = vera_protocol::message::Slot { after: i64::MIN, up_to: i64::MAX, rows: 0, bytes: 0 };
+    let everything = vera_protocol::message::Slot::by_watermark(i64::MIN, i64::MAX, 0, 0);
     let mut seen = HashSet::new();
     let max_file_bytes = worker_settings.max_file_bytes;
     let expected = source.read_slot(everything).try_filter_map(|row| {

@@ -5,6 +5,7 @@ mod common;
 mod demo;
 mod inspect;
 mod lifecycle;
+mod reconcile;
 mod run;
 mod trust;
 
@@ -73,6 +74,10 @@ enum Command {
     /// Check an export offline: `vera proof verify DIR --verifier-keys FILE`.
     #[command(subcommand)]
     Proof(trust::ProofCommand),
+    /// Prove a source range complete: count its rows in the source, stored, rejected
+    /// (with reasons), missing and pending; exit non-zero if any is missing. --attest
+    /// signs the statement and records it in the audit log.
+    Reconcile(reconcile::ReconcileArgs),
     /// Read one file by uid and created_at (two calls at most: index, then range).
     Get(inspect::GetArgs),
     /// Re-read every segment and check every hash.
@@ -188,6 +193,10 @@ async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Proof(command) => {
             common::init_tracing("warn");
             trust::proof(command)
+        }
+        Command::Reconcile(args) => {
+            common::init_tracing("warn");
+            reconcile::run(args).await
         }
         Command::Get(args) => {
             common::init_tracing("warn");

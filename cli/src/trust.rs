@@ -115,7 +115,12 @@ async fn audit_denial(bus: Option<&dyn Bus>, action: Action, actor: &str, reason
 }
 
 /// Publishes one audit event on the `audit` topic, keyed like every other.
-async fn publish_audit(bus: &dyn Bus, id: String, now: Timestamp, event: AuditEvent) -> Result<(), vera_bus::BusError> {
+pub(crate) async fn publish_audit(
+    bus: &dyn Bus,
+    id: String,
+    now: Timestamp,
+    event: AuditEvent,
+) -> Result<(), vera_bus::BusError> {
     let envelope = Envelope::new(id, now, Message::AuditEvent(event));
     let outgoing = Outgoing { key: envelope.ordering_key(), payload: Bytes::from(envelope.encode()) };
     bus.publish(topics::AUDIT, vec![outgoing]).await
@@ -225,7 +230,7 @@ pub struct SignerArgs {
 
 impl SignerArgs {
     /// The signer, and the verifier-key lines that check its signatures.
-    async fn open(&self) -> anyhow::Result<(Arc<dyn NoteSigner>, Vec<String>)> {
+    pub(crate) async fn open(&self) -> anyhow::Result<(Arc<dyn NoteSigner>, Vec<String>)> {
         if let Some(path) = &self.checkpoint_key {
             let signer = KeyFileSigner::from_openssh_file(&self.key_name, path)?;
             let line = signer.verifier_key();
@@ -469,6 +474,16 @@ pub enum ProofCommand {
         #[arg(long, env = "VERA_VERIFIER_KEYS")]
         verifier_keys: PathBuf,
     },
+    /// Check a signed attestation offline (`vera reconcile --attest FILE`): its signature
+    /// against the trusted keys and its statement against the signed hash; prints the
+    /// statement. Exits non-zero if either fails.
+    VerifyAttestation {
+        /// The attestation file.
+        file: PathBuf,
+        /// Trusted checkpoint verifier keys, one per line.
+        #[arg(long, env = "VERA_VERIFIER_KEYS")]
+        verifier_keys: PathBuf,
+    },
 }
 
 pub fn proof(command: ProofCommand) -> anyhow::Result<ExitCode> {
@@ -487,6 +502,20 @@ pub fn proof(command: ProofCommand) -> anyhow::Result<ExitCode> {
                         );
                         return Ok(ExitCode::FAILURE);
                     }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        ProofCommand::VerifyAttestation { file, verifier_keys } => {
+            let verifiers = Verifiers::from_file(&verifier_keys)?;
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            match vera_audit::attest::verify_attestation(&bytes, &verifiers) {
+                Ok(verified) => {
+                    println!("{}", serde_json::to_string_pretty(&verified)?);
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(error) => {

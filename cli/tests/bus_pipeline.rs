@@ -122,10 +122,12 @@ async fn load_source(kind: &SourceKind, sqlite: &Path) -> Vec<String> {
             let url = env_or("VERA_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test");
             copy!(
                 sqlx::PgConnection::connect(&url).await.expect("PostgreSQL (./scripts/services)"),
+                // The column and index `--visibility transaction-id` (the default) needs.
                 format!(
-                    "CREATE TABLE {table} (id BIGINT PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload BYTEA)"
+                    "CREATE TABLE {table} (id BIGINT PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload BYTEA, \
+                     vera_xid xid8 NOT NULL DEFAULT pg_current_xact_id()); CREATE INDEX ON {table} (vera_xid, id)"
                 ),
-                format!("INSERT INTO {table} VALUES ($1, $2, $3, $4, $5)")
+                format!("INSERT INTO {table} (id, uid, created_at, content_type, payload) VALUES ($1, $2, $3, $4, $5)")
             );
             vec!["--source-url".into(), url, "--table".into(), table]
         }
@@ -133,10 +135,12 @@ async fn load_source(kind: &SourceKind, sqlite: &Path) -> Vec<String> {
             let url = env_or("VERA_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test");
             copy!(
                 sqlx::MySqlConnection::connect(&url).await.expect("MariaDB (./scripts/services)"),
+                // The column and index `--visibility insert-time` (the default) needs.
                 format!(
-                    "CREATE TABLE {table} (id BIGINT PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload LONGBLOB)"
+                    "CREATE TABLE {table} (id BIGINT PRIMARY KEY, uid TEXT, created_at TEXT, content_type TEXT, payload LONGBLOB, \
+                     vera_inserted_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), INDEX (vera_inserted_at, id))"
                 ),
-                format!("INSERT INTO {table} VALUES (?, ?, ?, ?, ?)")
+                format!("INSERT INTO {table} (id, uid, created_at, content_type, payload) VALUES (?, ?, ?, ?, ?)")
             );
             vec!["--source-url".into(), url, "--table".into(), table]
         }
@@ -270,6 +274,19 @@ fn pipeline(bus: String, kind: SourceKind, broker_counts_crashed_deliveries: boo
         serde_json::from_str(&run(&[strings(&["verify", "--json"]), store_only.clone()].concat(), "verify")).unwrap();
     assert_eq!(report["failures"].as_array().map(Vec::len), Some(0), "{report}");
     assert_eq!(report["files"].as_u64(), Some(GOOD_FILES), "every good row exactly once: {report}");
+
+    // Every source row is archived or rejected with a reason, and reconcile proves it.
+    let reconciled: serde_json::Value = serde_json::from_str(&run(
+        &[strings(&["reconcile", "--json"]), store_only.clone(), sourced.clone()].concat(),
+        "reconcile",
+    ))
+    .unwrap();
+    assert_eq!(reconciled["in_source"].as_u64(), Some(FILES), "{reconciled}");
+    assert_eq!(reconciled["missing"].as_u64(), Some(0), "{reconciled}");
+    assert_eq!(reconciled["pending"].as_u64(), Some(0), "{reconciled}");
+    let accounted = reconciled["stored"].as_u64().unwrap() + reconciled["rejected"].as_u64().unwrap();
+    assert_eq!(accounted, FILES, "{reconciled}");
+    assert!(reconciled["rejected"].as_u64().unwrap() >= FILES - GOOD_FILES - 1, "{reconciled}");
 
     let (uid, created_at, payload) = first_row(&sqlite);
     let output =

@@ -176,3 +176,105 @@ fn break_glass_takes_two_operators_from_the_command_line() {
     let again = run(&[&base[..], &["--signed-request", &a, "--signed-request", &c][..]].concat(), &env);
     assert!(String::from_utf8_lossy(&again.stderr).contains("replayed"), "{again:?}");
 }
+
+/// Runs SQL against the SQLite source.
+fn sqlite(path: &str, sql: &str) {
+    use sqlx::ConnectOptions;
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut connection = options.connect().await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut connection).await.unwrap();
+    });
+}
+
+#[test]
+fn reconcile_attests_a_complete_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let (source, data) = (path("source.sqlite"), path("data"));
+    vera(&["generate", "--db", &source, "--files", "80", "--days", "2", "--bad-rows-per-kind", "1"], &[]);
+    vera(&["producer", "--drain", "--data-dir", &data, "--source-db", &source], &[]);
+    vera(
+        &["worker", "--exit-when-idle-ms", "500", "--retain-days", "0", "--data-dir", &data, "--source-db", &source],
+        &[],
+    );
+    let store = ["--data-dir", data.as_str(), "--source-db", source.as_str()];
+    let report: serde_json::Value =
+        serde_json::from_str(&vera(&[&["reconcile", "--json"][..], &store[..]].concat(), &[])).unwrap();
+    let rows = report["in_source"].as_u64().unwrap();
+    assert!(rows >= 80, "{report}");
+    assert_eq!(report["missing"], 0, "{report}");
+    assert_eq!(report["pending"], 0, "{report}");
+    assert_eq!(report["stored"].as_u64().unwrap() + report["rejected"].as_u64().unwrap(), rows, "{report}");
+    assert!(report["rejected_by_reason"]["null_payload"].as_u64() == Some(1), "{report}");
+
+    // A row that appears behind the producer's watermark (an explicit old id) is missing:
+    // reconcile names it, exits non-zero, and refuses to attest.
+    sqlite(&source, "INSERT INTO files VALUES (-5, 'behind', '2026-11-24T10:00:00Z', NULL, x'01')");
+    keygen(&dir.path().join("checkpoint"));
+    let checkpoint = path("checkpoint");
+    let attestation = path("attestation.json");
+    let refused =
+        run(&[&["reconcile", "--attest", &attestation, "--checkpoint-key", &checkpoint][..], &store[..]].concat(), &[]);
+    assert!(!refused.status.success());
+    let stdout = String::from_utf8_lossy(&refused.stdout);
+    assert!(stdout.contains("1 missing") && stdout.contains("MISSING watermark -5 uid behind"), "{stdout}");
+    assert!(!Path::new(&attestation).exists(), "no attestation of an incomplete range");
+
+    // Complete again: attested, verifiable offline, and a changed statement is caught.
+    sqlite(&source, "DELETE FROM files WHERE id = -5");
+    vera(&[&["reconcile", "--attest", &attestation, "--checkpoint-key", &checkpoint][..], &store[..]].concat(), &[]);
+    std::fs::write(path("verifier_keys"), vera(&["audit", "verifier-key", "--checkpoint-key", &checkpoint], &[]))
+        .unwrap();
+    let verified: serde_json::Value = serde_json::from_str(&vera(
+        &["proof", "verify-attestation", &attestation, "--verifier-keys", &path("verifier_keys")],
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(verified["kind"], "reconcile");
+    assert_eq!(verified["statement"]["missing"], 0);
+    assert_eq!(verified["statement"]["in_source"].as_u64(), Some(rows));
+    assert!(verified["statement"]["summary"].as_str().unwrap().starts_with(&format!("all {rows} rows")), "{verified}");
+    let text = std::fs::read_to_string(&attestation).unwrap();
+    let forged = text.replacen("\\\"missing\\\": 0", "\\\"missing\\\": 1", 1);
+    assert_ne!(forged, text, "the statement holds the missing count");
+    std::fs::write(&attestation, forged).unwrap();
+    let caught = run(&["proof", "verify-attestation", &attestation, "--verifier-keys", &path("verifier_keys")], &[]);
+    assert!(!caught.status.success());
+    assert!(String::from_utf8_lossy(&caught.stderr).contains("was changed"), "{caught:?}");
+
+    // The attestation is in the audit log as a RECONCILE event.
+    vera(
+        &[
+            "audit",
+            "write",
+            "--log-id",
+            "w1",
+            "--checkpoint-key",
+            &checkpoint,
+            "--retain-days",
+            "0",
+            "--until-idle",
+            "--data-dir",
+            &data,
+        ],
+        &[],
+    );
+    let log = walk(&dir.path().join("data/store"));
+    assert!(log.contains("\"action\":\"RECONCILE\"") && log.contains("statement_sha256"), "no RECONCILE event");
+    vera(&["audit", "verify", "--verifier-keys", &path("verifier_keys"), "--data-dir", &data], &[]);
+}
+
+/// Every file's text under `dir`, concatenated.
+fn walk(dir: &Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            text.push_str(&walk(&path));
+        } else {
+            text.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap()));
+        }
+    }
+    text
+}

@@ -81,7 +81,7 @@ pub fn valid_rows(
     source: &dyn Source,
     max_file_bytes: u64,
 ) -> impl futures::Stream<Item = anyhow::Result<vera_worker::rows::ValidRow>> + '_ {
-    let everything = Slot { after: i64::MIN, up_to: i64::MAX, rows: 0, bytes: 0 };
+    let everything = Slot::by_watermark(i64::MIN, i64::MAX, 0, 0);
     let mut seen = HashSet::new();
     source.read_slot(everything).map_err(anyhow::Error::from).try_filter_map(move |row| {
         let valid = validate_row(row, max_file_bytes, &mut seen).ok();

@@ -1,8 +1,10 @@
 //! The watermark producer.
 //!
 //! The producer's only state is a small watermark object in the store, changed by
-//! compare-and-swap. It records the last watermark whose slot is published (`committed`)
-//! and, while a slot is being published, that slot (`pending`). One round:
+//! compare-and-swap. It records the last scan position whose slot is published
+//! (`committed`) and, while a slot is being published, that slot (`pending`). The source
+//! plans slots only below its visibility horizon, so no row can still commit at or
+//! before a committed position (see `docs/adr/0004-visibility-horizon.md`). One round:
 //!
 //! 1. Read the watermark object (create it if absent).
 //! 2. If a slot is pending (a previous round, perhaps by a process that died, got that
@@ -16,6 +18,7 @@
 //! same rows. Two producers started by mistake race on the CAS; the loser re-reads,
 //! finds the winner's state, and backs off with jitter. Neither can corrupt the object.
 
+pub mod reconcile;
 pub mod watermark;
 
 use std::sync::Arc;
@@ -72,6 +75,11 @@ pub enum ProducerError {
     Watermark(String),
     #[error("settings are invalid: {0}")]
     Settings(String),
+    #[error(
+        "the watermark object {key} was written for a source {written} a horizon column, and this source is scanned {now}; \
+         its positions cannot be carried over: move the object aside and set where scanning starts"
+    )]
+    ScanOrderChanged { key: String, written: &'static str, now: &'static str },
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -82,12 +90,38 @@ pub struct ProducerReport {
     /// CAS attempts lost to another producer.
     pub cas_conflicts: u64,
     pub final_watermark: i64,
+    /// The horizon part of the final position, for a source scanned by a horizon column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_horizon: Option<i64>,
     #[serde(skip)]
     pub first_read_at: Option<Instant>,
 }
 
+/// `source:start-end`, positions as [`ScanPosition`] prints them (`horizon.watermark`
+/// for a source scanned by a horizon column, the bare watermark otherwise).
 pub fn task_id(source: &str, slot: &Slot) -> String {
-    format!("{source}:{}-{}", slot.after, slot.up_to)
+    format!("{source}:{}-{}", slot.start(), slot.end())
+}
+
+/// Refuses a watermark object whose positions belong to the other scan order. A horizon
+/// source's object starts with no horizon (nothing published yet), which is not a change.
+fn check_scan_order(
+    state: &WatermarkState,
+    key: &str,
+    has_horizon: bool,
+    start_after: i64,
+) -> Result<(), ProducerError> {
+    let written_with_horizon =
+        state.committed_horizon.is_some() || state.pending.is_some_and(|slot| slot.horizon.is_some());
+    let nothing_published = state.committed_horizon.is_none() && state.committed == start_after;
+    if written_with_horizon == has_horizon || (has_horizon && nothing_published) {
+        return Ok(());
+    }
+    Err(ProducerError::ScanOrderChanged {
+        key: key.to_owned(),
+        written: if written_with_horizon { "with" } else { "without" },
+        now: if has_horizon { "by one" } else { "by its watermark alone" },
+    })
 }
 
 pub async fn run_producer(
@@ -104,17 +138,19 @@ pub async fn run_producer(
     let mut report = ProducerReport::default();
     while !shutdown.is_cancelled() {
         let (mut state, etag) = watermarks.load_or_create(settings.start_after).await?;
+        check_scan_order(&state, watermarks.key(), source.has_horizon(), settings.start_after)?;
         report.final_watermark = state.committed;
+        report.final_horizon = state.committed_horizon;
         if let Some(slot) = state.pending {
             publish(bus.as_ref(), source.name(), &slot, &settings.routing, clock.now()).await?;
-            state.committed = slot.up_to;
-            state.pending = None;
+            state.commit(&slot);
             match watermarks.save(&state, &etag).await? {
                 Some(_) => {
                     report.slots_published += 1;
                     report.rows_planned += slot.rows;
                     report.bytes_planned += slot.bytes;
                     report.final_watermark = slot.up_to;
+                    report.final_horizon = state.committed_horizon;
                 }
                 None => lost_race(&mut report).await,
             }
@@ -127,16 +163,19 @@ pub async fn run_producer(
         // one segment and reads find their file in generation 0.
         let next = source
             .next_slot_aligned(
-                state.committed,
+                state.position(),
                 settings.max_rows_per_slot,
                 settings.max_bytes_per_slot,
                 &settings.routing,
             )
             .await?;
         let Some(slot) = next else {
+            // Visible rows the horizon holds back (an open transaction may still commit
+            // rows before them) are waited for, even when draining.
+            let held_back = mode == RunMode::Drain && source.has_rows_after(state.position()).await?;
             match mode {
-                RunMode::Drain => break,
-                RunMode::Follow => {
+                RunMode::Drain if !held_back => break,
+                RunMode::Drain | RunMode::Follow => {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(settings.poll_interval_millis)) => {}
                         _ = shutdown.cancelled() => {}
@@ -170,7 +209,7 @@ async fn publish(
     let task =
         PackTask { task_id: task_id(source, slot), source: source.to_owned(), slot: *slot, routing: routing.clone() };
     let envelope = Envelope::new(format!("pack/{}", task.task_id), now, Message::PackTask(task));
-    tracing::info!(after = slot.after, up_to = slot.up_to, rows = slot.rows, "publishing slot");
+    tracing::info!(after = %slot.start(), up_to = %slot.end(), rows = slot.rows, "publishing slot");
     bus.publish(topics::PACK, vec![Outgoing { key: None, payload: Bytes::from(envelope.encode()) }]).await?;
     Ok(())
 }

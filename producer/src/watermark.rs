@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use vera_protocol::message::Slot;
+use vera_protocol::message::{ScanPosition, Slot};
 use vera_store::{ObjectStore, PutOptions, StoreErrorKind};
 
 use crate::ProducerError;
@@ -15,12 +15,34 @@ pub const WATERMARK_FORMAT: &str = "vera.watermark";
 #[serde(deny_unknown_fields)]
 pub struct WatermarkState {
     pub format: String,
+    /// 1: positions are watermarks; 2: they carry a horizon value (`committed_horizon`).
     pub version: u16,
     pub source: String,
-    /// Every row with a watermark `<= committed` is in a published slot.
+    /// Every row at or before `(committed_horizon, committed)` in the source's scan order
+    /// is in a published slot.
     pub committed: i64,
+    /// The horizon part of the committed position, for a source scanned by a horizon
+    /// column; `None` there means no slot has been published yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_horizon: Option<i64>,
     /// A slot claimed but perhaps not yet published.
     pub pending: Option<Slot>,
+}
+
+impl WatermarkState {
+    /// The committed position: where the next slot starts.
+    pub fn position(&self) -> ScanPosition {
+        ScanPosition { horizon: self.committed_horizon, watermark: self.committed }
+    }
+
+    /// Moves the committed position to the end of a published slot.
+    pub fn commit(&mut self, slot: &Slot) {
+        let end = slot.end();
+        self.committed = end.watermark;
+        self.committed_horizon = end.horizon;
+        self.version = if end.horizon.is_some() { 2 } else { 1 };
+        self.pending = None;
+    }
 }
 
 pub struct WatermarkStore {
@@ -45,14 +67,17 @@ impl WatermarkStore {
                 Ok(found) => {
                     let state: WatermarkState =
                         serde_json::from_slice(&found.body).map_err(|e| ProducerError::Watermark(e.to_string()))?;
-                    if state.format != WATERMARK_FORMAT || state.version != 1 || state.source != self.source {
+                    if state.format != WATERMARK_FORMAT
+                        || !(1..=2).contains(&state.version)
+                        || state.source != self.source
+                    {
                         return Err(ProducerError::Watermark(format!(
                             "unexpected format/version/source in {}",
                             self.key
                         )));
                     }
                     if let Some(slot) = state.pending
-                        && (slot.after != state.committed || slot.up_to < slot.after)
+                        && (slot.start() != state.position() || slot.end() < slot.start())
                     {
                         return Err(ProducerError::Watermark(
                             "pending slot does not start at the committed watermark".into(),
@@ -66,6 +91,7 @@ impl WatermarkStore {
                         version: 1,
                         source: self.source.clone(),
                         committed: start_after,
+                        committed_horizon: None,
                         pending: None,
                     };
                     match self.store.put(&self.key, encode(&initial), PutOptions::create()).await {
@@ -76,6 +102,17 @@ impl WatermarkStore {
                 }
                 Err(error) => return Err(error.into()),
             }
+        }
+    }
+
+    /// The current state, without creating the object: `None` before the first round.
+    pub async fn peek(&self) -> Result<Option<WatermarkState>, ProducerError> {
+        match self.store.get(&self.key).await {
+            Ok(found) => {
+                serde_json::from_slice(&found.body).map(Some).map_err(|e| ProducerError::Watermark(e.to_string()))
+            }
+            Err(error) if error.kind == StoreErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error.into()),
         }
     }
 

@@ -111,17 +111,13 @@ async fn resumes_a_pending_slot_left_by_a_crash() {
     // A producer died after claiming slot (0, 30] but before publishing it.
     let watermarks = WatermarkStore::new(Arc::clone(&store), "demo");
     let (mut state, etag) = watermarks.load_or_create(0).await.unwrap();
-    state.pending = Some(Slot { after: 0, up_to: 30, rows: 10, bytes: 1000 });
+    state.pending = Some(Slot::by_watermark(0, 30, 10, 1000));
     watermarks.save(&state, &etag).await.unwrap().unwrap();
     run_producer(source(dir.path()).await, store, bus.clone(), settings(), RunMode::Drain, CancellationToken::new())
         .await
         .unwrap();
     let tasks = published_tasks(bus.as_ref()).await;
-    assert_eq!(
-        tasks[0].slot,
-        Slot { after: 0, up_to: 30, rows: 10, bytes: 1000 },
-        "the pending slot goes first, unchanged"
-    );
+    assert_eq!(tasks[0].slot, Slot::by_watermark(0, 30, 10, 1000), "the pending slot goes first, unchanged");
     assert_tiles(&tasks);
 }
 

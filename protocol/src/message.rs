@@ -85,7 +85,8 @@ pub enum Message {
 pub const MESSAGE_TYPES: &[&str] =
     &["pack_task", "shard_sealed", "tombstone_requested", "repack_requested", "audit_event"];
 
-/// A slot of source rows for a worker to pack: rows with `after < watermark <= up_to`.
+/// A slot of source rows for a worker to pack: the rows between two [`ScanPosition`]s
+/// of the source's scan order (see [`Slot`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PackTask {
     /// Deterministic from the slot, so a re-published task is recognisably the same.
@@ -97,16 +98,88 @@ pub struct PackTask {
     pub routing: RoutingTable,
 }
 
+/// A range of source rows in the source's scan order.
+///
+/// Without a visibility horizon column the scan order is the watermark column, and the
+/// slot holds the rows with `after < watermark <= up_to`. A source with a horizon column
+/// (PostgreSQL's inserting transaction id, MySQL's insert time) scans in the order
+/// `(horizon, watermark)`, and `horizon` holds that column's values at the two bounds:
+/// the slot holds the rows with `(horizon.after, after) < (h, watermark) <= (horizon.up_to, up_to)`,
+/// compared as pairs; `horizon.after` is `None` for the first slot (no lower bound).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
-    /// Exclusive lower bound on the watermark column.
+    /// Exclusive lower bound on the watermark column (within `horizon.after`, if any).
     pub after: i64,
-    /// Inclusive upper bound on the watermark column.
+    /// Inclusive upper bound on the watermark column (within `horizon.up_to`, if any).
     pub up_to: i64,
     /// Rows the producer counted in the slot.
     pub rows: u64,
     /// Payload bytes the producer estimated for the slot.
     pub bytes: u64,
+    /// The horizon column's values at the bounds, for a source scanned by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<HorizonBounds>,
+}
+
+/// The horizon column's values at a slot's bounds (see [`Slot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HorizonBounds {
+    /// Exclusive lower bound, paired with [`Slot::after`]; `None`: from the first row.
+    pub after: Option<i64>,
+    /// Inclusive upper bound, paired with [`Slot::up_to`].
+    pub up_to: i64,
+}
+
+/// A point in a source's scan order: the watermark, preceded by the horizon column's
+/// value for a source scanned by one. Ordered as a pair (`None` first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ScanPosition {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<i64>,
+    pub watermark: i64,
+}
+
+impl ScanPosition {
+    /// Before every row of a source: the producer's starting point.
+    pub const START: ScanPosition = ScanPosition { horizon: None, watermark: i64::MIN };
+
+    /// A position in a source scanned by its watermark column alone.
+    pub fn watermark(watermark: i64) -> Self {
+        ScanPosition { horizon: None, watermark }
+    }
+}
+
+impl std::fmt::Display for ScanPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.horizon {
+            Some(horizon) => write!(f, "{horizon}.{}", self.watermark),
+            None => write!(f, "{}", self.watermark),
+        }
+    }
+}
+
+impl Slot {
+    /// The exclusive lower bound.
+    pub fn start(&self) -> ScanPosition {
+        ScanPosition { horizon: self.horizon.and_then(|bounds| bounds.after), watermark: self.after }
+    }
+
+    /// The inclusive upper bound.
+    pub fn end(&self) -> ScanPosition {
+        ScanPosition { horizon: self.horizon.map(|bounds| bounds.up_to), watermark: self.up_to }
+    }
+
+    /// A slot of a source scanned by its watermark column alone.
+    pub fn by_watermark(after: i64, up_to: i64, rows: u64, bytes: u64) -> Self {
+        Slot { after, up_to, rows, bytes, horizon: None }
+    }
+
+    /// Whether a row at `position` belongs to the slot.
+    pub fn contains(&self, position: ScanPosition) -> bool {
+        // `None` sorts first, so the first slot of a horizon-ordered source, whose start
+        // has no horizon, holds every row up to its end.
+        position > self.start() && position <= self.end()
+    }
 }
 
 /// A segment was written and is durable.
@@ -165,6 +238,8 @@ pub enum AuditAction {
     Retain,
     Hold,
     Export,
+    /// A completeness check of a source range (`vera reconcile --attest`).
+    Reconcile,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,7 +320,8 @@ impl Envelope {
                 if !is_valid_id(&task.task_id) || !is_valid_id(&task.source) {
                     return Err(EnvelopeError::InvalidField { field: "task_id or source" });
                 }
-                if task.slot.up_to < task.slot.after {
+                // With a horizon, the watermark alone may go down from start to end.
+                if task.slot.end() < task.slot.start() {
                     return Err(EnvelopeError::InvalidField { field: "slot" });
                 }
                 task.routing.validate().map_err(|_| EnvelopeError::InvalidField { field: "routing" })?;

@@ -35,7 +35,7 @@ fn examples() -> Vec<(&'static str, Envelope)> {
                 Message::PackTask(PackTask {
                     task_id: "demo:100-200".into(),
                     source: "demo".into(),
-                    slot: Slot { after: 100, up_to: 200, rows: 100, bytes: 1_638_400 },
+                    slot: Slot::by_watermark(100, 200, 100, 1_638_400),
                     routing: RoutingTable::single(RoutingEpoch::v1(4).unwrap()),
                 }),
             )),
@@ -236,4 +236,35 @@ fn invalid_addresses_in_messages_are_refused() {
     let mut value: serde_json::Value = serde_json::from_slice(&task.encode()).unwrap();
     value["body"]["routing"]["epochs"][0]["epoch"]["n_bits"] = serde_json::json!(40);
     assert!(matches!(Envelope::decode(&serde_json::to_vec(&value).unwrap()), Err(EnvelopeError::Malformed { .. })));
+}
+
+/// A slot of a horizon-ordered source: its watermark may go down from start to end, as
+/// long as the pair `(horizon, watermark)` goes up; a reversed pair is refused.
+#[test]
+fn horizon_slots_round_trip_and_reversed_ones_are_refused() {
+    use vera_protocol::message::{HorizonBounds, ScanPosition};
+    let task = |horizon: HorizonBounds| {
+        let slot = Slot { after: 50, up_to: 10, rows: 3, bytes: 30, horizon: Some(horizon) };
+        Envelope::new(
+            "msg-h",
+            at("2026-12-04T10:00:00Z"),
+            Message::PackTask(PackTask {
+                task_id: "pg:7.50-9.10".into(),
+                source: "pg".into(),
+                slot,
+                routing: RoutingTable::single(RoutingEpoch::v1(2).unwrap()),
+            }),
+        )
+    };
+    let forward = task(HorizonBounds { after: Some(7), up_to: 9 });
+    let decoded = Envelope::decode(&forward.encode()).expect("a horizon slot decodes");
+    assert_eq!(decoded, forward);
+    let Message::PackTask(decoded_task) = decoded.message else { panic!("a pack task") };
+    assert_eq!(decoded_task.slot.start(), ScanPosition { horizon: Some(7), watermark: 50 });
+    assert!(decoded_task.slot.contains(ScanPosition { horizon: Some(8), watermark: 1 }));
+    assert!(!decoded_task.slot.contains(ScanPosition { horizon: Some(9), watermark: 11 }));
+    let first = task(HorizonBounds { after: None, up_to: 9 });
+    assert!(Envelope::decode(&first.encode()).is_ok(), "the first slot has no lower bound");
+    let reversed = task(HorizonBounds { after: Some(9), up_to: 7 });
+    assert!(matches!(Envelope::decode(&reversed.encode()), Err(EnvelopeError::InvalidField { field: "slot" })));
 }

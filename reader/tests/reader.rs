@@ -52,7 +52,7 @@ async fn packed_store(dir: &std::path::Path) -> LocalStore {
     let task = PackTask {
         task_id: "demo:0-200".into(),
         source: "demo".into(),
-        slot: Slot { after: 0, up_to: ROWS, rows: ROWS as u64, bytes: 0 },
+        slot: Slot::by_watermark(0, ROWS, ROWS as u64, 0),
         routing: routing(),
     };
     let settings = vera_worker::WorkerSettings { retention: None, ..vera_worker::WorkerSettings::default() };

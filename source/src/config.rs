@@ -16,6 +16,41 @@ pub enum PayloadKind {
     Path { base_dir: Option<PathBuf> },
 }
 
+/// How a source shows that no row can still become visible at or before a scan position,
+/// so that the producer never moves its watermark past a row that commits later
+/// (see `docs/adr/0004-visibility-horizon.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+pub enum Visibility {
+    /// Scan by the watermark column alone, trusting rows to become visible in watermark
+    /// order. True of SQLite (one writer at a time) and of a table nobody writes to while
+    /// VERA reads it; false of a live PostgreSQL or MySQL table, where a transaction that
+    /// took a smaller id can commit after one that took a larger id.
+    WatermarkOrder,
+    /// PostgreSQL: `column` is an `xid8` holding the inserting transaction's id
+    /// (`DEFAULT pg_current_xact_id()`). Rows are scanned in `(column, watermark)` order,
+    /// and only below `pg_snapshot_xmin(pg_current_snapshot())`: every transaction that
+    /// is still running, or will ever start, has an id at or above it.
+    TransactionId { column: String },
+    /// MySQL/MariaDB: `column` is a `TIMESTAMP(6)` set at insert
+    /// (`DEFAULT CURRENT_TIMESTAMP(6)`, the inserting statement's start). Rows are scanned
+    /// in `(column, watermark)` order, only below the server's clock less
+    /// `settle_millis`, and with a locking read that waits for every transaction still
+    /// open on a row of the range. Complete as long as an INSERT reaches InnoDB within
+    /// `settle_millis` of its statement's start.
+    InsertTime { column: String, settle_millis: u64 },
+}
+
+impl Visibility {
+    /// The horizon column, for a source scanned by one.
+    pub fn column(&self) -> Option<&str> {
+        match self {
+            Visibility::WatermarkOrder => None,
+            Visibility::TransactionId { column } | Visibility::InsertTime { column, .. } => Some(column),
+        }
+    }
+}
+
 /// Which table and columns hold the files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +63,13 @@ pub struct SourceMapping {
     #[serde(default)]
     pub content_type_column: Option<String>,
     pub watermark_column: String,
+    /// How rows are known to be visible; the scan order follows from it.
+    #[serde(default = "watermark_order")]
+    pub visibility: Visibility,
+}
+
+fn watermark_order() -> Visibility {
+    Visibility::WatermarkOrder
 }
 
 impl SourceMapping {
@@ -41,6 +83,7 @@ impl SourceMapping {
             payload: PayloadKind::Inline,
             content_type_column: Some("content_type".into()),
             watermark_column: "id".into(),
+            visibility: Visibility::WatermarkOrder,
         }
     }
 
@@ -55,6 +98,15 @@ impl SourceMapping {
         ];
         if let Some(column) = &self.content_type_column {
             names.push(("content_type_column", column));
+        }
+        let visibility_column = self.visibility.column().map(str::to_owned);
+        if let Some(column) = &visibility_column {
+            names.push(("visibility column", column));
+            if *column == self.watermark_column {
+                return Err(SourceError::Config(format!(
+                    "the visibility column {column:?} must not be the watermark column"
+                )));
+            }
         }
         for (field, name) in names {
             let valid = !name.is_empty()

@@ -4,6 +4,8 @@
 
 use futures::TryStreamExt;
 
+use vera_protocol::message::ScanPosition;
+
 use crate::{RowPayload, Source, SourceMapping};
 
 /// Table `files (id, uid, created_at, content_type, payload)` with an integer `id`
@@ -33,17 +35,17 @@ pub async fn run_all(source: &dyn Source) {
 }
 
 pub async fn slots_respect_row_and_byte_limits(source: &dyn Source) {
-    let slot = source.next_slot(0, 2, u64::MAX).await.expect("plan").expect("rows exist");
+    let slot = source.next_slot(ScanPosition::watermark(0), 2, u64::MAX).await.expect("plan").expect("rows exist");
     assert_eq!((slot.after, slot.up_to, slot.rows), (0, 2, 2));
-    let by_bytes = source.next_slot(2, 100, 10).await.expect("plan").expect("rows exist");
+    let by_bytes = source.next_slot(ScanPosition::watermark(2), 100, 10).await.expect("plan").expect("rows exist");
     assert_eq!((by_bytes.up_to, by_bytes.rows), (3, 1), "the 1000-byte row does not fit 10 bytes");
-    let oversized = source.next_slot(3, 100, 10).await.expect("plan").expect("rows exist");
+    let oversized = source.next_slot(ScanPosition::watermark(3), 100, 10).await.expect("plan").expect("rows exist");
     assert_eq!((oversized.up_to, oversized.rows), (5, 1), "a slot always takes at least one row");
-    assert_eq!(source.next_slot(9, 100, 100).await.expect("plan"), None);
+    assert_eq!(source.next_slot(ScanPosition::watermark(9), 100, 100).await.expect("plan"), None);
 }
 
 pub async fn rows_stream_raw_in_watermark_order(source: &dyn Source) {
-    let slot = source.next_slot(0, 100, u64::MAX).await.expect("plan").expect("rows exist");
+    let slot = source.next_slot(ScanPosition::watermark(0), 100, u64::MAX).await.expect("plan").expect("rows exist");
     let rows: Vec<_> = source.read_slot(slot).try_collect().await.expect("read");
     assert_eq!(rows.iter().map(|r| r.watermark).collect::<Vec<_>>(), vec![1, 2, 3, 5, 9]);
     assert_eq!(rows[0].payload, RowPayload::Inline(b"hi".to_vec()));

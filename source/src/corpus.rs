@@ -486,7 +486,7 @@ mod tests {
         use crate::Source;
         use futures::TryStreamExt;
         let source = crate::sqlite::SqliteSource::open("demo", &path, crate::SourceMapping::demo()).await.unwrap();
-        let all = vera_protocol::message::Slot { after: i64::MIN, up_to: i64::MAX, rows: 0, bytes: 0 };
+        let all = vera_protocol::message::Slot::by_watermark(i64::MIN, i64::MAX, 0, 0);
         let rows: Vec<crate::SourceRow> = source.read_slot(all).try_collect().await.unwrap();
         assert_eq!(rows.len(), 200);
         for row in rows {

@@ -1,10 +1,12 @@
-//! The source seam: rows to pack, read by watermark.
+//! The source seam: rows to pack, read in scan order.
 //!
-//! A source is a SQL table with a monotonically increasing *watermark* column (an
-//! auto-increment id or a sequence: a new row must always get a larger value than every
-//! row already committed). The producer cuts the watermark range into slots; a worker
-//! reads one slot's rows. Late files are files with an old `created_at`, not an old
-//! watermark, and need nothing special.
+//! A source is a SQL table with a *watermark* column (an auto-increment id or a
+//! sequence) and, on a live PostgreSQL or MySQL table, a *visibility horizon* column
+//! ([`Visibility`]). The producer cuts the scan order into slots; a worker reads one
+//! slot's rows. The horizon is what makes this safe while rows keep arriving: a slot only
+//! ever ends below a position that no running or future transaction can still commit
+//! under, so a row that commits out of watermark order is never passed over. Late files
+//! are files with an old `created_at`, not an old watermark, and need nothing special.
 //!
 //! Rows come back *raw* ([`SourceRow`]): a NULL payload, a bad timestamp or a missing
 //! file is the worker's to reject, with a reason, so one bad row never sinks a slot.
@@ -23,14 +25,16 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use vera_protocol::message::Slot;
+use vera_protocol::message::{ScanPosition, Slot};
 
-pub use config::{PayloadKind, SourceMapping};
+pub use config::{PayloadKind, SourceMapping, Visibility};
 
 /// One row as stored, before validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceRow {
     pub watermark: i64,
+    /// The horizon column's value, for a source scanned by one.
+    pub horizon: Option<i64>,
     pub uid: Option<String>,
     /// The `created_at` column as text: RFC 3339, or integer microseconds since the epoch.
     pub created_at: Option<String>,
@@ -45,10 +49,28 @@ pub enum RowPayload {
     Path(PathBuf),
 }
 
+impl SourceRow {
+    pub fn position(&self) -> ScanPosition {
+        ScanPosition { horizon: self.horizon, watermark: self.watermark }
+    }
+}
+
+/// One row's identity, without its payload: what `vera reconcile` compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowKey {
+    pub position: ScanPosition,
+    pub uid: Option<String>,
+    /// As [`SourceRow::created_at`].
+    pub created_at: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("source configuration is invalid: {0}")]
     Config(String),
+    /// The table lacks what a safe scan needs: a column, an index or a privilege.
+    #[error("source table {table} is not ready for a safe scan: {reason}")]
+    Unprepared { table: String, reason: String },
     #[error("source query failed")]
     Query(#[source] sqlx::Error),
 }
@@ -65,10 +87,18 @@ pub trait Source: Send + Sync + 'static {
     /// The name tasks carry to say which source they read.
     fn name(&self) -> &str;
 
-    /// Plans the slot after `after`: the rows with the next watermarks, at most
-    /// `max_rows` rows and `max_bytes` inline payload bytes (but always at least one row).
-    /// `None` when there is no row past `after`.
-    async fn next_slot(&self, after: i64, max_rows: u64, max_bytes: u64) -> Result<Option<Slot>, SourceError>;
+    /// Whether positions carry a horizon value (the source is scanned by a horizon
+    /// column, see [`Visibility`]).
+    fn has_horizon(&self) -> bool;
+
+    /// The current visibility horizon: every row whose horizon value is below it is
+    /// visible or will never be. `None` for a source scanned by its watermark alone.
+    async fn horizon(&self) -> Result<Option<i64>, SourceError>;
+
+    /// Plans the slot after `after`: the next rows in scan order below the visibility
+    /// horizon, at most `max_rows` rows and `max_bytes` inline payload bytes (but always
+    /// at least one row). `None` when there is no such row.
+    async fn next_slot(&self, after: ScanPosition, max_rows: u64, max_bytes: u64) -> Result<Option<Slot>, SourceError>;
 
     /// [`Source::next_slot`], but a slot that a limit cut inside a time slice of `routing`
     /// (a day, under daily buckets) ends instead at the last slice boundary in it, as long
@@ -79,7 +109,7 @@ pub trait Source: Send + Sync + 'static {
     /// default does not align.
     async fn next_slot_aligned(
         &self,
-        after: i64,
+        after: ScanPosition,
         max_rows: u64,
         max_bytes: u64,
         routing: &vera_protocol::routing::RoutingTable,
@@ -88,6 +118,15 @@ pub trait Source: Send + Sync + 'static {
         self.next_slot(after, max_rows, max_bytes).await
     }
 
-    /// Streams the slot's rows (`after < watermark <= up_to`) in watermark order.
+    /// Whether any visible row lies after `after` in scan order, horizon or not: rows
+    /// that [`Source::next_slot`] does not plan yet because their transactions may still
+    /// be followed by earlier ones. A draining producer waits for them.
+    async fn has_rows_after(&self, after: ScanPosition) -> Result<bool, SourceError>;
+
+    /// Streams the slot's rows in scan order.
     fn read_slot(&self, slot: Slot) -> BoxStream<'_, Result<SourceRow, SourceError>>;
+
+    /// Streams the identity of every row with `from < watermark <= to` (the watermark
+    /// column alone, whatever the scan order), in watermark order, without payloads.
+    fn scan_keys(&self, from: i64, to: i64) -> BoxStream<'_, Result<RowKey, SourceError>>;
 }

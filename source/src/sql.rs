@@ -5,9 +5,9 @@
 
 use std::path::PathBuf;
 
-use vera_protocol::message::Slot;
+use vera_protocol::message::{HorizonBounds, ScanPosition, Slot};
 
-use crate::{PayloadKind, RowPayload, SourceError, SourceMapping, SourceRow};
+use crate::{PayloadKind, RowKey, RowPayload, SourceError, SourceMapping, SourceRow};
 
 /// The differences between SQLite, PostgreSQL and MySQL/MariaDB that matter here.
 #[derive(Debug, Clone, Copy)]
@@ -56,29 +56,188 @@ impl Dialect {
     }
 }
 
-/// `SELECT wm, size … WHERE wm > ? ORDER BY wm LIMIT ?`.
-pub(crate) fn next_slot_sql(dialect: Dialect, mapping: &SourceMapping) -> String {
+/// Numbers bound parameters in the dialect's style, in the order they are bound.
+struct Params {
+    dialect: Dialect,
+    next: usize,
+}
+
+impl Params {
+    fn new(dialect: Dialect) -> Self {
+        Params { dialect, next: 1 }
+    }
+
+    fn next(&mut self) -> String {
+        let placeholder = self.dialect.placeholder(self.next);
+        self.next += 1;
+        placeholder
+    }
+}
+
+/// How one dialect reads and compares a horizon column as a 64-bit integer.
+pub(crate) struct HorizonSql {
+    /// The column, quoted.
+    column: String,
+    /// The column's value as BIGINT.
+    value: String,
+    dialect: Dialect,
+}
+
+impl HorizonSql {
+    pub(crate) fn new(dialect: Dialect, mapping: &SourceMapping) -> Option<Self> {
+        let column = dialect.quote(mapping.visibility.column()?);
+        let value = match dialect {
+            // xid8 prints as a decimal 64-bit number (epoch << 32 | xid).
+            Dialect::Postgres => format!("CAST(CAST({column} AS TEXT) AS BIGINT)"),
+            // Microseconds since the epoch; the connection's time zone is UTC.
+            Dialect::MySql => format!("CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {column}) AS SIGNED)"),
+            Dialect::Sqlite => column.clone(),
+        };
+        Some(HorizonSql { column, value, dialect })
+    }
+
+    /// A bound BIGINT parameter as a value of the column's own type, so indexes apply.
+    fn param(&self, placeholder: &str) -> String {
+        match self.dialect {
+            Dialect::Postgres => format!("CAST(CAST(CAST({placeholder} AS BIGINT) AS TEXT) AS xid8)"),
+            Dialect::MySql => format!("TIMESTAMPADD(MICROSECOND, {placeholder}, '1970-01-01 00:00:00')"),
+            Dialect::Sqlite => placeholder.to_owned(),
+        }
+    }
+}
+
+/// `SELECT` of the current horizon as BIGINT, for a dialect with one.
+pub(crate) fn horizon_sql(dialect: Dialect) -> Option<&'static str> {
+    match dialect {
+        Dialect::Postgres => Some("SELECT CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT)"),
+        // The server's clock; the settle window is taken off by the caller. Rows below it
+        // whose transaction is still open are waited for by the planning query's locking
+        // read (see `next_slot_sql`), not looked up: `information_schema.innodb_trx` is a
+        // cache that frequent readers keep from refreshing, so it can miss a transaction.
+        Dialect::MySql => Some("SELECT CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', NOW(6)) AS SIGNED)"),
+        Dialect::Sqlite => None,
+    }
+}
+
+/// Whether a planning query gave up waiting for a lock: a transaction that inserted
+/// below the horizon is still open. Not an error: the slot is planned once it ends.
+pub(crate) fn is_lock_wait_timeout(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(database) => {
+            database.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|mysql| mysql.number() == 1205)
+        }
+        _ => false,
+    }
+}
+
+/// The condition "after the position bound to the next parameters": `(h, wm) > (?, ?)`,
+/// or `wm > ?`, written so that an index on `(h, wm)` or `wm` serves it.
+fn after_condition(horizon: Option<&HorizonSql>, watermark: &str, params: &mut Params) -> String {
+    match horizon {
+        Some(horizon) => {
+            let value = horizon.param(&params.next());
+            let column = &horizon.column;
+            // The same parameter twice: MySQL's `?` cannot be referred to again.
+            let again = horizon.param(&params.next());
+            format!("{column} >= {value} AND ({column} > {again} OR {watermark} > {})", params.next())
+        }
+        None => format!("{watermark} > {}", params.next()),
+    }
+}
+
+/// `(h, wm) <= (?, ?)`, or `wm <= ?`.
+fn up_to_condition(horizon: Option<&HorizonSql>, watermark: &str, params: &mut Params) -> String {
+    match horizon {
+        Some(horizon) => {
+            let value = horizon.param(&params.next());
+            let column = &horizon.column;
+            let again = horizon.param(&params.next());
+            format!("{column} <= {value} AND ({column} < {again} OR {watermark} <= {})", params.next())
+        }
+        None => format!("{watermark} <= {}", params.next()),
+    }
+}
+
+fn order_by(horizon: Option<&HorizonSql>, watermark: &str) -> String {
+    match horizon {
+        Some(horizon) => format!("{}, {watermark}", horizon.column),
+        None => watermark.to_owned(),
+    }
+}
+
+/// Planning query: positions, sizes and `created_at` of the next rows in scan order.
+/// Parameters: the lower bound (`h, h, wm` with a horizon, else `wm`) when `bounded`;
+/// the horizon (with one); the row limit.
+pub(crate) fn next_slot_sql(dialect: Dialect, mapping: &SourceMapping, bounded: bool) -> String {
     let watermark = dialect.quote(&mapping.watermark_column);
+    let horizon = HorizonSql::new(dialect, mapping);
     let size = match mapping.payload {
         PayloadKind::Inline => {
             dialect.as_bigint(&format!("COALESCE({}, 0)", dialect.byte_length(&dialect.quote(&mapping.payload_column))))
         }
         PayloadKind::Path { .. } => dialect.as_bigint("0"),
     };
+    let mut params = Params::new(dialect);
+    let mut conditions = Vec::new();
+    if bounded {
+        conditions.push(after_condition(horizon.as_ref(), &watermark, &mut params));
+    }
+    if let Some(horizon) = &horizon {
+        conditions.push(format!("{} < {}", horizon.column, horizon.param(&params.next())));
+    }
+    let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
+    // MySQL/MariaDB: a locking read (under READ COMMITTED, so without gap locks) waits
+    // for every transaction that has inserted a row in the range and not yet ended,
+    // instead of reading past its invisible rows.
+    let locking = match (dialect, &mapping.visibility) {
+        (Dialect::MySql, crate::Visibility::InsertTime { .. }) => " LOCK IN SHARE MODE",
+        _ => "",
+    };
     format!(
-        "SELECT {wm} AS wm, {size} AS size, {created_at} AS created_at FROM {table} WHERE {watermark} > {p1} \
-         ORDER BY {watermark} LIMIT {p2}",
+        "SELECT {hz} AS hz, {wm} AS wm, {size} AS size, {created_at} AS created_at FROM {table}{filter} \
+         ORDER BY {order} LIMIT {limit}{locking}",
+        hz = horizon.as_ref().map_or_else(|| dialect.as_bigint("NULL"), |h| h.value.clone()),
         wm = dialect.as_bigint(&watermark),
         created_at = dialect.as_text(&dialect.quote(&mapping.created_at_column)),
         table = dialect.quote(&mapping.table),
-        p1 = dialect.placeholder(1),
-        p2 = dialect.placeholder(2),
+        order = order_by(horizon.as_ref(), &watermark),
+        limit = params.next(),
     )
 }
 
-/// `SELECT wm, uid, created_at, content_type, payload … WHERE after < wm <= up_to`.
-pub(crate) fn select_rows_sql(dialect: Dialect, mapping: &SourceMapping) -> String {
+/// `SELECT 1 … LIMIT 1` of a row after the bound position (as [`next_slot_sql`]'s
+/// lower bound), ignoring the horizon; unbounded when not `bounded`.
+pub(crate) fn any_row_after_sql(dialect: Dialect, mapping: &SourceMapping, bounded: bool) -> String {
     let watermark = dialect.quote(&mapping.watermark_column);
+    let horizon = HorizonSql::new(dialect, mapping);
+    let mut params = Params::new(dialect);
+    let filter = if bounded {
+        format!(" WHERE {}", after_condition(horizon.as_ref(), &watermark, &mut params))
+    } else {
+        String::new()
+    };
+    format!("SELECT 1 FROM {table}{filter} LIMIT 1", table = dialect.quote(&mapping.table))
+}
+
+/// The columns every row query selects: `hz, wm, uid, created_at`.
+fn key_columns(dialect: Dialect, mapping: &SourceMapping, horizon: Option<&HorizonSql>) -> String {
+    format!(
+        "{hz} AS hz, {wm} AS wm, {uid} AS uid, {created_at} AS created_at",
+        hz = horizon.map_or_else(|| dialect.as_bigint("NULL"), |h| h.value.clone()),
+        wm = dialect.as_bigint(&dialect.quote(&mapping.watermark_column)),
+        uid = dialect.as_text(&dialect.quote(&mapping.uid_column)),
+        created_at = dialect.as_text(&dialect.quote(&mapping.created_at_column)),
+    )
+}
+
+/// A slot's rows with their payloads, in scan order. Parameters: the lower bound when
+/// `bounded` (as [`next_slot_sql`]), then the upper bound (`h, h, wm`, or `wm`). Bounds
+/// are on the horizon column and the watermark when `by_horizon`, else on the watermark
+/// alone (a slot planned without a horizon).
+pub(crate) fn select_rows_sql(dialect: Dialect, mapping: &SourceMapping, by_horizon: bool, bounded: bool) -> String {
+    let watermark = dialect.quote(&mapping.watermark_column);
+    let selected_horizon = HorizonSql::new(dialect, mapping);
+    let horizon = selected_horizon.as_ref().filter(|_| by_horizon);
     let content_type = mapping
         .content_type_column
         .as_deref()
@@ -87,16 +246,54 @@ pub(crate) fn select_rows_sql(dialect: Dialect, mapping: &SourceMapping) -> Stri
         PayloadKind::Inline => dialect.quote(&mapping.payload_column),
         PayloadKind::Path { .. } => dialect.as_text(&dialect.quote(&mapping.payload_column)),
     };
+    let mut params = Params::new(dialect);
+    let mut conditions = Vec::new();
+    if bounded {
+        conditions.push(after_condition(horizon, &watermark, &mut params));
+    }
+    conditions.push(up_to_condition(horizon, &watermark, &mut params));
     format!(
-        "SELECT {wm} AS wm, {uid} AS uid, {created_at} AS created_at, {content_type} AS content_type, {payload} AS payload \
-         FROM {table} WHERE {watermark} > {p1} AND {watermark} <= {p2} ORDER BY {watermark}",
-        wm = dialect.as_bigint(&watermark),
-        uid = dialect.as_text(&dialect.quote(&mapping.uid_column)),
-        created_at = dialect.as_text(&dialect.quote(&mapping.created_at_column)),
+        "SELECT {keys}, {content_type} AS content_type, {payload} AS payload FROM {table} WHERE {filter} ORDER BY {order}",
+        keys = key_columns(dialect, mapping, selected_horizon.as_ref()),
+        table = dialect.quote(&mapping.table),
+        filter = conditions.join(" AND "),
+        order = order_by(horizon, &watermark),
+    )
+}
+
+/// Reads no row, but fails unless every mapped column can be read.
+pub(crate) fn probe_sql(dialect: Dialect, mapping: &SourceMapping) -> String {
+    select_rows_sql(dialect, mapping, true, true).split(" WHERE ").next().unwrap_or_default().to_owned()
+        + " WHERE 1 = 0"
+}
+
+/// What a failed probe or check query says, for [`SourceError::Unprepared`].
+pub(crate) fn database_message(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(database) => database.message().to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Every row's identity with `? < wm <= ?`, in watermark order (for reconciliation).
+pub(crate) fn scan_keys_sql(dialect: Dialect, mapping: &SourceMapping) -> String {
+    let watermark = dialect.quote(&mapping.watermark_column);
+    let horizon = HorizonSql::new(dialect, mapping);
+    format!(
+        "SELECT {keys} FROM {table} WHERE {watermark} > {p1} AND {watermark} <= {p2} ORDER BY {watermark}",
+        keys = key_columns(dialect, mapping, horizon.as_ref()),
         table = dialect.quote(&mapping.table),
         p1 = dialect.placeholder(1),
         p2 = dialect.placeholder(2),
     )
+}
+
+/// The values a bound of `position` binds, in the order the conditions above use them.
+pub(crate) fn position_binds(position: ScanPosition) -> Vec<i64> {
+    match position.horizon {
+        Some(horizon) => vec![horizon, horizon, position.watermark],
+        None => vec![position.watermark],
+    }
 }
 
 /// Where path payloads resolve, or `None` for inline payloads.
@@ -132,22 +329,42 @@ where
             None => RowPayload::Null,
         },
     };
-    let created_at: Option<String> = row.try_get("created_at").map_err(SourceError::Query)?;
+    let key = convert_key(row)?;
     Ok(SourceRow {
-        watermark: row.try_get("wm").map_err(SourceError::Query)?,
-        uid: row.try_get("uid").map_err(SourceError::Query)?,
-        created_at: created_at.map(|text| normalize_sql_timestamp(&text)),
+        watermark: key.position.watermark,
+        horizon: key.position.horizon,
+        uid: key.uid,
+        created_at: key.created_at,
         content_type: row.try_get("content_type").map_err(SourceError::Query)?,
         payload,
     })
 }
 
-/// Cuts one slot from rows in watermark order: at most `max_rows` rows and `max_bytes`
+/// Decodes the `hz, wm, uid, created_at` columns of a row query.
+pub(crate) fn convert_key<R>(row: &R) -> Result<RowKey, SourceError>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let created_at: Option<String> = row.try_get("created_at").map_err(SourceError::Query)?;
+    Ok(RowKey {
+        position: ScanPosition {
+            horizon: row.try_get("hz").map_err(SourceError::Query)?,
+            watermark: row.try_get("wm").map_err(SourceError::Query)?,
+        },
+        uid: row.try_get("uid").map_err(SourceError::Query)?,
+        created_at: created_at.map(|text| normalize_sql_timestamp(&text)),
+    })
+}
+
+/// Cuts one slot from rows in scan order: at most `max_rows` rows and `max_bytes`
 /// inline bytes (always at least one row), and with a routing table, back to the last
 /// time-slice boundary when a limit cut the slot inside a slice (see
 /// [`crate::Source::next_slot_aligned`]).
 pub struct SlotCutter<'a> {
-    after: i64,
+    after: ScanPosition,
     max_rows: u64,
     max_bytes: u64,
     align: Option<&'a vera_protocol::routing::RoutingTable>,
@@ -159,11 +376,13 @@ pub struct SlotCutter<'a> {
     before_last_change: Option<Slot>,
     /// `Some(slice of the first row left out)` once a limit cut the slot.
     cut_before: Option<Option<(u16, i32)>>,
+    /// Rows whose position equalled the row before them (duplicate watermark values).
+    duplicates: u64,
 }
 
 impl<'a> SlotCutter<'a> {
     pub fn new(
-        after: i64,
+        after: ScanPosition,
         max_rows: u64,
         max_bytes: u64,
         align: Option<&'a vera_protocol::routing::RoutingTable>,
@@ -177,10 +396,11 @@ impl<'a> SlotCutter<'a> {
             max_slice: None,
             before_last_change: None,
             cut_before: None,
+            duplicates: 0,
         }
     }
 
-    pub fn after(&self) -> i64 {
+    pub fn after(&self) -> ScanPosition {
         self.after
     }
 
@@ -196,13 +416,25 @@ impl<'a> SlotCutter<'a> {
     }
 
     /// Offers the next row; `false` when it does not fit (the slot is complete).
-    pub fn push(&mut self, watermark: i64, size: u64, created_at: Option<&str>) -> bool {
+    pub fn push(&mut self, position: ScanPosition, size: u64, created_at: Option<&str>) -> bool {
+        let last = self.slot.as_ref().map(Slot::end);
+        if last == Some(position) {
+            // A slot reads every row of its range, so a duplicate of the slot's last
+            // position is already in it, whatever the limits say.
+            self.duplicates += 1;
+            if let Some(slot) = self.slot.as_mut() {
+                slot.rows += 1;
+                slot.bytes = slot.bytes.saturating_add(size);
+            }
+            return true;
+        }
+        debug_assert!(last.is_none_or(|last| position > last), "rows come in scan order");
         let slice = self.slice(created_at);
         let full = self.slot.as_ref().is_some_and(|slot| slot.rows >= self.max_rows);
         // The slot as it stands, before this row: it ends on a slice boundary if the row
         // starts a new slice.
         let before = self.slot;
-        if full || !grow_slot(&mut self.slot, self.after, watermark, size, self.max_bytes) {
+        if full || !grow_slot(&mut self.slot, self.after, position, size, self.max_bytes) {
             self.cut_before = Some(slice);
             return false;
         }
@@ -219,6 +451,14 @@ impl<'a> SlotCutter<'a> {
 
     /// The slot, cut back to its last slice boundary when a limit cut it inside a slice.
     pub fn finish(self) -> Option<Slot> {
+        if self.duplicates > 0 {
+            tracing::warn!(
+                after = %self.after,
+                duplicates = self.duplicates,
+                "rows share a watermark value with the row before them; each slot takes all rows of a value, \
+                 so none is skipped, but the watermark column should be unique"
+            );
+        }
         let slot = self.slot?;
         let Some(next_slice) = self.cut_before else { return Some(slot) };
         // The row left out would start a later slice: the slot already ends on a boundary.
@@ -231,15 +471,29 @@ impl<'a> SlotCutter<'a> {
 }
 
 /// Grows a slot by one row; `false` when the row does not fit (the slot is complete).
-pub(crate) fn grow_slot(slot: &mut Option<Slot>, after: i64, watermark: i64, size: u64, max_bytes: u64) -> bool {
+pub(crate) fn grow_slot(
+    slot: &mut Option<Slot>,
+    after: ScanPosition,
+    position: ScanPosition,
+    size: u64,
+    max_bytes: u64,
+) -> bool {
+    let horizon = |up_to: Option<i64>| up_to.map(|up_to| HorizonBounds { after: after.horizon, up_to });
     match slot {
         None => {
-            *slot = Some(Slot { after, up_to: watermark, rows: 1, bytes: size });
+            *slot = Some(Slot {
+                after: after.watermark,
+                up_to: position.watermark,
+                rows: 1,
+                bytes: size,
+                horizon: horizon(position.horizon),
+            });
             true
         }
         Some(current) if current.bytes.saturating_add(size) > max_bytes => false,
         Some(current) => {
-            current.up_to = watermark;
+            current.up_to = position.watermark;
+            current.horizon = horizon(position.horizon);
             current.rows += 1;
             current.bytes += size;
             true
@@ -285,22 +539,62 @@ pub fn normalize_sql_timestamp(text: &str) -> String {
 macro_rules! impl_sql_source {
     ($source:ty, $dialect:expr) => {
         impl $source {
-            /// Feeds the rows after the cutter's watermark (one more than its row limit,
-            /// to see where the next slot would start) until the slot is complete.
+            /// Fails, naming the table, unless every mapped column can be read.
+            async fn probe_columns(&self) -> Result<(), $crate::SourceError> {
+                sqlx::query(&$crate::sql::probe_sql($dialect, &self.mapping))
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|error| $crate::SourceError::Unprepared {
+                        table: self.mapping.table.clone(),
+                        reason: format!("the mapped columns cannot be read: {}", $crate::sql::database_message(&error)),
+                    })
+            }
+
+            /// Feeds the rows after the cutter's position, below the horizon (one more
+            /// than its row limit, to see where the next slot would start) until the slot
+            /// is complete.
             async fn cut_slot(
                 &self,
                 mut cutter: $crate::sql::SlotCutter<'_>,
             ) -> Result<Option<vera_protocol::message::Slot>, $crate::SourceError> {
                 use futures::StreamExt;
                 use sqlx::Row;
-                let sql = $crate::sql::next_slot_sql($dialect, &self.mapping);
-                let mut rows = sqlx::query(&sql).bind(cutter.after()).bind(cutter.query_limit()).fetch(&self.pool);
+                let horizon = $crate::Source::horizon(self).await?;
+                let after = cutter.after();
+                // A source scanned by a horizon starts with no lower bound.
+                let bounded = horizon.is_none() || after.horizon.is_some();
+                let sql = $crate::sql::next_slot_sql($dialect, &self.mapping, bounded);
+                let mut query = sqlx::query(&sql);
+                if bounded {
+                    for value in $crate::sql::position_binds(after) {
+                        query = query.bind(value);
+                    }
+                }
+                if let Some(horizon) = horizon {
+                    query = query.bind(horizon);
+                }
+                let mut rows = query.bind(cutter.query_limit()).fetch(&self.pool);
                 while let Some(row) = rows.next().await {
-                    let row = row.map_err($crate::SourceError::Query)?;
-                    let watermark: i64 = row.try_get("wm").map_err($crate::SourceError::Query)?;
+                    let row = match row {
+                        Ok(row) => row,
+                        Err(error) if $crate::sql::is_lock_wait_timeout(&error) => {
+                            tracing::warn!(
+                                after = %after,
+                                "a transaction that inserted rows below the visibility horizon is still open; \
+                                 waiting for it to end before planning past them"
+                            );
+                            return Ok(None);
+                        }
+                        Err(error) => return Err($crate::SourceError::Query(error)),
+                    };
+                    let position = vera_protocol::message::ScanPosition {
+                        horizon: row.try_get("hz").map_err($crate::SourceError::Query)?,
+                        watermark: row.try_get("wm").map_err($crate::SourceError::Query)?,
+                    };
                     let size = row.try_get::<i64, _>("size").map_err($crate::SourceError::Query)?;
                     let created_at: Option<String> = row.try_get("created_at").map_err($crate::SourceError::Query)?;
-                    if !cutter.push(watermark, u64::try_from(size).unwrap_or(0), created_at.as_deref()) {
+                    if !cutter.push(position, u64::try_from(size).unwrap_or(0), created_at.as_deref()) {
                         break;
                     }
                 }
@@ -314,9 +608,47 @@ macro_rules! impl_sql_source {
                 &self.name
             }
 
+            fn has_horizon(&self) -> bool {
+                self.mapping.visibility.column().is_some()
+            }
+
+            async fn horizon(&self) -> Result<Option<i64>, $crate::SourceError> {
+                let settle_micros = match &self.mapping.visibility {
+                    $crate::Visibility::WatermarkOrder => return Ok(None),
+                    $crate::Visibility::TransactionId { .. } => 0,
+                    $crate::Visibility::InsertTime { settle_millis, .. } => {
+                        i64::try_from(settle_millis.saturating_mul(1000)).unwrap_or(i64::MAX)
+                    }
+                };
+                let Some(sql) = $crate::sql::horizon_sql($dialect) else {
+                    return Err($crate::SourceError::Config("this database has no visibility horizon".into()));
+                };
+                let value: Option<i64> =
+                    sqlx::query_scalar(sql).fetch_one(&self.pool).await.map_err($crate::SourceError::Query)?;
+                let value = value.ok_or_else(|| {
+                    $crate::SourceError::Config("the database returned no visibility horizon".into())
+                })?;
+                Ok(Some(value.saturating_sub(settle_micros)))
+            }
+
+            async fn has_rows_after(
+                &self,
+                after: vera_protocol::message::ScanPosition,
+            ) -> Result<bool, $crate::SourceError> {
+                let bounded = !$crate::Source::has_horizon(self) || after.horizon.is_some();
+                let sql = $crate::sql::any_row_after_sql($dialect, &self.mapping, bounded);
+                let mut query = sqlx::query(&sql);
+                if bounded {
+                    for value in $crate::sql::position_binds(after) {
+                        query = query.bind(value);
+                    }
+                }
+                Ok(query.fetch_optional(&self.pool).await.map_err($crate::SourceError::Query)?.is_some())
+            }
+
             async fn next_slot(
                 &self,
-                after: i64,
+                after: vera_protocol::message::ScanPosition,
                 max_rows: u64,
                 max_bytes: u64,
             ) -> Result<Option<vera_protocol::message::Slot>, $crate::SourceError> {
@@ -325,7 +657,7 @@ macro_rules! impl_sql_source {
 
             async fn next_slot_aligned(
                 &self,
-                after: i64,
+                after: vera_protocol::message::ScanPosition,
                 max_rows: u64,
                 max_bytes: u64,
                 routing: &vera_protocol::routing::RoutingTable,
@@ -338,15 +670,52 @@ macro_rules! impl_sql_source {
                 slot: vera_protocol::message::Slot,
             ) -> futures::stream::BoxStream<'_, Result<$crate::SourceRow, $crate::SourceError>> {
                 use futures::StreamExt;
-                let sql = $crate::sql::select_rows_sql($dialect, &self.mapping);
+                let by_horizon = slot.horizon.is_some() && $crate::Source::has_horizon(self);
+                let bounded = !by_horizon || slot.start().horizon.is_some();
+                let sql = $crate::sql::select_rows_sql($dialect, &self.mapping, by_horizon, bounded);
+                let (start, end) = if by_horizon {
+                    (slot.start(), slot.end())
+                } else {
+                    (
+                        vera_protocol::message::ScanPosition::watermark(slot.after),
+                        vera_protocol::message::ScanPosition::watermark(slot.up_to),
+                    )
+                };
                 let base_dir = $crate::sql::path_base(&self.mapping);
                 let pool = self.pool.clone();
                 // Rows stream straight from the cursor: memory holds one row at a time.
                 async_stream::try_stream! {
-                    let mut rows = sqlx::query(&sql).bind(slot.after).bind(slot.up_to).fetch(&pool);
+                    let mut query = sqlx::query(&sql);
+                    if bounded {
+                        for value in $crate::sql::position_binds(start) {
+                            query = query.bind(value);
+                        }
+                    }
+                    for value in $crate::sql::position_binds(end) {
+                        query = query.bind(value);
+                    }
+                    let mut rows = query.fetch(&pool);
                     while let Some(row) = rows.next().await {
                         let row = row.map_err($crate::SourceError::Query)?;
                         yield $crate::sql::convert_row(&row, base_dir.as_ref())?;
+                    }
+                }
+                .boxed()
+            }
+
+            fn scan_keys(
+                &self,
+                from: i64,
+                to: i64,
+            ) -> futures::stream::BoxStream<'_, Result<$crate::RowKey, $crate::SourceError>> {
+                use futures::StreamExt;
+                let sql = $crate::sql::scan_keys_sql($dialect, &self.mapping);
+                let pool = self.pool.clone();
+                async_stream::try_stream! {
+                    let mut rows = sqlx::query(&sql).bind(from).bind(to).fetch(&pool);
+                    while let Some(row) = rows.next().await {
+                        let row = row.map_err($crate::SourceError::Query)?;
+                        yield $crate::sql::convert_key(&row)?;
                     }
                 }
                 .boxed()

@@ -1,4 +1,11 @@
 //! SQLite source through sqlx: the embedded default.
+//!
+//! SQLite has one writer at a time: a transaction takes the write lock before it
+//! inserts, and a row's id is assigned under that lock, so rows become visible in id
+//! order and the watermark scan is complete without a horizon. Two caveats, in the
+//! README's configuration notes: with a plain `INTEGER PRIMARY KEY` SQLite reuses the id
+//! of a deleted last row (declare `AUTOINCREMENT` if rows are ever deleted), and ids
+//! given explicitly by the application must still only grow.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -20,6 +27,13 @@ impl SqliteSource {
     /// Opens an existing database read-only.
     pub async fn open(name: &str, path: impl AsRef<Path>, mapping: SourceMapping) -> Result<Self, SourceError> {
         mapping.validate()?;
+        if mapping.visibility != crate::Visibility::WatermarkOrder {
+            // One writer at a time: a row id is taken inside the write transaction that
+            // commits it, so ids become visible in order and no horizon is needed.
+            return Err(SourceError::Config(
+                "SQLite has a single writer and is scanned in watermark order; it takes no visibility column".into(),
+            ));
+        }
         let url = format!("sqlite://{}", path.as_ref().display());
         let options = SqliteConnectOptions::from_str(&url)
             .map_err(|e| SourceError::Config(format!("invalid sqlite path: {e}")))?
@@ -27,7 +41,9 @@ impl SqliteSource {
             .busy_timeout(Duration::from_secs(30));
         let pool =
             SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(SourceError::Query)?;
-        Ok(SqliteSource { name: name.to_owned(), pool, mapping })
+        let source = SqliteSource { name: name.to_owned(), pool, mapping };
+        source.probe_columns().await?;
+        Ok(source)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The SQLite source plans slots by rows and bytes and streams raw rows, bad ones included.
 use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
+use vera_protocol::message::ScanPosition;
 
 use futures::TryStreamExt;
 use vera_source::sqlite::SqliteSource;
@@ -47,9 +48,10 @@ async fn path_payloads_resolve_against_base_dir_and_bad_identifiers_are_refused(
         payload: PayloadKind::Path { base_dir: Some(dir.path().to_path_buf()) },
         content_type_column: None,
         watermark_column: "seq".into(),
+        visibility: vera_source::Visibility::WatermarkOrder,
     };
     let source = SqliteSource::open("docs", &path, mapping.clone()).await.unwrap();
-    let slot = source.next_slot(0, 10, 10).await.unwrap().unwrap();
+    let slot = source.next_slot(ScanPosition::watermark(0), 10, 10).await.unwrap().unwrap();
     let rows: Vec<_> = source.read_slot(slot).try_collect().await.unwrap();
     assert_eq!(rows[0].payload, RowPayload::Path(dir.path().join("sub/x.pdf")));
     let hostile = SourceMapping { table: "docs; DROP TABLE docs".into(), ..mapping };
@@ -84,20 +86,45 @@ async fn aligned_slots_end_on_day_boundaries_when_a_limit_cuts_inside_a_day() {
     let cut = |slot: Option<vera_protocol::message::Slot>| slot.map(|s| (s.after, s.up_to, s.rows, s.bytes));
 
     // 15 rows would take 5 of day 2: the slot ends with day 1 instead.
-    assert_eq!(cut(source.next_slot(0, 15, u64::MAX).await.unwrap()), Some((0, 15, 15, 150)), "unaligned");
-    assert_eq!(cut(source.next_slot_aligned(0, 15, u64::MAX, &routing).await.unwrap()), Some((0, 10, 10, 100)));
+    assert_eq!(
+        cut(source.next_slot(ScanPosition::watermark(0), 15, u64::MAX).await.unwrap()),
+        Some((0, 15, 15, 150)),
+        "unaligned"
+    );
+    assert_eq!(
+        cut(source.next_slot_aligned(ScanPosition::watermark(0), 15, u64::MAX, &routing).await.unwrap()),
+        Some((0, 10, 10, 100))
+    );
     // The tail is not cut by a limit: nothing to align.
-    assert_eq!(cut(source.next_slot_aligned(10, 15, u64::MAX, &routing).await.unwrap()), Some((10, 20, 10, 100)));
+    assert_eq!(
+        cut(source.next_slot_aligned(ScanPosition::watermark(10), 15, u64::MAX, &routing).await.unwrap()),
+        Some((10, 20, 10, 100))
+    );
     // A limit that already falls on the boundary keeps the slot whole.
-    assert_eq!(cut(source.next_slot_aligned(0, 10, u64::MAX, &routing).await.unwrap()), Some((0, 10, 10, 100)));
+    assert_eq!(
+        cut(source.next_slot_aligned(ScanPosition::watermark(0), 10, u64::MAX, &routing).await.unwrap()),
+        Some((0, 10, 10, 100))
+    );
     // The byte limit aligns the same way (12 rows fit in 125 bytes).
-    assert_eq!(cut(source.next_slot_aligned(0, 100, 125, &routing).await.unwrap()), Some((0, 10, 10, 100)));
+    assert_eq!(
+        cut(source.next_slot_aligned(ScanPosition::watermark(0), 100, 125, &routing).await.unwrap()),
+        Some((0, 10, 10, 100))
+    );
     // Cutting back would keep less than half the slot: it stays as the limit cut it.
     let early = two_days(dir.path(), 3, 17, None).await;
-    assert_eq!(cut(early.next_slot_aligned(0, 15, u64::MAX, &routing).await.unwrap()), Some((0, 15, 15, 150)));
+    assert_eq!(
+        cut(early.next_slot_aligned(ScanPosition::watermark(0), 15, u64::MAX, &routing).await.unwrap()),
+        Some((0, 15, 15, 150))
+    );
     // A late row of day 1 among day 2's rows is no boundary: the cut stays where day 2 began.
     let late = two_days(dir.path(), 10, 10, Some(13)).await;
-    assert_eq!(cut(late.next_slot_aligned(0, 15, u64::MAX, &routing).await.unwrap()), Some((0, 10, 10, 100)));
+    assert_eq!(
+        cut(late.next_slot_aligned(ScanPosition::watermark(0), 15, u64::MAX, &routing).await.unwrap()),
+        Some((0, 10, 10, 100))
+    );
     // Inside one day there is no boundary to cut at.
-    assert_eq!(cut(early.next_slot_aligned(3, 5, u64::MAX, &routing).await.unwrap()), Some((3, 8, 5, 50)));
+    assert_eq!(
+        cut(early.next_slot_aligned(ScanPosition::watermark(3), 5, u64::MAX, &routing).await.unwrap()),
+        Some((3, 8, 5, 50))
+    );
 }

@@ -55,7 +55,7 @@ async fn worker_packs_into_s3_with_object_lock_and_every_file_reads_back() {
     let task = PackTask {
         task_id: format!("demo:0-{ROWS}"),
         source: "demo".into(),
-        slot: Slot { after: 0, up_to: ROWS, rows: ROWS as u64, bytes: 0 },
+        slot: Slot::by_watermark(0, ROWS, ROWS as u64, 0),
         routing: routing.clone(),
     };
     let settings = WorkerSettings {

@@ -48,7 +48,7 @@ pub struct ValidRow {
 /// Validates one row and loads its payload. Blocking (reads files): call from a blocking
 /// context. `seen` holds the uids already accepted in this slot.
 pub fn validate_row(row: SourceRow, max_file_bytes: u64, seen: &mut HashSet<String>) -> Result<ValidRow, Rejection> {
-    let SourceRow { watermark, uid, created_at, content_type, payload } = row;
+    let SourceRow { watermark, uid, created_at, content_type, payload, .. } = row;
     let reject = |uid: Option<String>, reason, detail: String| Rejection { watermark, uid, reason, detail };
     let Some(uid) = uid else {
         return Err(reject(None, RejectReason::MissingUid, "uid is NULL".into()));
@@ -109,6 +109,7 @@ mod tests {
     fn row(uid: Option<&str>, created_at: Option<&str>, payload: RowPayload) -> SourceRow {
         SourceRow {
             watermark: 7,
+            horizon: None,
             uid: uid.map(str::to_owned),
             created_at: created_at.map(str::to_owned),
             content_type: None,

@@ -64,7 +64,7 @@ fn slot_task(after: i64, up_to: i64) -> PackTask {
     PackTask {
         task_id: format!("demo:{after}-{up_to}"),
         source: "demo".into(),
-        slot: Slot { after, up_to, rows: (up_to - after) as u64, bytes: 0 },
+        slot: Slot::by_watermark(after, up_to, (up_to - after) as u64, 0),
         routing: routing(),
     }
 }

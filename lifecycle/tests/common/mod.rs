@@ -70,7 +70,7 @@ pub async fn world_on(
     let task = PackTask {
         task_id: "demo:0-120".into(),
         source: "demo".into(),
-        slot: Slot { after: 0, up_to: ROWS, rows: ROWS as u64, bytes: 0 },
+        slot: Slot::by_watermark(0, ROWS, ROWS as u64, 0),
         routing: routing(),
     };
     let settings = vera_worker::WorkerSettings { retention, ..vera_worker::WorkerSettings::default() };
