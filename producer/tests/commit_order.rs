@@ -42,6 +42,12 @@ fn mysql_url() -> String {
     std::env::var("VERA_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
 }
 
+/// The MariaDB settle window: short for the checks, `VERA_TEST_SETTLE_MS` for a
+/// measurement at the default (1000).
+fn settle_millis() -> u64 {
+    std::env::var("VERA_TEST_SETTLE_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(200)
+}
+
 fn seed() -> u64 {
     std::env::var("VERA_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random)
 }
@@ -127,7 +133,7 @@ impl Table {
     fn mapping(&self, safe: bool) -> SourceMapping {
         let visibility = match (self.db, safe) {
             (Db::Postgres, true) => Visibility::TransactionId { column: PG_XID.into() },
-            (Db::MySql, true) => Visibility::InsertTime { column: MY_TIME.into(), settle_millis: 200 },
+            (Db::MySql, true) => Visibility::InsertTime { column: MY_TIME.into(), settle_millis: settle_millis() },
             _ => Visibility::WatermarkOrder,
         };
         SourceMapping { table: self.name.clone(), visibility, ..SourceMapping::demo() }
@@ -275,6 +281,44 @@ async fn mariadb_out_of_order_commit_is_waited_for() {
     out_of_order_commit(Db::MySql).await;
 }
 
+/// A producer following a table into a local store over the embedded bus.
+struct Following {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn ObjectStore>,
+    bus: Arc<dyn Bus>,
+    routing: RoutingTable,
+    source: Arc<dyn Source>,
+    shutdown: CancellationToken,
+    producer: tokio::task::JoinHandle<Result<vera_producer::ProducerReport, vera_producer::ProducerError>>,
+}
+
+impl Following {
+    async fn start(table: &Table, safe: bool, slot_rows: u64) -> Following {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(dir.path().join("store")).unwrap());
+        let bus: Arc<dyn Bus> = Arc::new(SqliteBus::open(dir.path().join("bus.sqlite"), 5).await.unwrap());
+        let routing = RoutingTable::single(RoutingEpoch::v1(2).unwrap());
+        let source = table.source(safe).await;
+        let shutdown = CancellationToken::new();
+        let settings = ProducerSettings {
+            max_rows_per_slot: slot_rows,
+            max_bytes_per_slot: 1 << 30,
+            start_after: i64::MIN,
+            poll_interval_millis: 50,
+            routing: routing.clone(),
+        };
+        let producer = tokio::spawn(run_producer(
+            Arc::clone(&source),
+            Arc::clone(&store),
+            Arc::clone(&bus),
+            settings,
+            RunMode::Follow,
+            shutdown.clone(),
+        ));
+        Following { _dir: dir, store, bus, routing, source, shutdown, producer }
+    }
+}
+
 /// What one run of the writers committed, and what reconcile found.
 struct Outcome {
     committed: u64,
@@ -289,27 +333,7 @@ async fn concurrent_writers(db: Db, safe: bool, writers: usize, transactions: us
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     let seed = seed();
     let table = Table::create(db).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(dir.path().join("store")).unwrap());
-    let bus: Arc<dyn Bus> = Arc::new(SqliteBus::open(dir.path().join("bus.sqlite"), 5).await.unwrap());
-    let routing = RoutingTable::single(RoutingEpoch::v1(2).unwrap());
-    let source = table.source(safe).await;
-    let shutdown = CancellationToken::new();
-    let settings = ProducerSettings {
-        max_rows_per_slot: 16,
-        max_bytes_per_slot: 1 << 30,
-        start_after: i64::MIN,
-        poll_interval_millis: 50,
-        routing: routing.clone(),
-    };
-    let producer = tokio::spawn(run_producer(
-        Arc::clone(&source),
-        Arc::clone(&store),
-        Arc::clone(&bus),
-        settings,
-        RunMode::Follow,
-        shutdown.clone(),
-    ));
+    let Following { _dir, store, bus, routing, source, shutdown, producer } = Following::start(&table, safe, 16).await;
     let workers: Vec<_> = (0..2)
         .map(|n| {
             let worker_settings =
@@ -433,5 +457,50 @@ async fn watermark_order_scan_loses_rows_under_concurrent_writers() {
             "{db:?}: seed {} committed {} rolled back {} stored {} missing {}",
             outcome.seed, outcome.committed, outcome.rolled_back, outcome.report.stored, outcome.report.missing
         );
+    }
+}
+
+/// Pack lag the horizon adds when no transaction is long: rows committed one at a time,
+/// the producer following; the time from each commit until the producer's committed
+/// position covers the row. Prints median and maximum, with and without the horizon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement for docs/benchmarks.md, not a check"]
+async fn pack_lag_added_by_the_horizon() {
+    use futures::StreamExt;
+    for db in [Db::Postgres, Db::MySql] {
+        for safe in [false, true] {
+            let table = Table::create(db).await;
+            let Following { _dir, store, source, shutdown, producer, .. } = Following::start(&table, safe, 1000).await;
+            let watermarks = vera_producer::WatermarkStore::new(Arc::clone(&store), "co");
+            let mut writer = Writer::open(&table).await;
+            let mut lags = Vec::new();
+            for n in 0..20 {
+                writer.run(&table.insert_sql(&format!("lag{n}"), CREATED_AT)).await;
+                let committed_at = std::time::Instant::now();
+                let mut keys = source.scan_keys(i64::from(n), i64::from(n) + 1);
+                let position = keys.next().await.expect("the row").unwrap().position;
+                drop(keys);
+                loop {
+                    let state = watermarks.peek().await.unwrap();
+                    if state.is_some_and(|state| state.position() >= position) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                lags.push(committed_at.elapsed().as_secs_f64() * 1000.0);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            shutdown.cancel();
+            producer.await.unwrap().unwrap();
+            table.drop_table().await;
+            lags.sort_by(f64::total_cmp);
+            println!(
+                "{db:?} {}: pack lag median {:.0} ms, max {:.0} ms over {} rows",
+                if safe { "horizon" } else { "watermark order" },
+                lags[lags.len() / 2],
+                lags[lags.len() - 1],
+                lags.len()
+            );
+        }
     }
 }

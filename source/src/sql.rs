@@ -238,6 +238,23 @@ pub(crate) fn select_rows_sql(dialect: Dialect, mapping: &SourceMapping, by_hori
     let watermark = dialect.quote(&mapping.watermark_column);
     let selected_horizon = HorizonSql::new(dialect, mapping);
     let horizon = selected_horizon.as_ref().filter(|_| by_horizon);
+    let mut params = Params::new(dialect);
+    let mut conditions = Vec::new();
+    if bounded {
+        conditions.push(after_condition(horizon, &watermark, &mut params));
+    }
+    conditions.push(up_to_condition(horizon, &watermark, &mut params));
+    format!(
+        "SELECT {columns} FROM {table} WHERE {filter} ORDER BY {order}",
+        columns = row_columns(dialect, mapping),
+        table = dialect.quote(&mapping.table),
+        filter = conditions.join(" AND "),
+        order = order_by(horizon, &watermark),
+    )
+}
+
+/// Everything a row query selects: the key columns, `content_type` and `payload`.
+fn row_columns(dialect: Dialect, mapping: &SourceMapping) -> String {
     let content_type = mapping
         .content_type_column
         .as_deref()
@@ -246,25 +263,15 @@ pub(crate) fn select_rows_sql(dialect: Dialect, mapping: &SourceMapping, by_hori
         PayloadKind::Inline => dialect.quote(&mapping.payload_column),
         PayloadKind::Path { .. } => dialect.as_text(&dialect.quote(&mapping.payload_column)),
     };
-    let mut params = Params::new(dialect);
-    let mut conditions = Vec::new();
-    if bounded {
-        conditions.push(after_condition(horizon, &watermark, &mut params));
-    }
-    conditions.push(up_to_condition(horizon, &watermark, &mut params));
     format!(
-        "SELECT {keys}, {content_type} AS content_type, {payload} AS payload FROM {table} WHERE {filter} ORDER BY {order}",
-        keys = key_columns(dialect, mapping, selected_horizon.as_ref()),
-        table = dialect.quote(&mapping.table),
-        filter = conditions.join(" AND "),
-        order = order_by(horizon, &watermark),
+        "{keys}, {content_type} AS content_type, {payload} AS payload",
+        keys = key_columns(dialect, mapping, HorizonSql::new(dialect, mapping).as_ref()),
     )
 }
 
 /// Reads no row, but fails unless every mapped column can be read.
 pub(crate) fn probe_sql(dialect: Dialect, mapping: &SourceMapping) -> String {
-    select_rows_sql(dialect, mapping, true, true).split(" WHERE ").next().unwrap_or_default().to_owned()
-        + " WHERE 1 = 0"
+    format!("SELECT {} FROM {} WHERE 1 = 0", row_columns(dialect, mapping), dialect.quote(&mapping.table))
 }
 
 /// What a failed probe or check query says, for [`SourceError::Unprepared`].
@@ -741,5 +748,49 @@ mod tests {
         for text in ["2026-11-24 10:00:00+00", "2026-11-24 10:00:00.5", "2026-11-24 10:00:00-05:30"] {
             assert!(vera_protocol::Timestamp::parse(&normalize(text)).is_ok(), "{text}");
         }
+    }
+}
+
+#[cfg(test)]
+mod cutter_tests {
+    use vera_protocol::message::{HorizonBounds, ScanPosition};
+
+    use super::SlotCutter;
+
+    fn at(horizon: i64, watermark: i64) -> ScanPosition {
+        ScanPosition { horizon: Some(horizon), watermark }
+    }
+
+    #[test]
+    fn a_horizon_slot_spans_pairs_whose_watermark_goes_down() {
+        let mut cutter = SlotCutter::new(ScanPosition::START, 3, u64::MAX, None);
+        for position in [at(7, 50), at(8, 3), at(8, 4), at(9, 1)] {
+            if !cutter.push(position, 10, None) {
+                break;
+            }
+        }
+        let slot = cutter.finish().expect("three rows");
+        assert_eq!(slot.rows, 3);
+        assert_eq!((slot.after, slot.up_to), (i64::MIN, 4));
+        assert_eq!(slot.horizon, Some(HorizonBounds { after: None, up_to: 8 }));
+        assert!(slot.contains(at(7, 50)) && slot.contains(at(8, 4)) && !slot.contains(at(9, 1)));
+        let mut next = SlotCutter::new(slot.end(), 3, u64::MAX, None);
+        assert!(next.push(at(9, 1), 10, None));
+        assert_eq!(next.finish().and_then(|slot| slot.horizon), Some(HorizonBounds { after: Some(8), up_to: 9 }));
+    }
+
+    #[test]
+    fn duplicate_watermarks_stay_in_one_slot_whatever_the_limit() {
+        let mut cutter = SlotCutter::new(ScanPosition::watermark(0), 2, u64::MAX, None);
+        let mut taken = 0;
+        for watermark in [1, 2, 2, 2, 3] {
+            if !cutter.push(ScanPosition::watermark(watermark), 1, None) {
+                break;
+            }
+            taken += 1;
+        }
+        let slot = cutter.finish().expect("rows");
+        // The slot reads every row with watermark 2, so it counts them all.
+        assert_eq!((taken, slot.up_to, slot.rows), (4, 2, 4));
     }
 }
