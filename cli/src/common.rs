@@ -15,15 +15,21 @@ use vera_store::shards::ShardStore;
 use vera_store::{LockMode, ObjectStore};
 use vera_worker::{RetentionPolicy, WorkerSettings};
 
+/// `--n-bits` when a command writes the first routing table and none is given.
+pub const DEFAULT_N_BITS: u8 = 2;
+
 /// Where the embedded deployment keeps its state.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// Directory holding the local WORM store (`store/`) and the embedded bus (`bus.sqlite`).
     #[arg(long, env = "VERA_DATA_DIR", default_value = "vera-data")]
     pub data_dir: PathBuf,
-    /// Hash bits of routing epoch 1 (2^n addresses per day). Must match what packed the data.
-    #[arg(long, env = "VERA_N_BITS", default_value_t = 2)]
-    pub n_bits: u8,
+    /// Hash bits of routing epoch 1 (2^n addresses per day), for a command that writes the
+    /// store's first routing table (`vera routing init`, `setup-bucket`, the first producer
+    /// or demo; default 2). Every other time the table in the store decides, and a value
+    /// given here that differs from its latest epoch is refused.
+    #[arg(long, env = "VERA_N_BITS")]
+    pub n_bits: Option<u8>,
     /// Keep segments in this S3 bucket instead of the local store (a build with
     /// `--features s3`). Credentials come from the standard AWS chain, never from flags.
     #[arg(long, env = "VERA_S3_BUCKET")]
@@ -63,10 +69,50 @@ impl StoreArgs {
         self.data_dir.join("bus.sqlite")
     }
 
-    pub fn routing(&self) -> anyhow::Result<RoutingTable> {
-        let table = RoutingTable::single(RoutingEpoch::v1(self.n_bits)?);
+    /// The routing table the flags would write first: epoch 1 with `--n-bits` (default 2).
+    pub fn initial_routing(&self) -> anyhow::Result<RoutingTable> {
+        let table = RoutingTable::single(RoutingEpoch::v1(self.n_bits.unwrap_or(DEFAULT_N_BITS))?);
         table.validate()?;
         Ok(table)
+    }
+
+    /// The routing table in the store, which every role routes by. Refused if the store
+    /// holds none, or if `--n-bits` disagrees with it.
+    pub async fn routing(&self, store: &dyn ObjectStore) -> anyhow::Result<RoutingTable> {
+        match vera_store::routing_table::load(store).await? {
+            Some(stored) => self.agree(stored),
+            None => anyhow::bail!(
+                "the store holds no routing table ({}); run `vera routing init` (or `vera setup-bucket`) first",
+                vera_store::routing_table::routing_key(1)
+            ),
+        }
+    }
+
+    /// [`StoreArgs::routing`], writing the flags' table first if the store holds none
+    /// (create-if-absent: of two racing writers, one wins and the other reads its table).
+    pub async fn routing_or_init(&self, store: &dyn ObjectStore) -> anyhow::Result<RoutingTable> {
+        let now = vera_store::Clock::now(&vera_store::SystemClock);
+        let stored = vera_store::routing_table::init(store, &self.initial_routing()?, now, None).await;
+        match stored {
+            Ok(stored) => self.agree(stored),
+            // Another table is there: say how the flag disagrees with it.
+            Err(vera_store::routing_table::RoutingTableError::Different { .. }) => self.routing(store).await,
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn agree(&self, stored: vera_store::routing_table::StoredRouting) -> anyhow::Result<RoutingTable> {
+        let latest = stored.table.epochs.last().map(|entry| entry.epoch.n_bits);
+        if let (Some(flag), Some(latest)) = (self.n_bits, latest)
+            && flag != latest
+        {
+            anyhow::bail!(
+                "--n-bits (or VERA_N_BITS) is {flag}, but the store's routing table ({}) routes new files with \
+                 {latest}; leave the flag out, or add an epoch with `vera routing add-epoch`",
+                vera_store::routing_table::routing_key(stored.version)
+            );
+        }
+        Ok(stored.table)
     }
 
     pub fn local_store(&self) -> anyhow::Result<LocalStore> {

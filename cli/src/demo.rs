@@ -136,7 +136,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
     let store_dyn: Arc<dyn ObjectStore> = store.clone();
     let bus = args.store.bus(args.worker.max_attempts).await?;
     let bus_dyn: Arc<dyn Bus> = bus.clone();
-    let routing = args.store.routing()?;
+    let routing = args.store.routing_or_init(store_dyn.as_ref()).await?;
     let worker_settings = args.worker.settings()?;
 
     let shutdown = CancellationToken::new();

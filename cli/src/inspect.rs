@@ -34,8 +34,9 @@ pub struct GetArgs {
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let created_at = Timestamp::parse(&args.created_at)?;
     let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
+    let routing = args.store.routing(store.as_ref()).await?;
     let shards = args.store.shards(store);
-    let read = match shards.read_file(&args.store.routing()?, &args.uid, created_at).await {
+    let read = match shards.read_file(&routing, &args.uid, created_at).await {
         Ok(read) => read,
         Err(ShardError::Gone { key, .. }) => {
             let Some(tombstone) = vera_lifecycle::tombstone_of(shards.store().as_ref(), &key, &args.uid).await? else {

@@ -161,12 +161,9 @@ pub async fn tracker(args: TrackerArgs) -> anyhow::Result<ExitCode> {
 
 async fn lifecycle(store: &StoreArgs) -> anyhow::Result<(Lifecycle, Arc<dyn vera_bus::Bus>)> {
     let bus = store.bus(5).await?;
-    let lifecycle = Lifecycle::new(
-        store.shards(store.object_store().await?),
-        store.routing()?,
-        Arc::clone(&bus),
-        Arc::new(vera_store::SystemClock),
-    );
+    let objects = store.object_store().await?;
+    let routing = store.routing(objects.as_ref()).await?;
+    let lifecycle = Lifecycle::new(store.shards(objects), routing, Arc::clone(&bus), Arc::new(vera_store::SystemClock));
     Ok((lifecycle, bus))
 }
 

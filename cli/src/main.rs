@@ -6,6 +6,7 @@ mod demo;
 mod inspect;
 mod lifecycle;
 mod reconcile;
+mod routing;
 mod run;
 mod trust;
 
@@ -78,6 +79,10 @@ enum Command {
     /// (with reasons), missing and pending; exit non-zero if any is missing. --attest
     /// signs the statement and records it in the audit log.
     Reconcile(reconcile::ReconcileArgs),
+    /// The store's routing table, which every role reads at start: `show`, `init`,
+    /// `add-epoch` (for files created from a future time on).
+    #[command(subcommand)]
+    Routing(routing::RoutingCommand),
     /// Read one file by uid and created_at (two calls at most: index, then range).
     Get(inspect::GetArgs),
     /// Re-read every segment and check every hash.
@@ -197,6 +202,10 @@ async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Reconcile(args) => {
             common::init_tracing("warn");
             reconcile::run(args).await
+        }
+        Command::Routing(command) => {
+            common::init_tracing("warn");
+            routing::run(command).await
         }
         Command::Get(args) => {
             common::init_tracing("warn");

@@ -72,7 +72,7 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     };
     let source = args.source.open(None).await?;
     let store = args.store.object_store().await?;
-    let routing = args.store.routing()?;
+    let routing = args.store.routing(store.as_ref()).await?;
     let progress = indicatif::ProgressBar::new_spinner()
         .with_style(indicatif::ProgressStyle::with_template("{spinner} {human_pos} rows read ({per_sec})")?);
     let settings = ReconcileSettings { cached_addresses: args.cached_addresses };

@@ -80,12 +80,14 @@ pub async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
     let source = args.source.open(None).await?;
     let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
     let bus: Arc<dyn Bus> = args.store.bus(5).await?;
+    // The first producer on a store writes its routing table, if setup did not.
+    let routing = args.store.routing_or_init(store.as_ref()).await?;
     let settings = ProducerSettings {
         max_rows_per_slot: args.slot_rows,
         max_bytes_per_slot: args.slot_bytes,
         start_after: i64::MIN,
         poll_interval_millis: 1000,
-        routing: args.store.routing()?,
+        routing,
     };
     let mode = if args.drain { RunMode::Drain } else { RunMode::Follow };
     let report = run_producer(source, store, bus, settings, mode, ctrl_c_token()).await?;
@@ -224,6 +226,8 @@ pub async fn setup_bucket(args: SetupBucketArgs) -> anyhow::Result<()> {
             args.archive_after_days
         );
     }
+    let routing = args.store.routing_or_init(&store).await?;
+    println!("routing table: {}", serde_json::to_string(&routing)?);
     Ok(())
 }
 
@@ -358,7 +362,10 @@ pub struct ServeArgs {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let counting = vera_store::counting::CountingStore::new(args.store.object_store().await?);
+    let objects = args.store.object_store().await?;
+    // Read before the counting starts: the request figures are the reads'.
+    let routing = args.store.routing(objects.as_ref()).await?;
+    let counting = vera_store::counting::CountingStore::new(objects);
     let counts = counting.counts();
     let store: Arc<dyn ObjectStore> = Arc::new(counting);
     let shutdown = ctrl_c_token();
@@ -381,7 +388,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .with_cache_budget(args.index_cache_mib * 1024 * 1024)
                 .with_suffix_bytes(args.suffix_kib * 1024)
                 .with_later_suffix_bytes(args.later_suffix_kib * 1024),
-            args.store.routing()?,
+            routing,
             audit,
             settings,
         )

@@ -435,7 +435,8 @@ pub async fn export_command(args: ExportArgs) -> anyhow::Result<ExitCode> {
             ("fingerprint".to_owned(), authorized.fingerprint.clone()),
         ])
     });
-    let (_, report) = export(&store, &args.store.routing()?, &selection, &args.out, now, request).await?;
+    let routing = args.store.routing(store.as_ref()).await?;
+    let (_, report) = export(&store, &routing, &selection, &args.out, now, request).await?;
     // The export itself is audited.
     let mut details = BTreeMap::new();
     details.insert("files".to_owned(), report.files.to_string());

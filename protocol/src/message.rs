@@ -240,6 +240,8 @@ pub enum AuditAction {
     Export,
     /// A completeness check of a source range (`vera reconcile --attest`).
     Reconcile,
+    /// A routing epoch added to the store's routing table (`vera routing add-epoch`).
+    Routing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

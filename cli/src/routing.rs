@@ -1,0 +1,109 @@
+//! `vera routing`: the routing table every role reads from the store.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use vera_protocol::Timestamp;
+use vera_protocol::message::{AuditAction, AuditEvent, AuditOutcome};
+use vera_protocol::routing::{RoutingEpoch, TimeGranularity};
+use vera_store::{Clock, SystemClock};
+
+use crate::common::StoreArgs;
+
+#[derive(Debug, Subcommand)]
+pub enum RoutingCommand {
+    /// Print the store's routing table (the latest version) as JSON.
+    Show(ShowArgs),
+    /// Write the store's first routing table from --n-bits (daily buckets), once:
+    /// create-if-absent, so of two racing writers exactly one wins. Running it again with
+    /// the same table is fine; a different one is refused.
+    Init(ShowArgs),
+    /// Add a routing epoch for files created from --from on: a new version of the table,
+    /// written create-if-absent and recorded as a ROUTING audit event. --from must lie in
+    /// the future, so every file already created keeps its address.
+    AddEpoch(AddEpochArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AddEpochArgs {
+    /// The first `created_at` (RFC 3339) the epoch routes; after now and after the last
+    /// epoch's start.
+    #[arg(long)]
+    pub from: String,
+    /// Time buckets of the new epoch: hour, day or month.
+    #[arg(long, value_parser = parse_granularity)]
+    pub granularity: TimeGranularity,
+    /// Hash bits of the new epoch: 2^n addresses per time bucket.
+    #[arg(long = "epoch-n-bits")]
+    pub epoch_n_bits: u8,
+    /// Who adds the epoch, for the audit event.
+    #[arg(long, env = "VERA_OPERATOR", default_value = "routing")]
+    pub operator: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+fn parse_granularity(text: &str) -> Result<TimeGranularity, String> {
+    match text {
+        "hour" => Ok(TimeGranularity::Hour),
+        "day" => Ok(TimeGranularity::Day),
+        "month" => Ok(TimeGranularity::Month),
+        other => Err(format!("unknown granularity {other:?} (hour, day, month)")),
+    }
+}
+
+pub async fn run(command: RoutingCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        RoutingCommand::Show(args) => {
+            let store = args.store.object_store().await?;
+            let table = args.store.routing(store.as_ref()).await?;
+            println!("{}", serde_json::to_string_pretty(&table)?);
+        }
+        RoutingCommand::Init(args) => {
+            let store = args.store.object_store().await?;
+            let table = args.store.routing_or_init(store.as_ref()).await?;
+            println!("{}", serde_json::to_string_pretty(&table)?);
+        }
+        RoutingCommand::AddEpoch(args) => {
+            let from = Timestamp::parse(&args.from).context("--from is not RFC 3339")?;
+            // The id is assigned from the table; 1 here only passes the parameter checks.
+            let epoch = RoutingEpoch::new(1, args.granularity, args.epoch_n_bits)?;
+            let store = args.store.object_store().await?;
+            let now = SystemClock.now();
+            let stored = vera_store::routing_table::add_epoch(store.as_ref(), from, epoch, now, None).await?;
+            let added = stored.table.epochs.last().context("the new table has no epochs")?;
+            let details = BTreeMap::from([
+                ("version".to_owned(), stored.version.to_string()),
+                ("epoch".to_owned(), added.epoch.id.to_string()),
+                ("effective_from".to_owned(), added.effective_from.to_string()),
+                ("n_bits".to_owned(), added.epoch.n_bits.to_string()),
+                ("granularity".to_owned(), format!("{:?}", added.epoch.granularity).to_lowercase()),
+            ]);
+            let event = AuditEvent {
+                action: AuditAction::Routing,
+                outcome: AuditOutcome::Ok,
+                at: now,
+                actor: args.operator.clone(),
+                request_id: None,
+                uid: None,
+                segment_key: Some(vera_store::routing_table::routing_key(stored.version)),
+                details,
+            };
+            let bus = args.store.bus(5).await?;
+            crate::trust::publish_audit(bus.as_ref(), format!("routing/v{}", stored.version), now, event)
+                .await
+                .context("the epoch was added but its ROUTING audit event was not published")?;
+            crate::run::close_bus(bus.as_ref()).await;
+            println!("{}", serde_json::to_string_pretty(&stored.table)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
