@@ -58,6 +58,10 @@ pub struct ProducerArgs {
     /// Exit once the source has no more rows instead of polling for new ones.
     #[arg(long)]
     pub drain: bool,
+    /// Serve Prometheus metrics (the source's newest and the committed watermark, and
+    /// `vera_producer_unplanned_age_seconds`) at http://ADDR/metrics, e.g. 127.0.0.1:9897.
+    #[arg(long, env = "VERA_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -80,6 +84,10 @@ pub async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
     let source = args.source.open(None).await?;
     let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
     let bus: Arc<dyn Bus> = args.store.bus(5).await?;
+    if let Some(listen) = args.metrics_listen {
+        serve_metrics(listen)?;
+        vera_producer::metrics::describe();
+    }
     // The first producer on a store writes its routing table, if setup did not.
     let routing = args.store.routing_or_init(store.as_ref()).await?;
     let settings = ProducerSettings {
@@ -115,6 +123,21 @@ pub struct WorkerCommandArgs {
     pub worker: WorkerArgs,
 }
 
+/// Serves this process's Prometheus metrics at http://LISTEN/metrics.
+pub fn serve_metrics(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(vera_worker::metrics::TASK_AGE.into()),
+            vera_worker::metrics::TASK_AGE_BUCKETS,
+        )
+        .map_err(|e| anyhow::anyhow!("bad histogram buckets: {e}"))?
+        .install()
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {listen}: {e}"))?;
+    tracing::info!(%listen, "serving Prometheus metrics at /metrics");
+    Ok(())
+}
+
 /// Leaves the bus cleanly before the process exits: a Kafka consumer leaves its group,
 /// so the partitions pass on at once instead of after the session timeout.
 pub async fn close_bus(bus: &dyn Bus) {
@@ -129,10 +152,7 @@ pub async fn worker(args: WorkerCommandArgs) -> anyhow::Result<()> {
     let bus: Arc<dyn Bus> = args.store.bus(args.worker.max_attempts).await?;
     let shutdown = ctrl_c_token();
     if let Some(listen) = args.metrics_listen {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(listen)
-            .install()
-            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {listen}: {e}"))?;
+        serve_metrics(listen)?;
         vera_worker::metrics::describe();
         tokio::spawn(vera_worker::metrics::report_queue_depth(
             Arc::clone(&bus),
@@ -140,7 +160,6 @@ pub async fn worker(args: WorkerCommandArgs) -> anyhow::Result<()> {
             Duration::from_secs(5),
             shutdown.clone(),
         ));
-        tracing::info!(%listen, "serving Prometheus metrics at /metrics");
     }
     if let Some(idle_ms) = args.exit_when_idle_ms {
         let (bus, token) = (Arc::clone(&bus), shutdown.clone());

@@ -18,6 +18,7 @@
 //! same rows. Two producers started by mistake race on the CAS; the loser re-reads,
 //! finds the winner's state, and backs off with jitter. Neither can corrupt the object.
 
+pub mod metrics;
 pub mod reconcile;
 pub mod watermark;
 
@@ -136,8 +137,20 @@ pub async fn run_producer(
     let watermarks = WatermarkStore::new(store, source.name());
     let clock = SystemClock;
     let mut report = ProducerReport::default();
+    let mut lag = metrics::LagTracker::default();
+    let mut sampled_at: Option<Instant> = None;
     while !shutdown.is_cancelled() {
         let (mut state, etag) = watermarks.load_or_create(settings.start_after).await?;
+        // At most once a second: one indexed query for the newest row.
+        if sampled_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            let now = Instant::now();
+            sampled_at = Some(now);
+            let newest = source.newest_position().await?;
+            if let Some(newest) = newest {
+                lag.saw(newest, now);
+            }
+            metrics::positions(newest, state.position(), lag.unplanned_age(state.position(), now));
+        }
         check_scan_order(&state, watermarks.key(), source.has_horizon(), settings.start_after)?;
         report.final_watermark = state.committed;
         report.final_horizon = state.committed_horizon;

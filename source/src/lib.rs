@@ -123,6 +123,10 @@ pub trait Source: Send + Sync + 'static {
     /// be followed by earlier ones. A draining producer waits for them.
     async fn has_rows_after(&self, after: ScanPosition) -> Result<bool, SourceError>;
 
+    /// The last visible row's position in scan order, horizon or not; `None` for an
+    /// empty table. What the producer's pack-lag figures start from.
+    async fn newest_position(&self) -> Result<Option<ScanPosition>, SourceError>;
+
     /// Streams the slot's rows in scan order.
     fn read_slot(&self, slot: Slot) -> BoxStream<'_, Result<SourceRow, SourceError>>;
 

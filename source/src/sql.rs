@@ -219,6 +219,22 @@ pub(crate) fn any_row_after_sql(dialect: Dialect, mapping: &SourceMapping, bound
     format!("SELECT 1 FROM {table}{filter} LIMIT 1", table = dialect.quote(&mapping.table))
 }
 
+/// The last row in scan order: `hz, wm` of `ORDER BY … DESC LIMIT 1`.
+pub(crate) fn newest_sql(dialect: Dialect, mapping: &SourceMapping) -> String {
+    let watermark = dialect.quote(&mapping.watermark_column);
+    let horizon = HorizonSql::new(dialect, mapping);
+    let order = match &horizon {
+        Some(horizon) => format!("{} DESC, {watermark} DESC", horizon.column),
+        None => format!("{watermark} DESC"),
+    };
+    format!(
+        "SELECT {hz} AS hz, {wm} AS wm FROM {table} ORDER BY {order} LIMIT 1",
+        hz = horizon.as_ref().map_or_else(|| dialect.as_bigint("NULL"), |h| h.value.clone()),
+        wm = dialect.as_bigint(&watermark),
+        table = dialect.quote(&mapping.table),
+    )
+}
+
 /// The columns every row query selects: `hz, wm, uid, created_at`.
 fn key_columns(dialect: Dialect, mapping: &SourceMapping, horizon: Option<&HorizonSql>) -> String {
     format!(
@@ -651,6 +667,21 @@ macro_rules! impl_sql_source {
                     }
                 }
                 Ok(query.fetch_optional(&self.pool).await.map_err($crate::SourceError::Query)?.is_some())
+            }
+
+            async fn newest_position(
+                &self,
+            ) -> Result<Option<vera_protocol::message::ScanPosition>, $crate::SourceError> {
+                use sqlx::Row;
+                let sql = $crate::sql::newest_sql($dialect, &self.mapping);
+                let Some(row) = sqlx::query(&sql).fetch_optional(&self.pool).await.map_err($crate::SourceError::Query)?
+                else {
+                    return Ok(None);
+                };
+                Ok(Some(vera_protocol::message::ScanPosition {
+                    horizon: row.try_get("hz").map_err($crate::SourceError::Query)?,
+                    watermark: row.try_get("wm").map_err($crate::SourceError::Query)?,
+                }))
             }
 
             async fn next_slot(

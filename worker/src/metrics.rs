@@ -17,6 +17,9 @@ pub const ROWS_REJECTED: &str = "vera_rows_rejected_total";
 pub const SEGMENTS_WRITTEN: &str = "vera_segments_written_total";
 pub const BYTES_IN: &str = "vera_bytes_in_total";
 pub const BYTES_STORED: &str = "vera_bytes_stored_total";
+pub const TASK_AGE: &str = "vera_task_age_seconds";
+/// Buckets of [`TASK_AGE`], up to the "pack lag > 30 min" alert and past it.
+pub const TASK_AGE_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0];
 
 /// Registers descriptions with whatever recorder is installed.
 pub fn describe() {
@@ -27,6 +30,16 @@ pub fn describe() {
     metrics::describe_counter!(SEGMENTS_WRITTEN, "Segments written to the store");
     metrics::describe_counter!(BYTES_IN, "Raw bytes of the files packed");
     metrics::describe_counter!(BYTES_STORED, "Bytes of the segments written");
+    metrics::describe_histogram!(
+        TASK_AGE,
+        metrics::Unit::Seconds,
+        "Age of a pack task when its segments were durable and it was acked, from the producer's send time"
+    );
+}
+
+/// A task packed and acked `seconds` after the producer sent it.
+pub fn task_age(seconds: f64) {
+    metrics::histogram!(TASK_AGE).record(seconds);
 }
 
 pub fn task(outcome: &'static str) {

@@ -114,8 +114,8 @@ async fn handle(
     stats: &mut WorkerStats,
 ) {
     let bus = bus_handle.as_ref();
-    let task = match Envelope::decode(&delivery.payload) {
-        Ok(Envelope { message: Message::PackTask(task), .. }) => task,
+    let (task, sent_at) = match Envelope::decode(&delivery.payload) {
+        Ok(Envelope { message: Message::PackTask(task), sent_at, .. }) => (task, sent_at),
         Ok(other) => {
             dead_letter(
                 bus,
@@ -156,6 +156,10 @@ async fn handle(
                 // that will find everything already stored.
                 Err(error) => tracing::warn!(error = %error, "ack failed"),
             }
+            // From the producer's publish to durable and acked: the worker's share of
+            // the pack lag.
+            let age_micros = clock.now().as_micros().saturating_sub(sent_at.as_micros()).max(0);
+            crate::metrics::task_age(age_micros as f64 / 1e6);
             tracing::info!(
                 files = report.packed_files,
                 already_stored = report.already_stored,
