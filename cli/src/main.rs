@@ -83,6 +83,10 @@ enum Command {
     /// `add-epoch` (for files created from a future time on).
     #[command(subcommand)]
     Routing(routing::RoutingCommand),
+    /// Propose a routing table from the source's created_at histogram (granularity and
+    /// hash bits per year, for segments of at least --min-files-per-segment files and at
+    /// most --max-segment-mib); print the expected segments and PUTs; --apply writes it.
+    Plan(routing::PlanArgs),
     /// Read one file by uid and created_at (two calls at most: index, then range).
     Get(inspect::GetArgs),
     /// Re-read every segment and check every hash.
@@ -202,6 +206,10 @@ async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Reconcile(args) => {
             common::init_tracing("warn");
             reconcile::run(args).await
+        }
+        Command::Plan(args) => {
+            common::init_tracing("warn");
+            routing::plan(args).await
         }
         Command::Routing(command) => {
             common::init_tracing("warn");

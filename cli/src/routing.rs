@@ -107,3 +107,73 @@ pub async fn run(command: RoutingCommand) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// A segment should hold at least this many files.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_files_per_segment: u64,
+    /// And at most this many MiB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_segment_mib: u64,
+    /// Write the proposed table as the store's first routing table (refused if the store
+    /// already holds a different one: epochs can then only be added for the future, with
+    /// `vera routing add-epoch`).
+    #[arg(long)]
+    pub apply: bool,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub source: crate::common::SourceArgs,
+}
+
+/// `vera plan`: read the source's `created_at` histogram and propose a routing table.
+pub async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
+    let source = args.source.open(None).await?;
+    let mut histogram = vera_producer::plan::Histogram::default();
+    let progress = indicatif::ProgressBar::new_spinner()
+        .with_style(indicatif::ProgressStyle::with_template("{spinner} {human_pos} rows read ({per_sec})")?);
+    let mut rows = source.scan_sizes();
+    while let Some(row) = rows.next().await {
+        let (created_at, bytes) = row?;
+        histogram.add(created_at.as_deref().and_then(|text| Timestamp::parse(text).ok()), bytes);
+        progress.inc(1);
+    }
+    drop(rows);
+    progress.finish_and_clear();
+    let targets = vera_producer::plan::PlanTargets {
+        min_files_per_segment: args.min_files_per_segment,
+        max_segment_bytes: args.max_segment_mib.saturating_mul(1 << 20),
+        ..vera_producer::plan::PlanTargets::default()
+    };
+    let plan = vera_producer::plan::propose(&histogram, &targets)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        println!(
+            "{} files ({} without a readable created_at): {} segments expected, {:.0} files per segment, {} PUTs",
+            plan.files, plan.undated, plan.expected_segments, plan.files_per_segment, plan.expected_puts
+        );
+        for epoch in &plan.epochs {
+            println!(
+                "  from {}: {:?} buckets, {} bits; {} files in {} buckets, {} segments",
+                epoch.effective_from,
+                epoch.granularity,
+                epoch.n_bits,
+                epoch.files,
+                epoch.buckets,
+                epoch.expected_segments
+            );
+        }
+    }
+    if args.apply {
+        let store = args.store.object_store().await?;
+        vera_store::routing_table::init(store.as_ref(), &plan.table, SystemClock.now(), None).await?;
+        eprintln!("wrote the routing table ({})", vera_store::routing_table::routing_key(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

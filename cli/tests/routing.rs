@@ -86,3 +86,45 @@ fn first_row(source: &str) -> (String, String) {
         (row.get("uid"), row.get("created_at"))
     })
 }
+
+#[test]
+fn plan_proposes_a_table_from_the_histogram_and_applies_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let (source, data) = (path("source.sqlite"), path("data"));
+    vera(&["generate", "--db", &source, "--files", "2000", "--days", "7", "--bad-rows-per-kind", "1"]);
+    let plan: serde_json::Value = serde_json::from_str(&vera(&[
+        "plan",
+        "--json",
+        "--min-files-per-segment",
+        "100",
+        "--source-db",
+        &source,
+        "--data-dir",
+        &data,
+    ]))
+    .unwrap();
+    // About 285 files a day: daily buckets, 2 addresses of about 140 files each.
+    assert_eq!(plan["epochs"][0]["granularity"], "day", "{plan}");
+    assert_eq!(plan["epochs"][0]["n_bits"], 1, "{plan}");
+    assert!(plan["files_per_segment"].as_f64().unwrap() >= 100.0, "{plan}");
+    assert_eq!(plan["undated"], 1, "the corpus's bad created_at row: {plan}");
+    assert!(
+        refused(&["routing", "show", "--data-dir", &data]).contains("no routing table"),
+        "a plan alone writes nothing"
+    );
+
+    vera(&["plan", "--apply", "--min-files-per-segment", "100", "--source-db", &source, "--data-dir", &data]);
+    let table: serde_json::Value = serde_json::from_str(&vera(&["routing", "show", "--data-dir", &data])).unwrap();
+    assert_eq!(table, plan["table"]);
+    // The producer follows the stored table; a plan for other targets cannot replace it.
+    vera(&["producer", "--drain", "--data-dir", &data, "--source-db", &source]);
+    let message = refused(&["plan", "--apply", "--source-db", &source, "--data-dir", &data]);
+    assert!(message.contains("different routing table"), "{message}");
+
+    // An empty source: a clear message.
+    let empty = path("empty.sqlite");
+    vera(&["generate", "--db", &empty, "--files", "0", "--bad-rows-per-kind", "0"]);
+    let message = refused(&["plan", "--source-db", &empty, "--data-dir", &path("data2")]);
+    assert!(message.contains("nothing to plan for"), "{message}");
+}

@@ -19,6 +19,7 @@
 //! finds the winner's state, and backs off with jitter. Neither can corrupt the object.
 
 pub mod metrics;
+pub mod plan;
 pub mod reconcile;
 pub mod watermark;
 

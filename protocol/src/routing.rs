@@ -83,7 +83,8 @@ impl TimeGranularity {
         }
     }
 
-    fn bucket_of(self, created_at: Timestamp) -> i32 {
+    /// The time bucket `created_at` falls in.
+    pub fn bucket_of(self, created_at: Timestamp) -> i32 {
         let micros = created_at.as_micros();
         let bucket = match self {
             TimeGranularity::Hour => micros.div_euclid(3_600_000_000),

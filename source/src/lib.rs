@@ -127,6 +127,10 @@ pub trait Source: Send + Sync + 'static {
     /// empty table. What the producer's pack-lag figures start from.
     async fn newest_position(&self) -> Result<Option<ScanPosition>, SourceError>;
 
+    /// Streams every row's `created_at` (as [`SourceRow::created_at`]) and inline payload
+    /// size, in no particular order: what `vera plan` builds its histogram from.
+    fn scan_sizes(&self) -> BoxStream<'_, Result<(Option<String>, u64), SourceError>>;
+
     /// Streams the slot's rows in scan order.
     fn read_slot(&self, slot: Slot) -> BoxStream<'_, Result<SourceRow, SourceError>>;
 

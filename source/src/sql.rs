@@ -171,12 +171,7 @@ fn order_by(horizon: Option<&HorizonSql>, watermark: &str) -> String {
 pub(crate) fn next_slot_sql(dialect: Dialect, mapping: &SourceMapping, bounded: bool) -> String {
     let watermark = dialect.quote(&mapping.watermark_column);
     let horizon = HorizonSql::new(dialect, mapping);
-    let size = match mapping.payload {
-        PayloadKind::Inline => {
-            dialect.as_bigint(&format!("COALESCE({}, 0)", dialect.byte_length(&dialect.quote(&mapping.payload_column))))
-        }
-        PayloadKind::Path { .. } => dialect.as_bigint("0"),
-    };
+    let size = size_expression(dialect, mapping);
     let mut params = Params::new(dialect);
     let mut conditions = Vec::new();
     if bounded {
@@ -217,6 +212,26 @@ pub(crate) fn any_row_after_sql(dialect: Dialect, mapping: &SourceMapping, bound
         String::new()
     };
     format!("SELECT 1 FROM {table}{filter} LIMIT 1", table = dialect.quote(&mapping.table))
+}
+
+/// `created_at` and payload size of every row.
+pub(crate) fn sizes_sql(dialect: Dialect, mapping: &SourceMapping) -> String {
+    format!(
+        "SELECT {created_at} AS created_at, {size} AS size FROM {table}",
+        created_at = dialect.as_text(&dialect.quote(&mapping.created_at_column)),
+        size = size_expression(dialect, mapping),
+        table = dialect.quote(&mapping.table),
+    )
+}
+
+/// A row's inline payload size as BIGINT (0 for path payloads and NULLs).
+fn size_expression(dialect: Dialect, mapping: &SourceMapping) -> String {
+    match mapping.payload {
+        PayloadKind::Inline => {
+            dialect.as_bigint(&format!("COALESCE({}, 0)", dialect.byte_length(&dialect.quote(&mapping.payload_column))))
+        }
+        PayloadKind::Path { .. } => dialect.as_bigint("0"),
+    }
 }
 
 /// The last row in scan order: `hz, wm` of `ORDER BY … DESC LIMIT 1`.
@@ -736,6 +751,25 @@ macro_rules! impl_sql_source {
                     while let Some(row) = rows.next().await {
                         let row = row.map_err($crate::SourceError::Query)?;
                         yield $crate::sql::convert_row(&row, base_dir.as_ref())?;
+                    }
+                }
+                .boxed()
+            }
+
+            fn scan_sizes(
+                &self,
+            ) -> futures::stream::BoxStream<'_, Result<(Option<String>, u64), $crate::SourceError>> {
+                use futures::StreamExt;
+                use sqlx::Row;
+                let sql = $crate::sql::sizes_sql($dialect, &self.mapping);
+                let pool = self.pool.clone();
+                async_stream::try_stream! {
+                    let mut rows = sqlx::query(&sql).fetch(&pool);
+                    while let Some(row) = rows.next().await {
+                        let row = row.map_err($crate::SourceError::Query)?;
+                        let created_at: Option<String> = row.try_get("created_at").map_err($crate::SourceError::Query)?;
+                        let size: i64 = row.try_get("size").map_err($crate::SourceError::Query)?;
+                        yield (created_at.map(|text| $crate::sql::normalize_sql_timestamp(&text)), u64::try_from(size).unwrap_or(0));
                     }
                 }
                 .boxed()
