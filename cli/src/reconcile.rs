@@ -39,6 +39,11 @@ pub struct ReconcileArgs {
     /// Who runs the reconcile, for the audit event.
     #[arg(long, env = "VERA_OPERATOR", default_value = "reconcile")]
     pub operator: String,
+    /// Publish a one-row pack task for each missing row listed (at most 100 a run), so
+    /// that workers pack rows that appeared behind the producer's watermark; run
+    /// reconcile again once they are done.
+    #[arg(long, conflicts_with = "attest")]
+    pub republish: bool,
     /// Addresses whose file lists are held in memory at once.
     #[arg(long, default_value_t = 256)]
     pub cached_addresses: usize,
@@ -82,6 +87,14 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", to_text(&report));
+    }
+    if args.republish && !report.missing_rows.is_empty() {
+        let bus = args.store.bus(5).await?;
+        let published = vera_producer::republish(bus.as_ref(), source.name(), &routing, &report.missing_rows).await?;
+        crate::run::close_bus(bus.as_ref()).await;
+        eprintln!(
+            "published {published} one-row pack task(s) for the missing rows listed; reconcile again once workers are done"
+        );
     }
     if !report.complete() {
         eprintln!(

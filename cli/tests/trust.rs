@@ -221,8 +221,20 @@ fn reconcile_attests_a_complete_range() {
     assert!(stdout.contains("1 missing") && stdout.contains("MISSING watermark -5 uid behind"), "{stdout}");
     assert!(!Path::new(&attestation).exists(), "no attestation of an incomplete range");
 
+    // --republish hands the row to the workers as a one-row task; then it is stored.
+    let republished = run(&[&["reconcile", "--republish"][..], &store[..]].concat(), &[]);
+    assert!(String::from_utf8_lossy(&republished.stderr).contains("published 1 one-row pack task"), "{republished:?}");
+    vera(
+        &["worker", "--exit-when-idle-ms", "500", "--retain-days", "0", "--data-dir", &data, "--source-db", &source],
+        &[],
+    );
+    let repaired: serde_json::Value =
+        serde_json::from_str(&vera(&[&["reconcile", "--json"][..], &store[..]].concat(), &[])).unwrap();
+    assert_eq!(repaired["missing"], 0, "{repaired}");
+    assert_eq!(repaired["in_source"].as_u64(), Some(rows + 1), "{repaired}");
+    let rows = rows + 1;
+
     // Complete again: attested, verifiable offline, and a changed statement is caught.
-    sqlite(&source, "DELETE FROM files WHERE id = -5");
     vera(&[&["reconcile", "--attest", &attestation, "--checkpoint-key", &checkpoint][..], &store[..]].concat(), &[]);
     std::fs::write(path("verifier_keys"), vera(&["audit", "verifier-key", "--checkpoint-key", &checkpoint], &[]))
         .unwrap();

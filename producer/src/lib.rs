@@ -213,6 +213,34 @@ async fn lost_race(report: &mut ProducerReport) {
     tokio::time::sleep(Duration::from_millis(100 + jitter)).await;
 }
 
+/// Publishes a one-row pack task for each missing row `vera reconcile` found (a row that
+/// appeared behind the committed position: an explicit old id, a restored table). The
+/// worker packs it like any late arrival. Returns the tasks published.
+pub async fn republish(
+    bus: &dyn Bus,
+    source: &str,
+    routing: &RoutingTable,
+    rows: &[reconcile::MissingRow],
+) -> Result<u64, ProducerError> {
+    let now = SystemClock.now();
+    let mut published = 0;
+    for row in rows {
+        let Some(after) = row.watermark.checked_sub(1) else { continue };
+        let slot = Slot {
+            after,
+            up_to: row.watermark,
+            rows: 1,
+            bytes: 0,
+            horizon: row
+                .horizon
+                .map(|horizon| vera_protocol::message::HorizonBounds { after: Some(horizon), up_to: horizon }),
+        };
+        publish(bus, source, &slot, routing, now).await?;
+        published += 1;
+    }
+    Ok(published)
+}
+
 async fn publish(
     bus: &dyn Bus,
     source: &str,

@@ -77,6 +77,9 @@ pub enum ReconcileError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MissingRow {
     pub watermark: i64,
+    /// The horizon part of its position, for a source scanned by a horizon column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<i64>,
     pub uid: Option<String>,
     pub created_at: Option<String>,
 }
@@ -311,7 +314,12 @@ pub async fn reconcile(
             report.missing += 1;
             if report.missing_rows.len() < MISSING_LISTED {
                 let RowKey { position, uid, created_at } = row;
-                report.missing_rows.push(MissingRow { watermark: position.watermark, uid, created_at });
+                report.missing_rows.push(MissingRow {
+                    watermark: position.watermark,
+                    horizon: position.horizon,
+                    uid,
+                    created_at,
+                });
             }
         }
     }
