@@ -7,6 +7,10 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The tests take turns: a port `free_port` hands out is free only until someone binds
+/// it, and two tests asking at once can be handed the same one.
+static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -21,6 +25,7 @@ fn scrape(port: u16) -> Option<String> {
 
 #[test]
 fn worker_serves_queue_depth_for_autoscaling() {
+    let _turn = PORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("source.sqlite");
     let data = dir.path().join("data");
@@ -44,6 +49,9 @@ fn worker_serves_queue_depth_for_autoscaling() {
             break body;
         }
         assert!(Instant::now() < deadline, "no metrics served on port {port}");
+        if let Ok(Some(status)) = worker.try_wait() {
+            panic!("the worker exited ({status}) before serving metrics on port {port}");
+        }
         std::thread::sleep(Duration::from_millis(100));
     };
     let _ = worker.kill();
@@ -67,6 +75,7 @@ fn scrape_until(port: u16, wanted: impl Fn(&str) -> bool) -> String {
 
 #[test]
 fn producer_and_worker_serve_the_pack_lag() {
+    let _turn = PORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("source.sqlite").display().to_string();
     let data = dir.path().join("data").display().to_string();
