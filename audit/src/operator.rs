@@ -57,6 +57,8 @@ pub enum Action {
     Repack,
     /// Two of these, by two operators, bypass GOVERNANCE retention (see `breakglass`).
     BreakGlass,
+    /// Add a routing epoch to the store's routing table.
+    Routing,
 }
 
 impl Action {
@@ -68,6 +70,7 @@ impl Action {
             Action::Export => "auditor",
             Action::Repack => "repacker",
             Action::BreakGlass => "break-glass",
+            Action::Routing => "router",
         }
     }
 
@@ -79,6 +82,7 @@ impl Action {
             Action::Export => "export",
             Action::Repack => "repack",
             Action::BreakGlass => "break-glass",
+            Action::Routing => "routing",
         }
     }
 }

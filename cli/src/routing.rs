@@ -44,9 +44,12 @@ pub struct AddEpochArgs {
     /// Hash bits of the new epoch: 2^n addresses per time bucket.
     #[arg(long = "epoch-n-bits")]
     pub epoch_n_bits: u8,
-    /// Who adds the epoch, for the audit event.
-    #[arg(long, env = "VERA_OPERATOR", default_value = "routing")]
-    pub operator: String,
+    /// Who adds the epoch, for an unsigned request's audit event (signed ones take the
+    /// principal).
+    #[arg(long, env = "VERA_OPERATOR")]
+    pub operator: Option<String>,
+    #[command(flatten)]
+    pub auth: crate::trust::AuthArgs,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -77,6 +80,23 @@ pub async fn run(command: RoutingCommand) -> anyhow::Result<ExitCode> {
             // The id is assigned from the table; 1 here only passes the parameter checks.
             let epoch = RoutingEpoch::new(1, args.granularity, args.epoch_n_bits)?;
             let store = args.store.object_store().await?;
+            let bus = args.store.bus(5).await?;
+            // Where allowed signers are configured, only a signed request by a principal
+            // with the `router` role adds an epoch.
+            let mut request_args = serde_json::Map::new();
+            request_args.insert("from".into(), from.to_rfc3339().into());
+            request_args.insert("granularity".into(), format!("{:?}", args.granularity).to_lowercase().into());
+            request_args.insert("epoch_n_bits".into(), args.epoch_n_bits.into());
+            let gate = crate::trust::authorize(
+                &args.auth,
+                vera_audit::operator::Action::Routing,
+                request_args,
+                args.operator.as_deref(),
+                store.as_ref(),
+                Some(bus.as_ref()),
+            )
+            .await?;
+            let crate::trust::Gate::Run { operator, .. } = gate else { return Ok(ExitCode::SUCCESS) };
             let now = SystemClock.now();
             let stored = vera_store::routing_table::add_epoch(store.as_ref(), from, epoch, now, None).await?;
             let added = stored.table.epochs.last().context("the new table has no epochs")?;
@@ -91,13 +111,12 @@ pub async fn run(command: RoutingCommand) -> anyhow::Result<ExitCode> {
                 action: AuditAction::Routing,
                 outcome: AuditOutcome::Ok,
                 at: now,
-                actor: args.operator.clone(),
+                actor: operator,
                 request_id: None,
                 uid: None,
                 segment_key: Some(vera_store::routing_table::routing_key(stored.version)),
                 details,
             };
-            let bus = args.store.bus(5).await?;
             crate::trust::publish_audit(bus.as_ref(), format!("routing/v{}", stored.version), now, event)
                 .await
                 .context("the epoch was added but its ROUTING audit event was not published")?;

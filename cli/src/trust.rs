@@ -52,7 +52,8 @@ pub struct AuthArgs {
     #[arg(long, env = "VERA_ALLOWED_SIGNERS")]
     pub allowed_signers: Option<PathBuf>,
     /// Roles file: `<principal> <role>[,<role>…]` per line. Roles: eraser (delete),
-    /// retention (retain, hold), auditor (export), repacker (repack).
+    /// retention (retain, hold), auditor (export), repacker (repack), router (routing
+    /// add-epoch).
     #[arg(long, env = "VERA_ROLES")]
     pub roles: Option<PathBuf>,
 }
@@ -86,6 +87,7 @@ fn audit_action(action: Action) -> AuditAction {
         Action::Export => AuditAction::Export,
         Action::Repack => AuditAction::Repack,
         Action::BreakGlass => AuditAction::Delete,
+        Action::Routing => AuditAction::Routing,
     }
 }
 

@@ -50,6 +50,21 @@ fn every_role_routes_by_the_table_in_the_store() {
     assert!(past.contains("files already created would move"), "{past}");
     let added: serde_json::Value = serde_json::from_str(&vera(&add_epoch("2099-01-01T00:00:00Z", &data))).unwrap();
     assert_eq!(added["epochs"][1]["epoch"]["id"], 2, "{added}");
+    // Where signatures are required, an unsigned epoch is refused.
+    let signers = path("allowed_signers");
+    let status =
+        Command::new("ssh-keygen").args(["-q", "-N", "", "-t", "ed25519", "-f", &path("alice")]).status().unwrap();
+    assert!(status.success());
+    let alice = std::fs::read_to_string(path("alice.pub")).unwrap();
+    std::fs::write(&signers, format!("alice@bank.example namespaces=\"vera\" {}\n", alice.trim())).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_vera"))
+        .args(add_epoch("2099-06-01T00:00:00Z", &data))
+        .env("VERA_ALLOWED_SIGNERS", &signers)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unsigned request refused"), "{output:?}");
     let status: serde_json::Value = serde_json::from_str(&vera(&["bus-status", "--data-dir", &data])).unwrap();
     assert!(status["audit"]["depth"]["visible"].as_u64().unwrap() > 0, "the ROUTING event waits for the writer");
     // Files of epoch 1 are still found.
@@ -70,7 +85,8 @@ fn every_role_routes_by_the_table_in_the_store() {
 
 /// `vera routing add-epoch` of hourly buckets with 4 bits from `from` on.
 fn add_epoch<'a>(from: &'a str, data: &'a str) -> Vec<&'a str> {
-    vec!["routing", "add-epoch", "--from", from, "--granularity", "hour", "--epoch-n-bits", "4", "--data-dir", data]
+    let epoch = ["routing", "add-epoch", "--from", from, "--granularity", "hour", "--epoch-n-bits", "4"];
+    [&epoch[..], &["--operator", "ops.alice", "--data-dir", data][..]].concat()
 }
 
 /// The first good row of the demo corpus: (uid, created_at).
