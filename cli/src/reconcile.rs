@@ -72,7 +72,7 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     };
     // Fail before the scan, not after it, if the attestation cannot be signed.
     let signer = match &args.attest {
-        Some(_) => Some(args.signer.open().await.context("--attest needs a signing key")?.0),
+        Some(_) => Some(args.signer.open().await.context("--attest needs a signing key")?),
         None => None,
     };
     let source = args.source.open(None).await?;
@@ -105,8 +105,8 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     }
-    if let (Some(path), Some(signer)) = (&args.attest, signer) {
-        attest(&args, path, signer.as_ref(), &report).await?;
+    if let (Some(path), Some((signer, verifier_keys))) = (&args.attest, signer) {
+        attest(&args, path, signer.as_ref(), &verifier_keys, &report).await?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -144,17 +144,16 @@ async fn attest(
     args: &ReconcileArgs,
     path: &std::path::Path,
     signer: &dyn vera_audit::note::NoteSigner,
+    verifier_keys: &[String],
     report: &ReconcileReport,
 ) -> anyhow::Result<()> {
     let now = SystemClock.now();
     let attestation = vera_audit::attest::attest("reconcile", &statement(report)?, now, signer).await?;
     std::fs::write(path, serde_json::to_vec_pretty(&attestation)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    let verified = vera_audit::attest::verify_attestation(&serde_json::to_vec(&attestation)?, &{
-        // Check what was written against the signer's own key before announcing it.
-        let (_, lines) = args.signer.open().await?;
-        vera_audit::note::Verifiers::parse(&lines.join("\n"))?
-    })?;
+    // Check what was written against the signer's own keys before announcing it.
+    let verifiers = vera_audit::note::Verifiers::parse(&verifier_keys.join("\n"))?;
+    let verified = vera_audit::attest::verify_attestation(&serde_json::to_vec(&attestation)?, &verifiers)?;
     let details = BTreeMap::from([
         ("statement_sha256".to_owned(), verified.statement_sha256.clone()),
         ("source".to_owned(), report.source.clone()),

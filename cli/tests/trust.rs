@@ -23,6 +23,21 @@ fn vera(args: &[&str], envs: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Generates a corpus into `source` (`generate` flags) and packs it into `data`.
+fn pack(source: &str, data: &str, generate: &[&str]) {
+    vera(&[&["generate", "--db", source][..], generate].concat(), &[]);
+    vera(&["producer", "--drain", "--data-dir", data, "--source-db", source], &[]);
+    work(source, data);
+}
+
+/// Runs a worker until the pack queue is empty.
+fn work(source: &str, data: &str) {
+    vera(
+        &["worker", "--exit-when-idle-ms", "500", "--retain-days", "0", "--data-dir", data, "--source-db", source],
+        &[],
+    );
+}
+
 fn keygen(path: &Path) -> String {
     let status = Command::new("ssh-keygen").args(["-q", "-N", "", "-t", "ed25519", "-f"]).arg(path).status().unwrap();
     assert!(status.success());
@@ -34,12 +49,7 @@ fn signed_admin_requests_audit_log_and_a_verified_export() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).display().to_string();
     let (source, data) = (path("source.sqlite"), path("data"));
-    vera(&["generate", "--db", &source, "--files", "60", "--days", "1", "--bad-rows-per-kind", "0"], &[]);
-    vera(&["producer", "--drain", "--data-dir", &data, "--source-db", &source], &[]);
-    vera(
-        &["worker", "--exit-when-idle-ms", "500", "--retain-days", "0", "--data-dir", &data, "--source-db", &source],
-        &[],
-    );
+    pack(&source, &data, &["--files", "60", "--days", "1", "--bad-rows-per-kind", "0"]);
     let rows = support::all_rows(Path::new(&source));
 
     let alice = keygen(&dir.path().join("alice"));
@@ -192,12 +202,7 @@ fn reconcile_attests_a_complete_range() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).display().to_string();
     let (source, data) = (path("source.sqlite"), path("data"));
-    vera(&["generate", "--db", &source, "--files", "80", "--days", "2", "--bad-rows-per-kind", "1"], &[]);
-    vera(&["producer", "--drain", "--data-dir", &data, "--source-db", &source], &[]);
-    vera(
-        &["worker", "--exit-when-idle-ms", "500", "--retain-days", "0", "--data-dir", &data, "--source-db", &source],
-        &[],
-    );
+    pack(&source, &data, &["--files", "80", "--days", "2", "--bad-rows-per-kind", "1"]);
     let store = ["--data-dir", data.as_str(), "--source-db", source.as_str()];
     let report: serde_json::Value =
         serde_json::from_str(&vera(&[&["reconcile", "--json"][..], &store[..]].concat(), &[])).unwrap();
@@ -224,10 +229,7 @@ fn reconcile_attests_a_complete_range() {
     // --republish hands the row to the workers as a one-row task; then it is stored.
     let republished = run(&[&["reconcile", "--republish"][..], &store[..]].concat(), &[]);
     assert!(String::from_utf8_lossy(&republished.stderr).contains("published 1 one-row pack task"), "{republished:?}");
-    vera(
-        &["worker", "--exit-when-idle-ms", "500", "--retain-days", "0", "--data-dir", &data, "--source-db", &source],
-        &[],
-    );
+    work(&source, &data);
     let repaired: serde_json::Value =
         serde_json::from_str(&vera(&[&["reconcile", "--json"][..], &store[..]].concat(), &[])).unwrap();
     assert_eq!(repaired["missing"], 0, "{repaired}");

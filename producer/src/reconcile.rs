@@ -31,9 +31,6 @@ use vera_store::{ObjectStore, StoreError};
 
 use crate::WatermarkStore;
 
-/// Where workers put the rows they rejected, one report per task.
-pub const REJECTS_PREFIX: &str = "reports/rejects/";
-
 /// At most this many missing rows are listed by name in a report.
 const MISSING_LISTED: usize = 100;
 
@@ -143,7 +140,11 @@ pub async fn read_rejections(store: &dyn ObjectStore, source: &str) -> Result<Ha
     }
     let mut rejections = HashMap::new();
     let task_prefix = format!("{source}:");
-    for meta in store.list(REJECTS_PREFIX).await? {
+    // Only this source's reports (and those of sources whose name continues it, which
+    // the task id below tells apart).
+    let key_prefix = vera_store::reports::rejects_report_key(&task_prefix);
+    let key_prefix = key_prefix.strip_suffix(".json").unwrap_or(&key_prefix);
+    for meta in store.list(key_prefix).await? {
         let body = store.get(&meta.key).await?.body;
         let report: Report = serde_json::from_slice(&body)
             .map_err(|source| ReconcileError::BadRejectsReport { key: meta.key.clone(), source })?;

@@ -130,31 +130,32 @@ pub(crate) fn is_lock_wait_timeout(error: &sqlx::Error) -> bool {
     }
 }
 
-/// The condition "after the position bound to the next parameters": `(h, wm) > (?, ?)`,
-/// or `wm > ?`, written so that an index on `(h, wm)` or `wm` serves it.
-fn after_condition(horizon: Option<&HorizonSql>, watermark: &str, params: &mut Params) -> String {
+/// Which side of a bound a condition keeps.
+#[derive(Clone, Copy)]
+enum Side {
+    /// After the bound: `(h, wm) > (?, ?)`, or `wm > ?`.
+    After,
+    /// At or before it: `(h, wm) <= (?, ?)`, or `wm <= ?`.
+    UpTo,
+}
+
+/// The condition for one side of the position bound to the next parameters, written
+/// so that an index on `(h, wm)` or `wm` serves it: `h >= X AND (h > X OR wm > Y)` for
+/// `After`, `h <= X AND (h < X OR wm <= Y)` for `UpTo`.
+fn bound_condition(horizon: Option<&HorizonSql>, watermark: &str, params: &mut Params, side: Side) -> String {
+    let (loose, strict, last) = match side {
+        Side::After => (">=", ">", ">"),
+        Side::UpTo => ("<=", "<", "<="),
+    };
     match horizon {
         Some(horizon) => {
             let value = horizon.param(&params.next());
             let column = &horizon.column;
             // The same parameter twice: MySQL's `?` cannot be referred to again.
             let again = horizon.param(&params.next());
-            format!("{column} >= {value} AND ({column} > {again} OR {watermark} > {})", params.next())
+            format!("{column} {loose} {value} AND ({column} {strict} {again} OR {watermark} {last} {})", params.next())
         }
-        None => format!("{watermark} > {}", params.next()),
-    }
-}
-
-/// `(h, wm) <= (?, ?)`, or `wm <= ?`.
-fn up_to_condition(horizon: Option<&HorizonSql>, watermark: &str, params: &mut Params) -> String {
-    match horizon {
-        Some(horizon) => {
-            let value = horizon.param(&params.next());
-            let column = &horizon.column;
-            let again = horizon.param(&params.next());
-            format!("{column} <= {value} AND ({column} < {again} OR {watermark} <= {})", params.next())
-        }
-        None => format!("{watermark} <= {}", params.next()),
+        None => format!("{watermark} {last} {}", params.next()),
     }
 }
 
@@ -175,7 +176,7 @@ pub(crate) fn next_slot_sql(dialect: Dialect, mapping: &SourceMapping, bounded: 
     let mut params = Params::new(dialect);
     let mut conditions = Vec::new();
     if bounded {
-        conditions.push(after_condition(horizon.as_ref(), &watermark, &mut params));
+        conditions.push(bound_condition(horizon.as_ref(), &watermark, &mut params, Side::After));
     }
     if let Some(horizon) = &horizon {
         conditions.push(format!("{} < {}", horizon.column, horizon.param(&params.next())));
@@ -207,7 +208,7 @@ pub(crate) fn any_row_after_sql(dialect: Dialect, mapping: &SourceMapping, bound
     let horizon = HorizonSql::new(dialect, mapping);
     let mut params = Params::new(dialect);
     let filter = if bounded {
-        format!(" WHERE {}", after_condition(horizon.as_ref(), &watermark, &mut params))
+        format!(" WHERE {}", bound_condition(horizon.as_ref(), &watermark, &mut params, Side::After))
     } else {
         String::new()
     };
@@ -272,9 +273,9 @@ pub(crate) fn select_rows_sql(dialect: Dialect, mapping: &SourceMapping, by_hori
     let mut params = Params::new(dialect);
     let mut conditions = Vec::new();
     if bounded {
-        conditions.push(after_condition(horizon, &watermark, &mut params));
+        conditions.push(bound_condition(horizon, &watermark, &mut params, Side::After));
     }
-    conditions.push(up_to_condition(horizon, &watermark, &mut params));
+    conditions.push(bound_condition(horizon, &watermark, &mut params, Side::UpTo));
     format!(
         "SELECT {columns} FROM {table} WHERE {filter} ORDER BY {order}",
         columns = row_columns(dialect, mapping),

@@ -19,6 +19,7 @@ pub mod counting;
 pub mod error;
 pub mod flaky;
 pub mod local;
+pub mod reports;
 pub mod routing_table;
 pub mod shards;
 pub mod types;

@@ -489,7 +489,7 @@ async fn describe_existing(shards: &ShardStore, key: &str) -> Result<SealedInfo,
 
 /// Key of a task's rejects report.
 pub fn rejects_report_key(task_id: &str) -> String {
-    format!("reports/rejects/{}.json", task_id.replace(['/', ':'], "_"))
+    vera_store::reports::rejects_report_key(task_id)
 }
 
 async fn write_rejects_report(store: &dyn ObjectStore, task_id: &str, rejected: &[Rejection]) -> Result<(), PackError> {
