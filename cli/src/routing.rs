@@ -59,7 +59,8 @@ fn parse_granularity(text: &str) -> Result<TimeGranularity, String> {
         "hour" => Ok(TimeGranularity::Hour),
         "day" => Ok(TimeGranularity::Day),
         "month" => Ok(TimeGranularity::Month),
-        other => Err(format!("unknown granularity {other:?} (hour, day, month)")),
+        "year" => Ok(TimeGranularity::Year),
+        other => Err(format!("unknown granularity {other:?} (hour, day, month, year)")),
     }
 }
 

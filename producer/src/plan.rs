@@ -145,10 +145,10 @@ fn expected_segments(files: u64, n_bits: u8) -> u64 {
 
 /// The granularity and hash bits for one year's hours.
 fn choose(hours: &[HourCounts], targets: &PlanTargets) -> (TimeGranularity, u8) {
-    let granularity = [TimeGranularity::Hour, TimeGranularity::Day, TimeGranularity::Month]
+    let granularity = [TimeGranularity::Hour, TimeGranularity::Day, TimeGranularity::Month, TimeGranularity::Year]
         .into_iter()
         .find(|granularity| median_files(&rebucket(hours, *granularity)) >= targets.min_files_per_segment)
-        .unwrap_or(TimeGranularity::Month);
+        .unwrap_or(TimeGranularity::Year);
     let buckets = rebucket(hours, granularity);
     let median = median_files(&buckets);
     let largest_bytes = buckets.iter().map(|(_, bytes)| *bytes).max().unwrap_or(0);
@@ -263,14 +263,15 @@ mod tests {
     }
 
     #[test]
-    fn a_sparse_backfill_gets_month_buckets_and_a_dense_year_its_own_epoch() {
+    fn a_sparse_backfill_gets_year_buckets_and_a_dense_year_its_own_epoch() {
         let mut histogram = Histogram::default();
         fill(&mut histogram, "2016-01-01T00:00:00Z", 365 * 3, 3, 20_000);
         fill(&mut histogram, "2019-01-01T00:00:00Z", 365, 5_000, 20_000);
         let plan = propose(&histogram, &PlanTargets::default()).unwrap();
         assert_eq!(plan.epochs.len(), 2, "{plan:?}");
-        assert_eq!(plan.epochs[0].granularity, TimeGranularity::Month);
-        assert_eq!(plan.epochs[0].n_bits, 0, "about 90 files a month: one segment each");
+        // About 90 files a month, 1,095 a year: a month holds too few for a segment.
+        assert_eq!(plan.epochs[0].granularity, TimeGranularity::Year);
+        assert_eq!(plan.epochs[0].n_bits, 0, "one segment a year");
         assert_eq!(plan.epochs[1].effective_from, at("2019-01-01T00:00:00Z"));
         assert_eq!(plan.epochs[1].granularity, TimeGranularity::Day);
         assert_eq!(plan.table.locate("u", at("2017-06-01T00:00:00Z")).unwrap().epoch, 1);

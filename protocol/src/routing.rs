@@ -62,6 +62,8 @@ pub enum TimeGranularity {
     Day,
     /// Bucket = `(year - 1970) * 12 + (month - 1)`.
     Month,
+    /// Bucket = `year - 1970`: for sparse years, where a month holds too few files.
+    Year,
 }
 
 impl TimeGranularity {
@@ -71,6 +73,7 @@ impl TimeGranularity {
             TimeGranularity::Hour => 1,
             TimeGranularity::Day => 2,
             TimeGranularity::Month => 3,
+            TimeGranularity::Year => 4,
         }
     }
 
@@ -79,6 +82,7 @@ impl TimeGranularity {
             1 => Some(TimeGranularity::Hour),
             2 => Some(TimeGranularity::Day),
             3 => Some(TimeGranularity::Month),
+            4 => Some(TimeGranularity::Year),
             _ => None,
         }
     }
@@ -93,6 +97,7 @@ impl TimeGranularity {
                 let date = created_at.to_datetime().date();
                 (i64::from(date.year()) - 1970) * 12 + i64::from(u8::from(date.month())) - 1
             }
+            TimeGranularity::Year => i64::from(created_at.to_datetime().date().year()) - 1970,
         };
         // Timestamp's range keeps every granularity well inside i32.
         i32::try_from(bucket).unwrap_or(i32::MAX)
@@ -109,6 +114,10 @@ impl TimeGranularity {
                 let month = Month::try_from(u8::try_from(months.rem_euclid(12) + 1).ok()?).ok()?;
                 Date::from_calendar_date(year, month, 1).ok()?.with_time(Time::MIDNIGHT).assume_utc()
             }
+            TimeGranularity::Year => {
+                let year = i32::try_from(1970 + i64::from(bucket)).ok()?;
+                Date::from_calendar_date(year, Month::January, 1).ok()?.with_time(Time::MIDNIGHT).assume_utc()
+            }
         };
         let micros = i64::try_from(start.unix_timestamp_nanos() / 1000).ok()?;
         Timestamp::from_micros(micros).ok()?;
@@ -120,6 +129,7 @@ impl TimeGranularity {
             TimeGranularity::Hour => 'h',
             TimeGranularity::Day => 'd',
             TimeGranularity::Month => 'm',
+            TimeGranularity::Year => 'y',
         }
     }
 }
@@ -387,6 +397,7 @@ impl ShardAddr {
                 format!("{tag}{:04}-{:02}-{:02}", start.year(), u8::from(start.month()), start.day())
             }
             TimeGranularity::Month => format!("{tag}{:04}-{:02}", start.year(), u8::from(start.month())),
+            TimeGranularity::Year => format!("{tag}{:04}", start.year()),
         }
     }
 
@@ -437,6 +448,28 @@ impl ShardAddr {
         format!("{}g{:06}.r{}.vera", self.key_prefix(), generation, round)
     }
 
+    /// The key of a staging segment (ADR 0005): `…/s0123456789abcdef.vera`, named by the
+    /// first 8 bytes of its object hash, so a retried task finds the same key.
+    pub fn staging_segment_key(&self, object_hash: &[u8; 32]) -> String {
+        let mut name = String::with_capacity(STAGING_NAME_HEX);
+        for byte in &object_hash[..STAGING_NAME_HEX / 2] {
+            name.push_str(&format!("{byte:02x}"));
+        }
+        format!("{}s{name}.vera", self.key_prefix())
+    }
+
+    /// Parses a staging segment key produced by [`ShardAddr::staging_segment_key`]:
+    /// `(address, hex name)`. Only the canonical spelling is accepted.
+    pub fn from_staging_key(key: &str) -> Result<(Self, String), RoutingError> {
+        let bad = || RoutingError::BadPrefix { prefix: key.chars().take(128).collect() };
+        let (prefix, file) = key.rsplit_once('/').ok_or_else(bad)?;
+        let name = file.strip_prefix('s').and_then(|rest| rest.strip_suffix(".vera")).ok_or_else(bad)?;
+        if name.len() != STAGING_NAME_HEX || !name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad());
+        }
+        Ok((Self::from_key_prefix(prefix)?, name.to_owned()))
+    }
+
     /// Parses any segment key, packed or repacked: `(address, generation, round)`, with
     /// round 0 for a packed segment. Only the canonical spelling is accepted.
     pub fn parse_any_segment_key(key: &str) -> Result<(Self, u32, u32), RoutingError> {
@@ -461,6 +494,12 @@ impl ShardAddr {
         Ok((addr, generation, round))
     }
 }
+
+/// Hex digits of the object hash that name a staging segment.
+pub const STAGING_NAME_HEX: usize = 16;
+
+/// The generation a staging segment's header carries: it has none (ADR 0005).
+pub const STAGING_GENERATION: u32 = u32::MAX;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -501,14 +540,23 @@ fn parse_time_label(label: &str) -> Option<(TimeGranularity, i32)> {
         'h' => TimeGranularity::Hour,
         'd' => TimeGranularity::Day,
         'm' => TimeGranularity::Month,
+        'y' => TimeGranularity::Year,
         _ => return None,
     };
     let field = |range: std::ops::Range<usize>| -> Option<i64> { parse_decimal(rest.get(range)?) };
+    if granularity == TimeGranularity::Year {
+        if rest.len() != 4 {
+            return None;
+        }
+        return i32::try_from(field(0..4)? - 1970).ok().map(|bucket| (granularity, bucket));
+    }
     let (year, month) = (field(0..4)?, field(5..7)?);
     if rest.get(4..5)? != "-" {
         return None;
     }
     let bucket = match granularity {
+        // Parsed above: a year label has no month.
+        TimeGranularity::Year => return None,
         TimeGranularity::Month => {
             if rest.len() != 7 {
                 return None;
@@ -588,7 +636,9 @@ mod tests {
 
     #[test]
     fn prefix_round_trips_for_every_granularity() {
-        for granularity in [TimeGranularity::Hour, TimeGranularity::Day, TimeGranularity::Month] {
+        let all = [TimeGranularity::Hour, TimeGranularity::Day, TimeGranularity::Month, TimeGranularity::Year];
+        for granularity in all {
+            assert_eq!(TimeGranularity::from_code(granularity.code()), Some(granularity));
             for n_bits in [0u8, 1, 4, 5, 12, 20] {
                 let epoch = RoutingEpoch::new(3, granularity, n_bits).unwrap();
                 for (i, when) in
@@ -604,6 +654,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn year_buckets_count_calendar_years_from_1970() {
+        let epoch = RoutingEpoch::new(2, TimeGranularity::Year, 0).unwrap();
+        let first = epoch.locate("u", ts("2016-01-01T00:00:00Z")).unwrap();
+        let last = epoch.locate("u", ts("2016-12-31T23:59:59.999999Z")).unwrap();
+        assert_eq!((first.time_bucket, last.time_bucket), (46, 46));
+        assert_eq!(epoch.locate("u", ts("1969-12-31T23:59:59Z")).unwrap().time_bucket, -1);
+        assert_eq!(first.key_prefix(), "e2/y2016/n00-0/");
+        assert_eq!(first.time_range(), (ts("2016-01-01T00:00:00Z"), ts("2017-01-01T00:00:00Z")));
     }
 
     #[test]
@@ -623,6 +684,9 @@ mod tests {
             "e0/d2026-11-24/n04-a",
             "e1/h2026-11-24T24/n04-a",
             "e1/m2026-13/n04-a",
+            "e1/y26/n04-a",
+            "e1/y2026-01/n04-a",
+            "e1/y+026/n04-a",
             "e1/d2026-11-24/n21-00000",
             "e1/d+026-11-24/n04-a",
         ] {
@@ -636,6 +700,14 @@ mod tests {
         assert_eq!(addr.repacked_segment_key(1, 12), "e1/d2026-11-24/n04-a/g000001.r12.vera");
         assert_eq!(addr.repacked_segment_key(1, 0), addr.segment_key(1));
         assert!(ShardAddr::from_segment_key("e1/d2026-11-24/n04-a/g000001.r1.vera").is_err());
+        let staging = ShardAddr::from_key_prefix("e1/d2026-11-24/n04-a/").unwrap().staging_segment_key(&[0xab; 32]);
+        assert_eq!(staging, "e1/d2026-11-24/n04-a/sabababababababab.vera");
+        let (addr, name) = ShardAddr::from_staging_key(&staging).unwrap();
+        assert_eq!((addr.key_prefix().as_str(), name.as_str()), ("e1/d2026-11-24/n04-a/", "abababababababab"));
+        assert!(ShardAddr::from_segment_key(&staging).is_err(), "a staging key is no generation");
+        for bad in ["sABABABABABABABAB.vera", "sabab.vera", "sabababababababab.vera.meta", "g000001.vera"] {
+            assert!(ShardAddr::from_staging_key(&format!("e1/d2026-11-24/n04-a/{bad}")).is_err(), "{bad} was accepted");
+        }
         for bad in ["g000001.r0.vera", "g000001.r01.vera", "g000001.r.vera", "g000001.rx.vera", "g1.r1.vera"] {
             assert!(parse(&format!("e1/d2026-11-24/n04-a/{bad}")).is_err(), "{bad} was accepted");
         }
