@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use vera_protocol::Timestamp;
 use vera_protocol::merkle::{Hash, inclusion_proof, leaf_hash, root_of_leaf_hashes, verify_inclusion};
 use vera_protocol::message::{AuditAction, Message};
-use vera_protocol::routing::RoutingTable;
+use vera_protocol::routing::{RoutingTable, ShardAddr};
 use vera_protocol::shard::reader::{ReadLimits, SegmentIndex};
 use vera_store::ObjectStore;
 use vera_store::shards::{ShardStore, StoreSidecars, sidecar_of};
@@ -293,10 +293,14 @@ pub async fn export(
             }
         }
         Selection::Range { from, to } => {
-            for meta in store.list("e").await? {
-                if !meta.key.ends_with(".vera") {
-                    continue;
-                }
+            // Generations first, then staging segments (ADR 0005): a staged copy of a file
+            // a generation holds is not exported twice.
+            let mut listed = store.list("e").await?;
+            listed.retain(|meta| meta.key.ends_with(".vera"));
+            listed.sort_by_key(|meta| ShardAddr::from_staging_key(&meta.key).is_ok());
+            let mut chosen: std::collections::HashSet<String> = std::collections::HashSet::new();
+            for meta in listed {
+                let staged = ShardAddr::from_staging_key(&meta.key).is_ok();
                 let sidecar = sidecar_of(store, &meta.key).await.map_err(|e| AuditError::Export(e.to_string()))?;
                 if sidecar.as_ref().is_some_and(|s| s.superseded.is_some()) {
                     continue; // its live files are in the successor, which is listed too
@@ -306,6 +310,9 @@ pub async fn export(
                     let created_at = Timestamp::from_micros(file.entry.created_at_micros)
                         .map_err(|e| AuditError::Export(e.to_string()))?;
                     if created_at < *from || created_at >= *to {
+                        continue;
+                    }
+                    if !chosen.insert(file.uid.to_owned()) && staged {
                         continue;
                     }
                     if sidecar.as_ref().is_some_and(|s| s.is_tombstoned(file.uid)) {

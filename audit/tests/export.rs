@@ -69,8 +69,10 @@ async fn world() -> World {
         routing: routing(),
     };
     let shards = ShardStore::new(Arc::clone(&store));
-    let report =
-        vera_worker::pack_task(&task, &source, &shards, &vera_worker::WorkerSettings::default()).await.unwrap();
+    // Generations, so that a repack can follow (staging segments are merged instead).
+    let staging = vera_worker::settings::StagingSettings { direct_min_files: 0, ..Default::default() };
+    let settings = vera_worker::WorkerSettings { staging, ..vera_worker::WorkerSettings::default() };
+    let report = vera_worker::pack_task(&task, &source, &shards, &settings).await.unwrap();
     let bus = Arc::new(SqliteBus::open(dir.path().join("bus.sqlite"), 3).await.unwrap());
     vera_worker::run::publish_events(bus.as_ref(), "worker-1", &report, &SystemClock).await.unwrap();
 

@@ -13,6 +13,7 @@ use vera_store::counting::CountingStore;
 use vera_store::local::LocalStore;
 use vera_store::shards::ShardStore;
 use vera_store::{LockMode, ObjectStore};
+use vera_worker::settings::StagingSettings;
 use vera_worker::{RetentionPolicy, WorkerSettings};
 
 /// `--n-bits` when a command writes the first routing table and none is given.
@@ -355,6 +356,15 @@ pub struct WorkerArgs {
     /// Deliveries before a task is dead-lettered.
     #[arg(long, default_value_t = 5)]
     pub max_attempts: u32,
+    /// A task's files at one address become a final generation at once from this many
+    /// on; fewer go to a short-locked staging segment that `vera compact` merges once the
+    /// time slice closes (docs/adr/0005). 0 writes every segment final.
+    #[arg(long, env = "VERA_DIRECT_MIN_FILES", default_value_t = 1000)]
+    pub direct_min_files: u64,
+    /// Object Lock on staging segments, in days from their write (never past the final
+    /// retention); `vera compact` extends it while a segment is not merged.
+    #[arg(long, env = "VERA_STAGING_RETENTION_DAYS", default_value_t = 7)]
+    pub staging_retention_days: u32,
 }
 
 fn parse_mode(text: &str) -> Result<CompressionMode, String> {
@@ -382,6 +392,11 @@ impl WorkerArgs {
             compression: CompressionPolicy { mode: self.compression, ..CompressionPolicy::default() },
             retention: (self.retain_days > 0)
                 .then_some(RetentionPolicy { mode: self.lock_mode, retain_days: self.retain_days }),
+            staging: StagingSettings {
+                direct_min_files: self.direct_min_files,
+                retention_days: self.staging_retention_days,
+                ..StagingSettings::default()
+            },
             ..WorkerSettings::default()
         };
         settings.validate().map_err(|e| anyhow::anyhow!(e))?;

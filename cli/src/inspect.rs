@@ -132,6 +132,8 @@ fn progress_bar(len: u64, message: &'static str, hidden: bool) -> indicatif::Pro
 #[derive(Debug, Default, Serialize)]
 pub struct StatsReport {
     pub segments: u64,
+    /// Staging segments (ADR 0005): not counted in `segments` or any figure below.
+    pub staging_segments: u64,
     pub addresses: u64,
     pub files: u64,
     pub raw_bytes: u64,
@@ -203,6 +205,7 @@ impl StatsReport {
                 format!("{}, largest {}", self.later_generation_segments, mb(self.largest_later_generation_bytes)),
             ),
             ("addresses without g0", self.addresses_without_generation_0.to_string()),
+            ("staging segments (vera compact)", self.staging_segments.to_string()),
             (
                 "cold-read GETs",
                 self.files_by_cold_read_gets
@@ -237,6 +240,11 @@ pub async fn stats(args: InspectArgs) -> anyhow::Result<StatsReport> {
     let progress = progress_bar(segments.len() as u64, "reading", args.json);
     for meta in segments {
         progress.inc(1);
+        if ShardAddr::from_staging_key(&meta.key).is_ok() {
+            // Waiting for `vera compact`, or merged and waiting for its lock to expire.
+            report.staging_segments += 1;
+            continue;
+        }
         let Ok((addr, generation, round)) = ShardAddr::parse_any_segment_key(&meta.key) else { continue };
         let sidecar = vera_store::shards::sidecar_of(store.as_ref(), &meta.key).await?;
         if sidecar.is_some_and(|sidecar| sidecar.superseded.is_some()) {

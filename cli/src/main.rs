@@ -2,6 +2,7 @@
 
 mod bus;
 mod common;
+mod compact;
 mod demo;
 mod inspect;
 mod lifecycle;
@@ -50,6 +51,9 @@ enum Command {
     /// Run the lifecycle tracker: consume tombstone events, request a repack (on the
     /// `repack` topic) of every segment whose tombstoned share passes --threshold.
     LifecycleTracker(lifecycle::TrackerArgs),
+    /// Merge staging segments (small writes) into one final generation per address once
+    /// its time slice has closed; delete them when redundant and unlocked (ADR 0005).
+    Compact(compact::CompactArgs),
     /// Extend one file's retention (never shorten it): recorded in the sidecar, and the
     /// segment's Object Lock raised to the longest retention of any file in it.
     Retain(lifecycle::RetainArgs),
@@ -164,6 +168,10 @@ async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Delete(args) => {
             common::init_tracing("warn");
             lifecycle::delete(args).await
+        }
+        Command::Compact(args) => {
+            common::init_tracing("info");
+            compact::compact(args).await
         }
         Command::LifecycleTracker(args) => {
             common::init_tracing("info");

@@ -169,13 +169,23 @@ impl Lifecycle {
             request_id: request.request_id.clone(),
             operator: request.operator.clone(),
         };
-        let (addr, segment_key, changed, _) = self
-            .change_file(&request.uid, request.created_at, |sidecar, segment_key| {
-                sidecar
-                    .tombstone(&request.uid, tombstone.clone())
-                    .map_err(|source| LifecycleError::CorruptSidecar { segment_key: segment_key.to_owned(), source })
-            })
-            .await?;
+        let tombstone_in = |sidecar: &mut Sidecar, segment_key: &str| {
+            sidecar
+                .tombstone(&request.uid, tombstone.clone())
+                .map_err(|source| LifecycleError::CorruptSidecar { segment_key: segment_key.to_owned(), source })
+        };
+        let (addr, mut segment_key, mut changed, _) =
+            self.change_file(&request.uid, request.created_at, tombstone_in).await?;
+        if ShardAddr::from_staging_key(&segment_key).is_ok() {
+            // A compactor may have merged the file into a final generation while this
+            // tombstone went to the staging copy (ADR 0005): tombstone what a read finds
+            // now as well. The compactor, having written, reads the staging sidecar, so
+            // one of the two always sees the other.
+            let (_, now_key, now_changed, _) = self.change_file(&request.uid, request.created_at, tombstone_in).await?;
+            if now_key != segment_key {
+                (segment_key, changed) = (now_key, now_changed);
+            }
+        }
         let event = Message::TombstoneRequested(TombstoneRequested {
             request_id: request.request_id.clone(),
             uid: request.uid.clone(),

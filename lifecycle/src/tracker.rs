@@ -65,6 +65,11 @@ impl Lifecycle {
             return Ok(None); // already repacked (or being repacked): the file is gone from it
         }
         let (addr, segment_key) = (located.addr, located.key);
+        if ShardAddr::from_staging_key(&segment_key).is_ok() {
+            // A staging segment is never repacked: the compactor leaves its tombstoned
+            // files out of the merge and then deletes it (ADR 0005).
+            return Ok(None);
+        }
         let (tombstoned_bytes, total_bytes) = self.tombstoned_share(&segment_key).await?;
         if total_bytes == 0 || (tombstoned_bytes as f64) < threshold * total_bytes as f64 {
             return Ok(None);

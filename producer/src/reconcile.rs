@@ -195,10 +195,18 @@ impl<'a> AddressCache<'a> {
         let mut files = HashMap::new();
         let mut tombstoned = HashSet::new();
         let mut twice = 0;
-        for (_, key) in self.shards.segments(addr).await? {
+        let layout = self.shards.layout(addr).await?;
+        // Staging segments last: a staged copy of a file a generation already holds is
+        // the same file waiting for its staging segment's deletion, not a second one.
+        let finals = layout.generations.into_iter().map(|(_, key)| (key, true));
+        let staged = layout.staging.into_iter().map(|staging| (staging.key, false));
+        for (key, is_final) in finals.chain(staged) {
             let index = self.shards.index(&key).await?;
             let sidecar = sidecar_of(self.shards.store().as_ref(), &key).await?;
             for file in index.files() {
+                if !is_final && files.contains_key(file.uid) {
+                    continue;
+                }
                 if files.insert(file.uid.to_owned(), file.entry.created_at_micros).is_some() {
                     twice += 1;
                 }

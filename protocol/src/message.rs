@@ -242,6 +242,8 @@ pub enum AuditAction {
     Reconcile,
     /// A routing epoch added to the store's routing table (`vera routing add-epoch`).
     Routing,
+    /// Staging segments merged into a final generation (`vera compact`, ADR 0005).
+    Compact,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,7 +331,9 @@ impl Envelope {
                 task.routing.validate().map_err(|_| EnvelopeError::InvalidField { field: "routing" })?;
             }
             Message::ShardSealed(sealed) => {
-                if sealed.key != sealed.addr.segment_key(sealed.generation) {
+                let staged = sealed.generation == crate::routing::STAGING_GENERATION
+                    && ShardAddr::from_staging_key(&sealed.key).is_ok_and(|(addr, _)| addr == sealed.addr);
+                if !staged && sealed.key != sealed.addr.segment_key(sealed.generation) {
                     return Err(EnvelopeError::InvalidField { field: "key" });
                 }
             }

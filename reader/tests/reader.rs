@@ -55,7 +55,9 @@ async fn packed_store(dir: &std::path::Path) -> LocalStore {
         slot: Slot::by_watermark(0, ROWS, ROWS as u64, 0),
         routing: routing(),
     };
-    let settings = vera_worker::WorkerSettings { retention: None, ..vera_worker::WorkerSettings::default() };
+    // Generations only: the read path through staging segments is tested in compact/tests.
+    let staging = vera_worker::settings::StagingSettings { direct_min_files: 0, ..Default::default() };
+    let settings = vera_worker::WorkerSettings { retention: None, staging, ..vera_worker::WorkerSettings::default() };
     vera_worker::pack_task(&task, &source, &ShardStore::new(Arc::new(store.clone())), &settings).await.unwrap();
     store
 }

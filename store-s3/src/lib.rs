@@ -572,6 +572,7 @@ macro_rules! object_meta {
             retention: lock_from_parts($output.object_lock_mode(), $output.object_lock_retain_until_date()),
             legal_hold: $output.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On),
             metadata: $output.metadata().cloned().unwrap_or_default().into_iter().collect(),
+            last_modified: $output.last_modified().and_then(from_datetime),
         }
     };
 }
@@ -792,6 +793,7 @@ impl ObjectStore for S3Store {
                     retention: None,
                     legal_hold: false,
                     metadata: Default::default(),
+                    last_modified: object.last_modified().and_then(from_datetime),
                 });
             }
         }

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use vera_protocol::Timestamp;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{StoreError, StoreErrorKind};
@@ -242,8 +243,15 @@ impl Inner {
         Ok(())
     }
 
-    fn meta(&self, key: &str, header: ObjectHeader, body_len: u64, state: LockState) -> ObjectMeta {
+    fn meta(&self, key: &str, file: &File, header: ObjectHeader, body_len: u64, state: LockState) -> ObjectMeta {
+        let last_modified = file
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .ok()
+            .and_then(|modified| modified.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|since| Timestamp::from_micros(i64::try_from(since.as_micros()).ok()?).ok());
         ObjectMeta {
+            last_modified,
             key: key.to_owned(),
             len: body_len,
             etag: header.etag,
@@ -426,9 +434,9 @@ impl Inner {
     }
 
     fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        let (_, header, _, body_len) = self.open_object(key)?;
+        let (file, header, _, body_len) = self.open_object(key)?;
         let state = self.lock_state(key)?;
-        Ok(self.meta(key, header, body_len, state))
+        Ok(self.meta(key, &file, header, body_len, state))
     }
 
     fn get(&self, key: &str) -> Result<GetOutcome, StoreError> {
@@ -439,7 +447,7 @@ impl Inner {
             return Err(StoreError::new(StoreErrorKind::Transient, key, "object changed while reading"));
         }
         let state = self.lock_state(key)?;
-        Ok(GetOutcome { body: Bytes::from(body), meta: self.meta(key, header, body_len, state) })
+        Ok(GetOutcome { body: Bytes::from(body), meta: self.meta(key, &file, header, body_len, state) })
     }
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {

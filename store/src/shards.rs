@@ -398,6 +398,23 @@ struct Missing {
     end: Option<u32>,
 }
 
+/// What [`ShardStore::layout`] finds under an address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressLayout {
+    /// Final generations, by generation.
+    pub generations: Vec<(u32, String)>,
+    /// Staging segments not merged (or not deleted) yet, newest first.
+    pub staging: Vec<StagingSegment>,
+}
+
+/// A staging segment as a LIST reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagingSegment {
+    pub key: String,
+    pub last_modified: Option<Timestamp>,
+    pub len: u64,
+}
+
 /// One generation's answer to a probe.
 enum Probe<T> {
     Found((String, T, Option<Tail>)),
@@ -545,24 +562,35 @@ impl ShardStore {
     fn suffix_len(&self, key: &str) -> u64 {
         match ShardAddr::from_segment_key(key) {
             Ok((_, generation)) if generation > 0 => self.suffix_hint().max(self.later_suffix_bytes),
+            // Staging segments are small: usually one suffix holds all of one.
+            Err(_) if ShardAddr::from_staging_key(key).is_ok() => self.suffix_hint().max(self.later_suffix_bytes),
             _ => self.suffix_hint(),
         }
     }
 
-    /// Existing segments under an address, by generation (one LIST).
+    /// Existing final segments under an address, by generation (one LIST).
     pub async fn segments(&self, addr: &ShardAddr) -> Result<Vec<(u32, String)>, ShardError> {
-        let mut segments: Vec<(u32, String)> = self
-            .store
-            .list(&addr.key_prefix())
-            .await?
-            .into_iter()
-            .filter_map(|meta| match ShardAddr::from_segment_key(&meta.key) {
-                Ok((found, generation)) if found == *addr => Some((generation, meta.key)),
-                _ => None,
-            })
-            .collect();
-        segments.sort();
-        Ok(segments)
+        Ok(self.layout(addr).await?.generations)
+    }
+
+    /// An address's final generations and staging segments (one LIST).
+    pub async fn layout(&self, addr: &ShardAddr) -> Result<AddressLayout, ShardError> {
+        let mut layout = AddressLayout::default();
+        for meta in self.store.list(&addr.key_prefix()).await? {
+            if let Ok((found, generation)) = ShardAddr::from_segment_key(&meta.key) {
+                if found == *addr {
+                    layout.generations.push((generation, meta.key));
+                }
+            } else if let Ok((found, _)) = ShardAddr::from_staging_key(&meta.key)
+                && found == *addr
+            {
+                layout.staging.push(StagingSegment { key: meta.key, last_modified: meta.last_modified, len: meta.len });
+            }
+        }
+        layout.generations.sort();
+        // Newest first: a read of a fresh file finds it in the first one it opens.
+        layout.staging.sort_by(|a, b| b.last_modified.cmp(&a.last_modified).then_with(|| a.key.cmp(&b.key)));
+        Ok(layout)
     }
 
     /// The parsed, verified index of a segment: from the cache, or with one suffix GET
@@ -700,6 +728,40 @@ impl ShardStore {
     /// missing key. A uid the later generations do not list sends the probe back to
     /// generation 0, unless its absence is trusted ([`ShardStore::cache_absence`]).
     async fn probe<T: SegmentLookup>(
+        &self,
+        addr: &ShardAddr,
+        uid: &str,
+    ) -> Result<(String, T, Option<Tail>), ShardError> {
+        match self.probe_generations::<T>(addr, uid).await {
+            Err(ShardError::NotFound { .. }) => self.probe_staging::<T>(addr, uid).await,
+            other => other,
+        }
+    }
+
+    /// A uid no final generation lists may still be in a staging segment that the
+    /// compactor has not merged yet (ADR 0005): one LIST, then their indexes, newest
+    /// first. A merged file is always found in its final generation first.
+    async fn probe_staging<T: SegmentLookup>(
+        &self,
+        addr: &ShardAddr,
+        uid: &str,
+    ) -> Result<(String, T, Option<Tail>), ShardError> {
+        for staged in self.layout(addr).await?.staging {
+            let (index, tail) = match T::fetch(self, &staged.key).await {
+                Ok(found) => found,
+                // Deleted by the compactor since the LIST: its files are in a generation.
+                Err(ShardError::Store(error)) if error.kind == StoreErrorKind::NotFound => continue,
+                Err(other) => return Err(other),
+            };
+            if !index.records(uid).is_empty() {
+                return Ok((staged.key, index, tail));
+            }
+        }
+        Err(not_found(uid, addr))
+    }
+
+    /// [`ShardStore::probe`] over the final generations only.
+    async fn probe_generations<T: SegmentLookup>(
         &self,
         addr: &ShardAddr,
         uid: &str,

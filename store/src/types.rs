@@ -81,6 +81,9 @@ pub struct ObjectMeta {
     pub retention: Option<Retention>,
     pub legal_hold: bool,
     pub metadata: BTreeMap<String, String>,
+    /// When the object was written, where the backend says (S3 LIST and HEAD do).
+    #[serde(default)]
+    pub last_modified: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone)]

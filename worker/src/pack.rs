@@ -20,6 +20,12 @@
 //!    arrival's whole cold read). Anything else (a slice's own rows cut by a slot limit, a
 //!    backfill) takes generation 0 when it is free.
 //!
+//! A task's files at one address that are too few for a final generation
+//! ([`crate::settings::StagingSettings`]) go instead to a staging segment, named by its own
+//! object hash and locked for a short time; `vera compact` ([`crate::compact`]) merges an
+//! address's staging segments into one final generation once its time slice has closed
+//! (ADR 0005). Step 2 looks in staging segments too.
+//!
 //! A crash anywhere leaves either nothing or complete, verified, immutable segments, and
 //! the redelivered task converges on the same result.
 
@@ -34,12 +40,12 @@ use tempfile::SpooledTempFile;
 use vera_protocol::Timestamp;
 use vera_protocol::merkle::Hash;
 use vera_protocol::message::PackTask;
-use vera_protocol::routing::ShardAddr;
+use vera_protocol::routing::{STAGING_GENERATION, ShardAddr};
 use vera_protocol::shard::{FileInput, HEADER_LEN, Header, PreparedFile, SegmentSettings, SegmentWriter, WriteError};
 use vera_source::{Source, SourceError};
 use vera_store::shards::{ShardError, ShardStore};
 use vera_store::upload::{FileSource, UploadSource};
-use vera_store::{ObjectStore, PutOptions, Retention, StoreError, StoreErrorKind};
+use vera_store::{Clock, ObjectStore, PutOptions, Retention, StoreError, StoreErrorKind};
 
 use crate::rows::{RejectReason, Rejection, ValidRow, validate_row};
 use crate::settings::WorkerSettings;
@@ -86,6 +92,15 @@ impl PackError {
     }
 }
 
+/// Where a sealed group of files goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// The next final generation; `late` keeps it out of generation 0.
+    Final { late: bool },
+    /// A staging segment, merged later by the compactor.
+    Staging,
+}
+
 /// A segment holding files of this task, for the `ShardSealed` event and the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SealedInfo {
@@ -114,6 +129,11 @@ pub struct PackReport {
     pub bytes_in: u64,
     pub rejected: Vec<Rejection>,
     pub segments: Vec<SealedInfo>,
+}
+
+/// The wall clock, for a staging segment's lock (never for its bytes).
+fn wall_clock_now() -> Timestamp {
+    vera_store::SystemClock.now()
 }
 
 /// Accumulated state while streaming a slot; moved to and from the blocking pool.
@@ -197,11 +217,22 @@ pub async fn pack_task(
     // Newest time slice first: the slot's own rows are most of its bytes.
     writers.sort_by_key(|(addr, _)| (std::cmp::Reverse((addr.epoch, addr.time_bucket)), *addr));
     let late_slices = late_slices(&state.slice_rows);
+    let now = wall_clock_now();
     let outcomes: Vec<Result<AddressOutcome, PackError>> = futures::stream::iter(writers)
         .map(|(addr, writer)| {
-            let late = late_slices.contains(&(addr.epoch, addr.time_bucket))
-                && writer.spilled_bytes() <= LATE_SEGMENT_MAX_BYTES;
-            seal_address(task, addr, late, writer, shards, Arc::clone(&settings))
+            let placement = if settings.staging.is_direct(writer.file_count() as u64, writer.spilled_bytes()) {
+                let late = late_slices.contains(&(addr.epoch, addr.time_bucket))
+                    && writer.spilled_bytes() <= LATE_SEGMENT_MAX_BYTES;
+                Placement::Final { late }
+            } else {
+                Placement::Staging
+            };
+            let retention = settings.retention.as_ref().map(|policy| match placement {
+                Placement::Final { .. } => policy.retention_for(&addr),
+                Placement::Staging => policy.staging_retention(&addr, now, settings.staging.retention_days),
+            });
+            let target = SealTarget { task_id: &task.task_id, placement, retention, look_in_staging: true };
+            seal_address(target, addr, writer, shards, Arc::clone(&settings))
         })
         .buffer_unordered(settings.put_concurrency)
         .collect()
@@ -295,24 +326,30 @@ fn add_batch(
     Ok(state)
 }
 
-struct AddressOutcome {
-    packed_files: u64,
-    already_stored: u64,
-    rejected: Vec<Rejection>,
-    segments: Vec<SealedInfo>,
+pub struct AddressOutcome {
+    pub packed_files: u64,
+    pub already_stored: u64,
+    pub rejected: Vec<Rejection>,
+    pub segments: Vec<SealedInfo>,
 }
 
-/// Leaves out files already stored under `addr`; returns the keys that hold them.
+/// Leaves out files already stored under `addr` (in its final generations, and with
+/// `look_in_staging` in its staging segments too); returns the final generations and the
+/// keys that hold the files left out.
 async fn drop_stored_files(
     addr: &ShardAddr,
     writer: &mut SegmentWriter<SpooledTempFile>,
     shards: &ShardStore,
+    look_in_staging: bool,
     rejected: &mut Vec<Rejection>,
 ) -> Result<(Vec<(u32, String)>, BTreeMap<String, u64>), PackError> {
-    let existing = shards.segments(addr).await?;
+    let layout = shards.layout(addr).await?;
+    let existing = layout.generations;
+    let staging: Vec<String> =
+        if look_in_staging { layout.staging.into_iter().map(|s| s.key).collect() } else { Vec::new() };
     let mut holders: BTreeMap<String, u64> = BTreeMap::new();
     let mut drop: HashSet<String> = HashSet::new();
-    for (_, key) in &existing {
+    for key in existing.iter().map(|(_, key)| key).chain(staging.iter()) {
         let index = shards.index(key).await?;
         for (uid, hash) in writer.pending_files() {
             let Some(found) = index.find(uid) else { continue };
@@ -356,18 +393,29 @@ fn first_generation(existing: &[(u32, String)], late: bool) -> u32 {
     existing.iter().map(|(generation, _)| generation + 1).max().unwrap_or(1)
 }
 
-/// Seals the files of one address that are not stored yet; `late` when they are late
-/// arrivals (see the module docs).
-async fn seal_address(
-    task: &PackTask,
+/// Where and how [`seal_address`] writes.
+pub struct SealTarget<'a> {
+    /// Recorded in the segment's metadata ([`META_TASK`]).
+    pub task_id: &'a str,
+    pub placement: Placement,
+    pub retention: Option<Retention>,
+    /// Whether files already in staging segments count as stored (a pack task), or not
+    /// (the compactor, which is moving them out of there).
+    pub look_in_staging: bool,
+}
+
+/// Seals the files of one address that are not stored yet, where `target` says (see the
+/// module docs).
+pub async fn seal_address(
+    target: SealTarget<'_>,
     addr: ShardAddr,
-    late: bool,
     mut writer: SegmentWriter<SpooledTempFile>,
     shards: &ShardStore,
     settings: Arc<WorkerSettings>,
 ) -> Result<AddressOutcome, PackError> {
     let mut rejected = Vec::new();
-    let (existing, holders) = drop_stored_files(&addr, &mut writer, shards, &mut rejected).await?;
+    let (existing, holders) =
+        drop_stored_files(&addr, &mut writer, shards, target.look_in_staging, &mut rejected).await?;
     let already_stored: u64 = holders.values().sum();
     let mut segments = Vec::new();
     for key in holders.keys() {
@@ -377,7 +425,10 @@ async fn seal_address(
         return Ok(AddressOutcome { packed_files: 0, already_stored, rejected, segments });
     }
     let our_files: HashMap<String, Hash> = writer.pending_files().map(|(uid, hash)| (uid.to_owned(), *hash)).collect();
-    let mut generation = first_generation(&existing, late);
+    let mut generation = match target.placement {
+        Placement::Final { late } => first_generation(&existing, late),
+        Placement::Staging => STAGING_GENERATION,
+    };
     writer.set_generation(generation);
     // The sealed segment goes to an unnamed temp file and streams from there (a multipart
     // upload on S3), so a worker holds one upload part in memory, not a whole segment.
@@ -396,15 +447,18 @@ async fn seal_address(
     })
     .await
     .map_err(|e| PackError::Join(e.to_string()))??;
-    let retention = settings.retention.as_ref().map(|policy| policy.retention_for(&addr));
+    let retention = target.retention;
     let body = Arc::new(FileSource::new(file)?);
     let object_bytes = body.len();
     let mut object_hash = sealed.object_hash;
     for _ in 0..MAX_GENERATION_ATTEMPTS {
-        let key = addr.segment_key(generation);
+        let key = match target.placement {
+            Placement::Final { .. } => addr.segment_key(generation),
+            Placement::Staging => addr.staging_segment_key(&object_hash),
+        };
         let mut options = PutOptions::create()
             .with_metadata(META_OBJECT_HASH, vera_protocol::hex::encode(&object_hash))
-            .with_metadata(META_TASK, task.task_id.clone());
+            .with_metadata(META_TASK, target.task_id.to_owned());
         options.retention = retention;
         match shards.store().put_source(&key, body.clone(), options).await {
             Ok(outcome) => {
@@ -440,7 +494,9 @@ async fn seal_address(
                         segments,
                     });
                 }
-                if ours > 0 {
+                if ours > 0 || target.placement == Placement::Staging {
+                    // A staging key is named by its content: another content there is a
+                    // hash-prefix collision, which a retry cannot resolve either.
                     return Err(PackError::Conflict { prefix: addr.key_prefix() });
                 }
                 // Each generation in turn: a concurrent delivery of this task may hold our
@@ -462,9 +518,15 @@ async fn seal_address(
     Err(PackError::Conflict { prefix: addr.key_prefix() })
 }
 
-/// Describes a segment already in the store (for re-emitting its `ShardSealed`).
-async fn describe_existing(shards: &ShardStore, key: &str) -> Result<SealedInfo, PackError> {
-    let (addr, generation) = ShardAddr::from_segment_key(key).map_err(|e| PackError::InvalidTask(e.to_string()))?;
+/// Describes a segment already in the store (for re-emitting its `ShardSealed`): a final
+/// generation or a staging segment.
+pub async fn describe_existing(shards: &ShardStore, key: &str) -> Result<SealedInfo, PackError> {
+    let (addr, generation) = match ShardAddr::from_segment_key(key) {
+        Ok(found) => found,
+        Err(_) => ShardAddr::from_staging_key(key)
+            .map(|(addr, _)| (addr, STAGING_GENERATION))
+            .map_err(|e| PackError::InvalidTask(e.to_string()))?,
+    };
     let meta = shards.store().head(key).await?;
     let index = shards.index(key).await?;
     let object_hash = meta

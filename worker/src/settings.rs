@@ -19,6 +19,14 @@ pub struct RetentionPolicy {
 }
 
 impl RetentionPolicy {
+    /// A staging segment's lock: `days` from `now`, never past the final retention.
+    pub fn staging_retention(&self, addr: &ShardAddr, now: Timestamp, days: u32) -> Retention {
+        let full = self.retention_for(addr);
+        let micros = now.as_micros().saturating_add(i64::from(days) * 86_400_000_000);
+        let until = Timestamp::from_micros(micros).unwrap_or(Timestamp::MAX);
+        Retention { mode: self.mode, retain_until: until.min(full.retain_until) }
+    }
+
     pub fn retention_for(&self, addr: &ShardAddr) -> Retention {
         let (_, bucket_end) = addr.time_range();
         let micros = bucket_end.as_micros().saturating_add(i64::from(self.retain_days) * 86_400_000_000);
@@ -47,6 +55,35 @@ pub struct WorkerSettings {
     pub batch_rows: usize,
     /// Delay before a failed task is retried.
     pub retry_delay_seconds: u64,
+    /// When a task's files at one address are too few for a final generation.
+    pub staging: StagingSettings,
+}
+
+/// Small writes go to staging segments that `vera compact` merges (ADR 0005).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagingSettings {
+    /// A task's files at one address become a final generation at once from this many
+    /// on; fewer go to a staging segment. 0 turns staging off (every write is final).
+    pub direct_min_files: u64,
+    /// ... or from this many record bytes on.
+    pub direct_min_bytes: u64,
+    /// Object Lock on a staging segment, from its write (capped at the final retention);
+    /// the compactor extends it while the segment is not merged yet.
+    pub retention_days: u32,
+}
+
+impl Default for StagingSettings {
+    fn default() -> Self {
+        StagingSettings { direct_min_files: 1000, direct_min_bytes: 64 * 1024 * 1024, retention_days: 7 }
+    }
+}
+
+impl StagingSettings {
+    /// True when a group of `files` files and `bytes` record bytes is written final.
+    pub fn is_direct(&self, files: u64, bytes: u64) -> bool {
+        self.direct_min_files == 0 || files >= self.direct_min_files || bytes >= self.direct_min_bytes
+    }
 }
 
 impl Default for WorkerSettings {
@@ -61,6 +98,7 @@ impl Default for WorkerSettings {
             put_concurrency: 4,
             batch_rows: 2048,
             retry_delay_seconds: 5,
+            staging: StagingSettings::default(),
         }
     }
 }
@@ -77,6 +115,9 @@ impl WorkerSettings {
         }
         if self.put_concurrency == 0 || self.batch_rows == 0 {
             return Err("put_concurrency and batch_rows must be at least 1".into());
+        }
+        if self.staging.direct_min_files > 0 && self.staging.retention_days == 0 {
+            return Err("staging.retention_days must be at least 1 while staging is on".into());
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use vera_store::ObjectStore;
 use vera_store::flaky::FlakyStore;
 use vera_store::local::LocalStore;
 use vera_store::shards::ShardStore;
+use vera_worker::settings::StagingSettings;
 use vera_worker::{WorkerSettings, pack_task, run_worker};
 
 const ROWS: i64 = 600;
@@ -78,6 +79,8 @@ fn settings() -> WorkerSettings {
         retention: None,
         visibility_timeout_seconds: 5,
         retry_delay_seconds: 0,
+        // These tests are about generations; staging has its own (compact/tests).
+        staging: StagingSettings { direct_min_files: 0, ..StagingSettings::default() },
         ..WorkerSettings::default()
     }
 }

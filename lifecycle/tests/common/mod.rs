@@ -73,7 +73,9 @@ pub async fn world_on(
         slot: Slot::by_watermark(0, ROWS, ROWS as u64, 0),
         routing: routing(),
     };
-    let settings = vera_worker::WorkerSettings { retention, ..vera_worker::WorkerSettings::default() };
+    // Repack works on generations; staging segments are merged by the compactor instead.
+    let staging = vera_worker::settings::StagingSettings { direct_min_files: 0, ..Default::default() };
+    let settings = vera_worker::WorkerSettings { retention, staging, ..vera_worker::WorkerSettings::default() };
     vera_worker::pack_task(&task, &source, &ShardStore::new(Arc::clone(&store)), &settings).await.unwrap();
     let bus = Arc::new(SqliteBus::open(dir.path().join("bus.sqlite"), 3).await.unwrap());
     let lifecycle = Lifecycle::new(ShardStore::new(Arc::clone(&store)), routing(), bus.clone(), Arc::new(SystemClock));
