@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 
-
 /// splitmix64: the model needs repeatable numbers, nothing more.
 struct SmallRng(u64);
 
@@ -115,11 +114,8 @@ fn sparse(rng: &mut SmallRng) -> Vec<Arrival> {
     let dense = [(3 * 365 + 40) * DAY, (6 * 365 + 100) * DAY, (8 * 365 + 200) * DAY];
     for day in 0..(10 * 365) {
         let start = day * DAY;
-        let count = if dense.iter().any(|d| (d..&(d + 30 * DAY)).contains(&&start)) {
-            2000
-        } else {
-            rng.gen_range(0..=6)
-        };
+        let count =
+            if dense.iter().any(|d| (d..&(d + 30 * DAY)).contains(&&start)) { 2000 } else { rng.gen_range(0..=6) };
         for i in 0..count {
             let created = start + i * DAY / count.max(1);
             out.push(arrival(rng, 10 * 365 * DAY + created / 5000, created));
@@ -242,7 +238,11 @@ fn run(pattern: &Pattern, policy: &Policy) -> Outcome {
                 // A merge runs at its deadline once no write came for QUIET seconds.
                 const QUIET: i64 = 60;
                 let next_deadline = |deadline: i64| {
-                    if deadline < slice_end + policy.lateness_seconds { slice_end + policy.lateness_seconds } else { deadline + DAY }
+                    if deadline < slice_end + policy.lateness_seconds {
+                        slice_end + policy.lateness_seconds
+                    } else {
+                        deadline + DAY
+                    }
                 };
                 let mut deadline = if has_final { slice_end + policy.lateness_seconds } else { slice_end + 300 };
                 let mut merges: Vec<u64> = vec![0];
@@ -311,18 +311,67 @@ fn report(pattern: &Pattern, policy: &Policy, mut outcome: Outcome) {
 fn main() {
     let mut rng = SmallRng::seed_from_u64(20_261_207);
     let patterns = [
-        Pattern { name: "bulk", arrivals: bulk(&mut rng, 0.01, 1), slice_seconds: DAY, n_bits: 2, follow: true, mean_file_bytes: 12_000 },
-        Pattern { name: "stream", arrivals: stream(&mut rng, 200.0, DAY, None), slice_seconds: HOUR, n_bits: 6, follow: true, mean_file_bytes: 12_000 },
-        Pattern { name: "late", arrivals: bulk(&mut rng, 0.01, 4), slice_seconds: DAY, n_bits: 2, follow: true, mean_file_bytes: 12_000 },
-        Pattern { name: "sparse", arrivals: sparse(&mut rng), slice_seconds: 365 * DAY, n_bits: 0, follow: true, mean_file_bytes: 12_000 },
-        Pattern { name: "burst", arrivals: stream(&mut rng, 200.0, 6 * HOUR, Some((3 * HOUR, 3 * HOUR + 600, 10.0))), slice_seconds: HOUR, n_bits: 6, follow: true, mean_file_bytes: 12_000 },
+        Pattern {
+            name: "bulk",
+            arrivals: bulk(&mut rng, 0.01, 1),
+            slice_seconds: DAY,
+            n_bits: 2,
+            follow: true,
+            mean_file_bytes: 12_000,
+        },
+        Pattern {
+            name: "stream",
+            arrivals: stream(&mut rng, 200.0, DAY, None),
+            slice_seconds: HOUR,
+            n_bits: 6,
+            follow: true,
+            mean_file_bytes: 12_000,
+        },
+        Pattern {
+            name: "late",
+            arrivals: bulk(&mut rng, 0.01, 4),
+            slice_seconds: DAY,
+            n_bits: 2,
+            follow: true,
+            mean_file_bytes: 12_000,
+        },
+        Pattern {
+            name: "sparse",
+            arrivals: sparse(&mut rng),
+            slice_seconds: 365 * DAY,
+            n_bits: 0,
+            follow: true,
+            mean_file_bytes: 12_000,
+        },
+        Pattern {
+            name: "burst",
+            arrivals: stream(&mut rng, 200.0, 6 * HOUR, Some((3 * HOUR, 3 * HOUR + 600, 10.0))),
+            slice_seconds: HOUR,
+            n_bits: 6,
+            follow: true,
+            mean_file_bytes: 12_000,
+        },
     ];
     let policies = [
         Policy { name: "slots", slot_rows: 25_000, linger_seconds: 1, lateness_seconds: 0, direct_min_files: 0 },
-        Policy { name: "closed", slot_rows: 25_000, linger_seconds: 1, lateness_seconds: 48 * HOUR, direct_min_files: 0 },
-        Policy { name: "staging", slot_rows: 25_000, linger_seconds: 10, lateness_seconds: 48 * HOUR, direct_min_files: 1000 },
+        Policy {
+            name: "closed",
+            slot_rows: 25_000,
+            linger_seconds: 1,
+            lateness_seconds: 48 * HOUR,
+            direct_min_files: 0,
+        },
+        Policy {
+            name: "staging",
+            slot_rows: 25_000,
+            linger_seconds: 10,
+            lateness_seconds: 48 * HOUR,
+            direct_min_files: 1000,
+        },
     ];
-    println!("| pattern | policy | objects per 1M files | files per PUT | segments per address mean / max | cold ≤ 2 GETs % | 3 GETs % | ≥ 4 GETs % | pack lag p50 | p99 |");
+    println!(
+        "| pattern | policy | objects per 1M files | files per PUT | segments per address mean / max | cold ≤ 2 GETs % | 3 GETs % | ≥ 4 GETs % | pack lag p50 | p99 |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for pattern in &patterns {
         let mut sorted = pattern.arrivals.clone();

@@ -7,6 +7,7 @@ mod ingest;
 mod layout;
 mod reads;
 mod report;
+mod scenario;
 mod server;
 mod space;
 
@@ -103,6 +104,55 @@ struct Args {
     /// temporary directory, removed afterwards).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Instead of the side-by-side test, run arrival patterns through the real pipeline
+    /// on the embedded default (SQLite source and bus, local WORM store, compactor) and
+    /// report the layout once their time slices have closed: objects per million files,
+    /// files per PUT, segments per address, every file's cold-read GETs, pack lag, and
+    /// lost or duplicated files. Repeat the flag for several; `--files` sets the size
+    /// (default: 20,000 with --quick, else 100,000).
+    #[arg(long, value_enum)]
+    scenario: Vec<scenario::Pattern>,
+    /// Scenario rows per wall second in follow-mode patterns (stream, late, burst).
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Scenario producer poll interval in follow mode, milliseconds: how long a short
+    /// slot waits.
+    #[arg(long, default_value_t = 1000)]
+    linger_ms: u64,
+}
+
+/// `--scenario`: each pattern in its own directory, a Markdown table, JSON with `--out`.
+async fn run_scenarios(args: &Args, work: &std::path::Path, files: u64) -> anyhow::Result<()> {
+    let mut reports = Vec::new();
+    for (number, pattern) in args.scenario.iter().enumerate() {
+        let options = scenario::ScenarioOptions {
+            pattern: *pattern,
+            files,
+            rate: args.rate,
+            workers: args.workers,
+            seed: args.seed,
+            linger_millis: args.linger_ms,
+        };
+        tracing::info!(?pattern, files, "scenario starts");
+        let report = scenario::run(&options, &work.join(format!("scenario-{number}"))).await?;
+        tracing::info!(?pattern, seconds = report.wall_seconds, "scenario done");
+        reports.push(report);
+    }
+    let mut markdown = format!("{}\n", scenario::ScenarioReport::markdown_header());
+    for report in &reports {
+        markdown.push_str(&report.markdown_row());
+        markdown.push('\n');
+    }
+    print!("{markdown}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &markdown)?;
+    }
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_vec_pretty(&reports)?)?;
+    }
+    let failed: Vec<_> = reports.iter().filter(|r| r.lost > 0 || r.duplicated > 0).collect();
+    anyhow::ensure!(failed.is_empty(), "files lost or duplicated in {} scenario(s)", failed.len());
+    Ok(())
 }
 
 #[tokio::main]
@@ -125,6 +175,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let work = args.work_dir.clone().unwrap_or_else(|| temp.path().to_owned());
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let files = args.files.unwrap_or(if args.quick { 20_000 } else { 100_000 });
+    if !args.scenario.is_empty() {
+        return run_scenarios(&args, &work, files).await;
+    }
     let cold_reads = args.cold_reads.unwrap_or(if args.quick { 300 } else { 1_000 });
     let warm_reads = args.warm_reads.unwrap_or(if args.quick { 2_000 } else { 10_000 });
     anyhow::ensure!(

@@ -156,6 +156,13 @@ pub fn parse_mix(text: &str) -> Result<Vec<(Kind, u32)>, String> {
     Ok(mix)
 }
 
+/// One file drawn from `mix`, as [`generate`] makes them: its payload and content type.
+/// The load test's arrival patterns build their rows with it.
+pub fn sample_file(rng: &mut SmallRng, mix: &[(Kind, u32)], id: u64) -> (Vec<u8>, &'static str) {
+    let kind = pick_kind(rng, mix);
+    content(rng, kind, id)
+}
+
 fn pick_kind(rng: &mut SmallRng, mix: &[(Kind, u32)]) -> Kind {
     let total: u32 = mix.iter().map(|(_, w)| w).sum();
     let mut roll = rng.gen_range(0..total.max(1));
