@@ -31,11 +31,14 @@ fn delete_track_repack_retain_and_hold_from_the_command_line() {
     let (source_s, data) = (source.display().to_string(), dir.path().join("data").display().to_string());
     vera(&["generate", "--db", &source_s, "--files", "200", "--days", "1", "--bad-rows-per-kind", "0"]);
     vera(&["producer", "--drain", "--data-dir", &data, "--source-db", &source_s]);
+    // Generations, which repack works on (staging segments are merged by `vera compact`).
     vera(&[
         "worker",
         "--exit-when-idle-ms",
         "500",
         "--retain-days",
+        "0",
+        "--direct-min-files",
         "0",
         "--data-dir",
         &data,

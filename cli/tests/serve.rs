@@ -89,6 +89,9 @@ fn serve_answers_files_over_http_and_audits_each_read() {
         "500",
         "--retain-days",
         "0",
+        // Later generations, as wave 1 wrote them, to test how reads find them.
+        "--direct-min-files",
+        "0",
         "--data-dir",
         &data,
         "--source-db",

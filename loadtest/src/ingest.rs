@@ -40,6 +40,10 @@ pub struct IngestResult {
     pub concurrency: usize,
     /// CPU time of the client (this process) and the S3 server during the ingest.
     pub cpu: CpuUse,
+    /// VERA only: staged files the compaction pass after the ingest merged, and the
+    /// segments it wrote (their PUTs are in `puts`; ADR 0005).
+    pub compaction_files_merged: u64,
+    pub compaction_segments: u64,
 }
 
 impl IngestResult {
@@ -64,6 +68,8 @@ impl IngestResult {
             bytes_sent: requests.bytes_put,
             concurrency,
             cpu,
+            compaction_files_merged: 0,
+            compaction_segments: 0,
         }
     }
 }
