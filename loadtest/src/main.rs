@@ -119,6 +119,15 @@ struct Args {
     /// slot waits.
     #[arg(long, default_value_t = 1000)]
     linger_ms: u64,
+    /// Run the scenarios on this S3 endpoint (a fresh bucket with Object Lock each;
+    /// credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) instead of the local
+    /// WORM store, e.g. moto at http://127.0.0.1:5055.
+    #[arg(long)]
+    scenario_s3_endpoint: Option<String>,
+    /// Run the scenarios on RabbitMQ (`amqp://guest:guest@127.0.0.1:5672/%2f`) instead of
+    /// the embedded bus.
+    #[arg(long)]
+    scenario_amqp: Option<String>,
 }
 
 /// `--scenario`: each pattern in its own directory, a Markdown table, JSON with `--out`.
@@ -132,6 +141,8 @@ async fn run_scenarios(args: &Args, work: &std::path::Path, files: u64) -> anyho
             workers: args.workers,
             seed: args.seed,
             linger_millis: args.linger_ms,
+            s3_endpoint: args.scenario_s3_endpoint.clone(),
+            amqp_uri: args.scenario_amqp.clone(),
         };
         tracing::info!(?pattern, files, "scenario starts");
         let report = scenario::run(&options, &work.join(format!("scenario-{number}"))).await?;

@@ -9,6 +9,9 @@
 //! patterns insert everything first and drain. At the end one compaction pass runs as
 //! if the allowed lateness had passed, then the figures are taken from the store.
 //!
+//! `--scenario-s3-endpoint` and `--scenario-amqp` run it on a real S3 server and
+//! RabbitMQ instead.
+//!
 //! Pack lag is measured per file: from its row's insert to the first time a LIST (every
 //! 200 ms) shows a segment holding it (staging or final), so durable and readable.
 
@@ -74,6 +77,36 @@ pub struct ScenarioOptions {
     pub seed: u64,
     /// The producer's poll interval in follow mode: how long a short slot waits.
     pub linger_millis: u64,
+    /// An S3 endpoint (a fresh bucket with Object Lock is made on it) instead of the
+    /// local WORM store.
+    pub s3_endpoint: Option<String>,
+    /// A RabbitMQ URI (`amqp://…`) instead of the embedded bus.
+    pub amqp_uri: Option<String>,
+}
+
+/// The store the scenario runs on: the local WORM directory, or a fresh bucket.
+async fn open_store(options: &ScenarioOptions, work_dir: &Path) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let Some(endpoint) = &options.s3_endpoint else {
+        return Ok(Arc::new(LocalStore::open(work_dir.join("store"))?));
+    };
+    let bucket = format!("vera-scn-{:08x}", rand::random::<u32>());
+    let server = crate::server::S3Server::external(endpoint.clone());
+    let store = server.store(&bucket, None);
+    let setup = vera_store_s3::BucketSetup { default_retention: None, allow_without_object_lock: false };
+    vera_store_s3::ensure_bucket(&store, setup).await.context("creating the scenario bucket")?;
+    Ok(Arc::new(store))
+}
+
+/// The bus the scenario runs on: the embedded SQLite queue, or RabbitMQ.
+async fn open_bus(options: &ScenarioOptions, work_dir: &Path) -> anyhow::Result<Arc<dyn Bus>> {
+    let Some(uri) = &options.amqp_uri else {
+        return Ok(Arc::new(SqliteBus::open(work_dir.join("bus.sqlite"), 5).await?));
+    };
+    let prefix = format!("vera-scn-{:08x}.", rand::random::<u32>());
+    let settings = vera_bus_amqp::AmqpSettings { prefix, ..vera_bus_amqp::AmqpSettings::new(uri.clone()) };
+    let bus: Arc<dyn Bus> = Arc::new(vera_bus_amqp::AmqpBus::connect(settings).await?);
+    bus.ensure_topics(&topics::ALL).await?;
+    Ok(bus)
 }
 
 /// One row: when it arrives and when it was created, both simulated seconds.
@@ -261,13 +294,17 @@ pub async fn run(options: &ScenarioOptions, work_dir: &Path) -> anyhow::Result<S
         insert(&mut connection, &indexed, options.seed).await?;
     }
     let source: Arc<dyn Source> = Arc::new(SqliteSource::open("scenario", &source_path, SourceMapping::demo()).await?);
-    let local = LocalStore::open(work_dir.join("store"))?;
-    let counting = Arc::new(CountingStore::new(local));
+    let counting = Arc::new(CountingStore::new(open_store(options, work_dir).await?));
     let counts = counting.counts();
     let store: Arc<dyn ObjectStore> = counting;
-    let bus: Arc<dyn Bus> = Arc::new(SqliteBus::open(work_dir.join("bus.sqlite"), 5).await?);
+    let bus = open_bus(options, work_dir).await?;
     let worker_settings = WorkerSettings { retention: None, ..WorkerSettings::default() };
-    let compact_settings = CompactSettings { quiet_seconds: 0, ..CompactSettings::default() };
+    // The close delay has to cover the pipeline's own latency (the producer's linger,
+    // packing), which runs in wall time: at `speed` simulated seconds per wall second,
+    // 300 simulated seconds can be a few milliseconds.
+    let pipeline_wall_seconds = options.linger_millis as f64 / 1000.0 + 4.0;
+    let close_delay_seconds = shape.speed.map_or(300, |speed| ((speed * pipeline_wall_seconds) as u64).max(300));
+    let compact_settings = CompactSettings { quiet_seconds: 0, close_delay_seconds, ..CompactSettings::default() };
     let (first, last) = shape
         .arrivals
         .iter()
