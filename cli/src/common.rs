@@ -27,8 +27,9 @@ pub struct StoreArgs {
     pub data_dir: PathBuf,
     /// Hash bits of routing epoch 1 (2^n addresses per day), for a command that writes the
     /// store's first routing table (`vera routing init`, `setup-bucket`, the first producer
-    /// or demo; default 2). Every other time the table in the store decides, and a value
-    /// given here that differs from its latest epoch is refused.
+    /// or demo; default 2, and for the demo the table `vera plan` proposes for its corpus).
+    /// Every other time the table in the store decides, and a value given here that differs
+    /// from its latest epoch is refused.
     #[arg(long, env = "VERA_N_BITS")]
     pub n_bits: Option<u8>,
     /// Keep segments in this S3 bucket instead of the local store (a build with

@@ -140,7 +140,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
     let store_dyn: Arc<dyn ObjectStore> = store.clone();
     let bus = args.store.bus(args.worker.max_attempts).await?;
     let bus_dyn: Arc<dyn Bus> = bus.clone();
-    let routing = args.store.routing_or_init(store_dyn.as_ref()).await?;
+    let routing = match args.store.n_bits {
+        Some(_) => args.store.routing_or_init(store_dyn.as_ref()).await?,
+        // Without --n-bits the demo routes as `vera plan` proposes for its corpus.
+        None => {
+            let histogram = crate::routing::source_histogram(source.as_ref(), &|| {}).await?;
+            let plan = vera_producer::plan::propose(&histogram, &vera_producer::plan::PlanTargets::default())?;
+            tracing::info!(
+                epochs = plan.epochs.len(),
+                segments = plan.expected_segments,
+                "routing by the planner's table"
+            );
+            let now = vera_store::Clock::now(&vera_store::SystemClock);
+            match vera_store::routing_table::init(store_dyn.as_ref(), &plan.table, now, None).await {
+                Ok(stored) => stored.table,
+                // A bucket that holds a table already routes by it.
+                Err(vera_store::routing_table::RoutingTableError::Different { .. }) => {
+                    args.store.routing(store_dyn.as_ref()).await?
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+    };
     let worker_settings = args.worker.settings()?;
 
     let shutdown = CancellationToken::new();

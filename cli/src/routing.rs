@@ -150,20 +150,29 @@ pub struct PlanArgs {
     pub source: crate::common::SourceArgs,
 }
 
-/// `vera plan`: read the source's `created_at` histogram and propose a routing table.
-pub async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+/// The source's `created_at` histogram (files and bytes per hour); `on_row` is called
+/// once per row read.
+pub async fn source_histogram(
+    source: &dyn vera_source::Source,
+    on_row: &(dyn Fn() + Sync),
+) -> anyhow::Result<vera_producer::plan::Histogram> {
     use futures::StreamExt;
-    let source = args.source.open(None).await?;
     let mut histogram = vera_producer::plan::Histogram::default();
-    let progress = indicatif::ProgressBar::new_spinner()
-        .with_style(indicatif::ProgressStyle::with_template("{spinner} {human_pos} rows read ({per_sec})")?);
     let mut rows = source.scan_sizes();
     while let Some(row) = rows.next().await {
         let (created_at, bytes) = row?;
         histogram.add(created_at.as_deref().and_then(|text| Timestamp::parse(text).ok()), bytes);
-        progress.inc(1);
+        on_row();
     }
-    drop(rows);
+    Ok(histogram)
+}
+
+/// `vera plan`: read the source's `created_at` histogram and propose a routing table.
+pub async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let source = args.source.open(None).await?;
+    let progress = indicatif::ProgressBar::new_spinner()
+        .with_style(indicatif::ProgressStyle::with_template("{spinner} {human_pos} rows read ({per_sec})")?);
+    let histogram = source_histogram(source.as_ref(), &|| progress.inc(1)).await?;
     progress.finish_and_clear();
     let targets = vera_producer::plan::PlanTargets {
         min_files_per_segment: args.min_files_per_segment,
