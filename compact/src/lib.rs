@@ -36,7 +36,7 @@ use vera_bus::{Bus, Outgoing, topics};
 use vera_lifecycle::retention::{HoldRequest, RetainRequest};
 use vera_lifecycle::{DeleteRequest, Lifecycle, LifecycleError};
 use vera_protocol::Timestamp;
-use vera_protocol::message::{AuditAction, AuditEvent, AuditOutcome, Envelope, Message, ShardSealed};
+use vera_protocol::message::{AuditAction, AuditEvent, AuditOutcome, Envelope, Message};
 use vera_protocol::routing::{RoutingTable, ShardAddr};
 use vera_protocol::shard::{FileInput, SegmentIndex, SegmentSettings, SegmentWriter, WriteError};
 use vera_protocol::sidecar::Sidecar;
@@ -290,22 +290,7 @@ impl Compactor {
         let mut events = Vec::new();
         let mut audits = Vec::new();
         for segment in segments.iter().filter(|s| ShardAddr::from_segment_key(&s.key).is_ok()) {
-            let sealed = ShardSealed {
-                task_id: COMPACT_TASK_ID.to_owned(),
-                addr: segment.addr,
-                generation: segment.generation,
-                key: segment.key.clone(),
-                version_id: segment.version_id.clone(),
-                object_hash: segment.object_hash,
-                merkle_root: segment.merkle_root,
-                files: segment.files,
-                raw_bytes: segment.raw_bytes,
-                object_bytes: segment.object_bytes,
-                retain_until: segment.retain_until,
-                sealed_at: now,
-            };
-            let envelope = Envelope::new(format!("sealed/{}", segment.key), now, Message::ShardSealed(sealed));
-            events.push(Outgoing { key: envelope.ordering_key(), payload: Bytes::from(envelope.encode()) });
+            events.push(segment.sealed_event(COMPACT_TASK_ID, now));
             let mut details = sources.clone();
             details.insert("new_segment".to_owned(), segment.key.clone());
             details.insert("object_blake3".to_owned(), vera_protocol::hex::encode(&segment.object_hash));

@@ -32,7 +32,7 @@ use vera_compact::{CompactSettings, Compactor};
 use vera_producer::plan::{Histogram, PlanTargets};
 use vera_producer::{ProducerSettings, RunMode, run_producer};
 use vera_protocol::Timestamp;
-use vera_protocol::routing::{RoutingEpoch, RoutingTable, ShardAddr, TimeGranularity};
+use vera_protocol::routing::{RoutingTable, ShardAddr};
 use vera_source::corpus::{Kind, sample_file};
 use vera_source::sqlite::SqliteSource;
 use vera_source::{Source, SourceMapping};
@@ -121,7 +121,19 @@ struct Shape {
     arrivals: Vec<Arrival>,
     /// Simulated seconds per wall second (follow mode), or `None` for a bulk migration.
     speed: Option<f64>,
-    routing: RoutingTable,
+}
+
+/// Mean bytes of a file of [`MIX`], for the planner's byte target.
+const MEAN_FILE_BYTES: u64 = 4096;
+
+/// The routing table `vera plan` proposes for the pattern's `created_at` histogram, as an
+/// operator would write it before the first run.
+fn planned_routing(arrivals: &[Arrival]) -> anyhow::Result<RoutingTable> {
+    let mut histogram = Histogram::default();
+    for arrival in arrivals {
+        histogram.add(Timestamp::from_micros(arrival.created * 1_000_000).ok(), MEAN_FILE_BYTES);
+    }
+    Ok(vera_producer::plan::propose(&histogram, &PlanTargets::default())?.table)
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -158,7 +170,6 @@ pub struct ScenarioReport {
 fn shape(options: &ScenarioOptions) -> Shape {
     let mut rng = SmallRng::seed_from_u64(options.seed);
     let files = options.files.max(1) as i64;
-    let single = |granularity, n_bits| RoutingTable::single(RoutingEpoch { id: 1, granularity, n_bits });
     match options.pattern {
         Pattern::Bulk => {
             let arrivals = (0..files)
@@ -168,7 +179,7 @@ fn shape(options: &ScenarioOptions) -> Shape {
                     Arrival { at: 0, created: if late { created - DAY - rng.gen_range(0..HOUR) } else { created } }
                 })
                 .collect();
-            Shape { arrivals, speed: None, routing: single(TimeGranularity::Day, 2) }
+            Shape { arrivals, speed: None }
         }
         Pattern::Stream | Pattern::Burst => {
             let span = if options.pattern == Pattern::Stream { DAY } else { 6 * HOUR };
@@ -179,7 +190,7 @@ fn shape(options: &ScenarioOptions) -> Shape {
             };
             let arrivals = spread(&mut rng, files, span, weight);
             let wall_seconds = files as f64 / options.rate.max(1.0);
-            Shape { arrivals, speed: Some(span as f64 / wall_seconds), routing: single(TimeGranularity::Hour, 0) }
+            Shape { arrivals, speed: Some(span as f64 / wall_seconds) }
         }
         Pattern::Late => {
             let span = 4 * DAY;
@@ -188,16 +199,12 @@ fn shape(options: &ScenarioOptions) -> Shape {
                 if rng.gen_bool(0.01) {
                     // Up to 48 h late, in batches every 12 hours.
                     let delay = rng.gen_range(1..=4) * 12 * HOUR;
-                    arrival.at = (arrival.created + delay).min(span + 2 * DAY);
+                    arrival.at = (arrival.created + delay).min(SIM_START + span + 2 * DAY);
                 }
             }
             arrivals.sort_by_key(|a| (a.at, a.created));
             let wall_seconds = files as f64 / options.rate.max(1.0);
-            Shape {
-                arrivals,
-                speed: Some((span + 2 * DAY) as f64 / wall_seconds),
-                routing: single(TimeGranularity::Day, 1),
-            }
+            Shape { arrivals, speed: Some((span + 2 * DAY) as f64 / wall_seconds) }
         }
         Pattern::Sparse => {
             let start = SIM_START - 10 * 365 * DAY;
@@ -215,14 +222,7 @@ fn shape(options: &ScenarioOptions) -> Shape {
                     arrivals.push(Arrival { at: 0, created: start + day * DAY + i * DAY / count.max(1) });
                 }
             }
-            let mut histogram = Histogram::default();
-            for arrival in &arrivals {
-                histogram.add(Timestamp::from_micros(arrival.created * 1_000_000).ok(), 2_000);
-            }
-            let routing = vera_producer::plan::propose(&histogram, &PlanTargets::default())
-                .map(|plan| plan.table)
-                .unwrap_or_else(|_| single(TimeGranularity::Year, 0));
-            Shape { arrivals, speed: None, routing }
+            Shape { arrivals, speed: None }
         }
     }
 }
@@ -285,6 +285,7 @@ async fn insert(
 /// Runs one pattern in `work_dir` (which must be empty or absent).
 pub async fn run(options: &ScenarioOptions, work_dir: &Path) -> anyhow::Result<ScenarioReport> {
     let shape = shape(options);
+    let routing = planned_routing(&shape.arrivals)?;
     let files = shape.arrivals.len();
     std::fs::create_dir_all(work_dir)?;
     let source_path = work_dir.join("source.sqlite");
@@ -331,7 +332,7 @@ pub async fn run(options: &ScenarioOptions, work_dir: &Path) -> anyhow::Result<S
         max_bytes_per_slot: 256 << 20,
         start_after: i64::MIN,
         poll_interval_millis: options.linger_millis,
-        routing: shape.routing.clone(),
+        routing: routing.clone(),
     };
     let mode = if shape.speed.is_some() { RunMode::Follow } else { RunMode::Drain };
     let producer = tokio::spawn(run_producer(
@@ -344,7 +345,7 @@ pub async fn run(options: &ScenarioOptions, work_dir: &Path) -> anyhow::Result<S
     ));
     let compactor = Arc::new(Compactor::new(
         ShardStore::new(Arc::clone(&store)),
-        shape.routing.clone(),
+        routing.clone(),
         Arc::clone(&bus),
         Arc::clone(&clock) as Arc<dyn vera_store::Clock>,
         worker_settings.clone(),
@@ -463,7 +464,7 @@ pub async fn run(options: &ScenarioOptions, work_dir: &Path) -> anyhow::Result<S
         files: files as u64,
         simulated_hours: (last - first) as f64 / HOUR as f64,
         wall_seconds,
-        routing: serde_json::to_string(&shape.routing)?,
+        routing: serde_json::to_string(&routing)?,
         objects: final_objects,
         staging_left,
         objects_per_million_files: final_objects as f64 * 1e6 / files as f64,

@@ -33,12 +33,30 @@ pub struct PlanTargets {
     pub max_segment_bytes: u64,
     /// Hash bits at most, per epoch.
     pub max_n_bits: u8,
+    /// The suffix a cold read fetches: a segment's footer, index and dictionary should
+    /// fit in it, or its first cold read costs one GET more.
+    pub cold_read_suffix_bytes: u64,
 }
 
 impl Default for PlanTargets {
     fn default() -> Self {
-        PlanTargets { min_files_per_segment: 1000, max_segment_bytes: 256 << 20, max_n_bits: 12 }
+        PlanTargets {
+            min_files_per_segment: 1000,
+            max_segment_bytes: 256 << 20,
+            max_n_bits: 12,
+            cold_read_suffix_bytes: vera_store::shards::DEFAULT_SUFFIX_BYTES,
+        }
     }
+}
+
+/// Index bytes per file, measured on the demo corpus (`vera stats`: 60.3), rounded up.
+const INDEX_BYTES_PER_FILE: u64 = 64;
+/// The footer and a segment's zstd dictionary at its largest.
+const INDEX_OVERHEAD_BYTES: u64 = 112 * 1024 + 160;
+
+/// True when a segment of `files` files has an index region that fits `suffix` bytes.
+fn index_fits(files: u64, suffix: u64) -> bool {
+    files.saturating_mul(INDEX_BYTES_PER_FILE).saturating_add(INDEX_OVERHEAD_BYTES) <= suffix
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -152,11 +170,16 @@ fn choose(hours: &[HourCounts], targets: &PlanTargets) -> (TimeGranularity, u8) 
     let buckets = rebucket(hours, granularity);
     let median = median_files(&buckets);
     let largest_bytes = buckets.iter().map(|(_, bytes)| *bytes).max().unwrap_or(0);
+    let largest_files = buckets.iter().map(|(files, _)| *files).max().unwrap_or(0);
     let mut n_bits = 0u8;
     while n_bits < targets.max_n_bits && median >> (n_bits + 1) >= targets.min_files_per_segment.max(1) {
         n_bits += 1;
     }
     while n_bits < targets.max_n_bits && largest_bytes >> n_bits > targets.max_segment_bytes {
+        n_bits += 1;
+    }
+    // Even the largest bucket's segments keep their index in a cold read's suffix.
+    while n_bits < targets.max_n_bits && !index_fits(largest_files >> n_bits, targets.cold_read_suffix_bytes) {
         n_bits += 1;
     }
     (granularity, n_bits)
@@ -276,6 +299,19 @@ mod tests {
         assert_eq!(plan.epochs[1].granularity, TimeGranularity::Day);
         assert_eq!(plan.table.locate("u", at("2017-06-01T00:00:00Z")).unwrap().epoch, 1);
         assert_eq!(plan.table.locate("u", at("2019-06-01T00:00:00Z")).unwrap().epoch, 2);
+    }
+
+    #[test]
+    fn a_busy_day_gets_the_bits_that_keep_its_index_in_a_cold_reads_suffix() {
+        let mut histogram = Histogram::default();
+        fill(&mut histogram, "2026-11-01T00:00:00Z", 20, 1_500, 2_000);
+        fill(&mut histogram, "2026-11-21T00:00:00Z", 1, 20_000, 2_000);
+        let plan = propose(&histogram, &PlanTargets::default()).unwrap();
+        // 1,500 files on most days: no bits by count; the 20,000-file day needs 2^4
+        // addresses of 1,250 files for 80 KB of index beside a dictionary in 256 KiB.
+        assert_eq!(plan.epochs[0].granularity, TimeGranularity::Day);
+        assert_eq!(plan.epochs[0].n_bits, 4, "{plan:?}");
+        assert!(index_fits(20_000 >> 4, 256 * 1024) && !index_fits(20_000 >> 3, 256 * 1024));
     }
 
     #[test]

@@ -118,6 +118,29 @@ pub struct SealedInfo {
     pub written_now: bool,
 }
 
+impl SealedInfo {
+    /// The `ShardSealed` event announcing this segment, keyed by its address.
+    pub fn sealed_event(&self, task_id: &str, now: Timestamp) -> vera_bus::Outgoing {
+        let sealed = vera_protocol::message::ShardSealed {
+            task_id: task_id.to_owned(),
+            addr: self.addr,
+            generation: self.generation,
+            key: self.key.clone(),
+            version_id: self.version_id.clone(),
+            object_hash: self.object_hash,
+            merkle_root: self.merkle_root,
+            files: self.files,
+            raw_bytes: self.raw_bytes,
+            object_bytes: self.object_bytes,
+            retain_until: self.retain_until,
+            sealed_at: now,
+        };
+        let message = vera_protocol::message::Message::ShardSealed(sealed);
+        let envelope = vera_protocol::message::Envelope::new(format!("sealed/{}", self.key), now, message);
+        vera_bus::Outgoing { key: envelope.ordering_key(), payload: Bytes::from(envelope.encode()) }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PackReport {
     pub task_id: String,

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use vera_bus::{Bus, Delivery, Outgoing, topics};
-use vera_protocol::message::{AuditAction, AuditEvent, AuditOutcome, Envelope, Message, ShardSealed};
+use vera_protocol::message::{AuditAction, AuditEvent, AuditOutcome, Envelope, Message};
 use vera_source::Source;
 use vera_store::shards::ShardStore;
 use vera_store::{Clock, SystemClock};
@@ -258,22 +258,7 @@ pub async fn publish_events(
     let mut events = Vec::new();
     let mut audits = Vec::new();
     for segment in &report.segments {
-        let sealed = ShardSealed {
-            task_id: report.task_id.clone(),
-            addr: segment.addr,
-            generation: segment.generation,
-            key: segment.key.clone(),
-            version_id: segment.version_id.clone(),
-            object_hash: segment.object_hash,
-            merkle_root: segment.merkle_root,
-            files: segment.files,
-            raw_bytes: segment.raw_bytes,
-            object_bytes: segment.object_bytes,
-            retain_until: segment.retain_until,
-            sealed_at: now,
-        };
-        let envelope = Envelope::new(format!("sealed/{}", segment.key), now, Message::ShardSealed(sealed));
-        events.push(Outgoing { key: envelope.ordering_key(), payload: Bytes::from(envelope.encode()) });
+        events.push(segment.sealed_event(&report.task_id, now));
         let mut details = BTreeMap::new();
         details.insert("task_id".to_owned(), report.task_id.clone());
         details.insert("files".to_owned(), segment.files.to_string());
