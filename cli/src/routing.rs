@@ -130,10 +130,12 @@ pub async fn run(command: RoutingCommand) -> anyhow::Result<ExitCode> {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// A segment should hold at least this many files.
+    /// The median time bucket should hold at least this many files: the planner takes the
+    /// finest granularity (hour, day, month, year) where it does.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub min_files_per_segment: u64,
-    /// And at most this many MiB.
+    /// A segment should hold at most this many MiB; hash bits are added until the largest
+    /// bucket's segments do, and until their index fits the reader's cold-read suffix.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_segment_mib: u64,
     /// Write the proposed table as the store's first routing table (refused if the store
