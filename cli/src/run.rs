@@ -58,6 +58,12 @@ pub struct ProducerArgs {
     /// Exit once the source has no more rows instead of polling for new ones.
     #[arg(long)]
     pub drain: bool,
+    /// In follow mode, how long the producer waits before looking for new rows once it
+    /// has caught up: the longest a new row waits for its slot, and so the part of the
+    /// pack lag that is the producer's. A longer linger makes fewer, fuller slots, and
+    /// fewer small staging writes (docs/adr/0005-staging-and-compaction.md).
+    #[arg(long, env = "VERA_LINGER_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub linger_ms: u64,
     /// Serve Prometheus metrics (the source's newest and the committed watermark, and
     /// `vera_producer_unplanned_age_seconds`) at http://ADDR/metrics, e.g. 127.0.0.1:9897.
     #[arg(long, env = "VERA_METRICS_LISTEN")]
@@ -94,7 +100,7 @@ pub async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
         max_rows_per_slot: args.slot_rows,
         max_bytes_per_slot: args.slot_bytes,
         start_after: i64::MIN,
-        poll_interval_millis: 1000,
+        poll_interval_millis: args.linger_ms,
         routing,
     };
     let mode = if args.drain { RunMode::Drain } else { RunMode::Follow };

@@ -120,9 +120,10 @@ fn plan_proposes_a_table_from_the_histogram_and_applies_it_once() {
         &data,
     ]))
     .unwrap();
-    // About 285 files a day: daily buckets, 2 addresses of about 140 files each.
+    // About 285 files a day: daily buckets, and one address a day, as few as the byte
+    // limit and the index allow.
     assert_eq!(plan["epochs"][0]["granularity"], "day", "{plan}");
-    assert_eq!(plan["epochs"][0]["n_bits"], 1, "{plan}");
+    assert_eq!(plan["epochs"][0]["n_bits"], 0, "{plan}");
     assert!(plan["files_per_segment"].as_f64().unwrap() >= 100.0, "{plan}");
     assert_eq!(plan["undated"], 1, "the corpus's bad created_at row: {plan}");
     assert!(
