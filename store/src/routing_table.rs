@@ -107,11 +107,32 @@ fn extends(previous: &RoutingTable, next: &RoutingTable) -> bool {
     next.epochs.len() == previous.epochs.len() + 1 && next.epochs[..previous.epochs.len()] == previous.epochs[..]
 }
 
+/// A version is locked with a legal hold: it has no end, as the table must outlive every
+/// segment routed by it (plus `retention` where a caller gives one).
 fn put_options(retention: Option<Retention>) -> PutOptions {
-    let options = PutOptions::create();
+    let options = PutOptions { legal_hold: true, ..PutOptions::create() };
     match retention {
         Some(retention) => options.with_retention(retention),
         None => options,
+    }
+}
+
+/// Writes a version create-if-absent and locked. A bucket without Object Lock (which
+/// `setup-bucket` accepts only when told to) refuses the hold as an invalid request; the
+/// version is then written unlocked, like every other object there, with a warning.
+async fn put_version(
+    store: &dyn ObjectStore,
+    key: &str,
+    body: Bytes,
+    retention: Option<Retention>,
+) -> Result<(), StoreError> {
+    match store.put(key, body.clone(), put_options(retention)).await {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind == StoreErrorKind::InvalidInput => {
+            tracing::warn!(key, %error, "the store refused to lock the routing table; writing it unlocked");
+            store.put(key, body, PutOptions::create()).await.map(|_| ())
+        }
+        Err(error) => Err(error),
     }
 }
 
@@ -129,8 +150,8 @@ pub async fn init(
         return same_or_different(existing, table);
     }
     let stored = StoredRouting { format: ROUTING_FORMAT.into(), version: 1, written_at: now, table: table.clone() };
-    match store.put(&routing_key(1), stored.encode(), put_options(retention)).await {
-        Ok(_) => Ok(stored),
+    match put_version(store, &routing_key(1), stored.encode(), retention).await {
+        Ok(()) => Ok(stored),
         Err(error) if error.kind == StoreErrorKind::AlreadyExists => match load(store).await? {
             Some(existing) => same_or_different(existing, table),
             None => Err(error.into()),
@@ -182,8 +203,8 @@ pub async fn add_epoch(
     table.validate().map_err(|e| RoutingTableError::Epoch(e.to_string()))?;
     let version = current.version + 1;
     let stored = StoredRouting { format: ROUTING_FORMAT.into(), version, written_at: now, table };
-    match store.put(&routing_key(version), stored.encode(), put_options(retention)).await {
-        Ok(_) => Ok(stored),
+    match put_version(store, &routing_key(version), stored.encode(), retention).await {
+        Ok(()) => Ok(stored),
         Err(error) if error.kind == StoreErrorKind::AlreadyExists => {
             Err(RoutingTableError::Raced { key: routing_key(version) })
         }
@@ -231,6 +252,10 @@ mod tests {
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(dir.path()).unwrap());
         let now = at("2026-12-04T10:00:00Z");
         init(store.as_ref(), &table(2), now, None).await.unwrap();
+        // Locked: no one deletes or replaces a version.
+        assert!(store.head(&routing_key(1)).await.unwrap().legal_hold, "version 1 is under a legal hold");
+        let deleted = store.delete(&routing_key(1)).await;
+        assert!(deleted.is_err_and(|e| e.kind == StoreErrorKind::Locked), "a locked version was deleted");
         let finer = RoutingEpoch::new(9, TimeGranularity::Hour, 4).unwrap();
         let past = add_epoch(store.as_ref(), at("2026-12-01T00:00:00Z"), finer, now, None).await;
         assert!(matches!(past, Err(RoutingTableError::Epoch(_))), "{past:?}");
