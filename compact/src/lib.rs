@@ -181,13 +181,16 @@ impl Compactor {
         }
         let staged = self.read_staged(layout.staging).await?;
         let staged_files: u64 = staged.iter().map(|s| s.index.len() as u64).sum();
-        if self.is_due(addr, &staged, !layout.generations.is_empty(), staged_files, now) {
+        let generations = if self.is_due(addr, &staged, !layout.generations.is_empty(), staged_files, now) {
             self.merge(addr, &staged, report).await?;
             report.addresses_merged += 1;
+            // The merge may have added a generation.
+            self.shards.segments(addr).await?
         } else {
             report.addresses_waiting += 1;
-        }
-        self.tidy(addr, &staged, now, report).await
+            layout.generations
+        };
+        self.tidy(addr, &generations, &staged, now, report).await
     }
 
     async fn read_staged(&self, segments: Vec<StagingSegment>) -> Result<Vec<Staged>, CompactError> {
@@ -372,13 +375,13 @@ impl Compactor {
     async fn tidy(
         &self,
         addr: &ShardAddr,
+        generations: &[(u32, String)],
         staged: &[Staged],
         now: Timestamp,
         report: &mut CompactReport,
     ) -> Result<(), CompactError> {
-        let generations = self.shards.segments(addr).await?;
         let mut finals = Vec::with_capacity(generations.len());
-        for (_, key) in &generations {
+        for (_, key) in generations {
             finals.push(self.shards.index(key).await?);
         }
         let store = self.shards.store();
@@ -390,6 +393,26 @@ impl Compactor {
                         index.find(file.uid).is_some_and(|found| found.entry.content_hash == file.entry.content_hash)
                     })
             });
+            let age = segment.meta.last_modified.map(|written| {
+                u64::try_from((now.as_micros() - written.as_micros()).max(0) / MICROS_PER_SECOND).unwrap_or(0)
+            });
+            let mut left = || {
+                report.staging_left += 1;
+                if let Some(age) = age {
+                    report.oldest_staging_seconds = Some(report.oldest_staging_seconds.map_or(age, |o| o.max(age)));
+                }
+            };
+            // The lock state costs a HEAD: only for a segment to delete, or one whose
+            // lock may be about to end (its write time is not listed, or it is old).
+            let retention_micros = i64::from(self.worker.staging.retention_days) * 86_400 * MICROS_PER_SECOND;
+            let may_expire_soon = segment.meta.last_modified.is_none_or(|written| {
+                written.as_micros().saturating_add(retention_micros - RENEW_BEFORE_SECONDS * MICROS_PER_SECOND)
+                    <= now.as_micros()
+            });
+            if !redundant && (self.worker.retention.is_none() || !may_expire_soon) {
+                left();
+                continue;
+            }
             let head = store.head(&segment.meta.key).await?;
             let locked_until = head.retention.map(|r| r.retain_until).filter(|until| *until > now);
             if redundant && locked_until.is_none() && !head.legal_hold {
@@ -404,12 +427,7 @@ impl Compactor {
                 report.staging_deleted += 1;
                 continue;
             }
-            report.staging_left += 1;
-            if let Some(written) = segment.meta.last_modified {
-                let age = (now.as_micros() - written.as_micros()).max(0) / MICROS_PER_SECOND;
-                let age = u64::try_from(age).unwrap_or(0);
-                report.oldest_staging_seconds = Some(report.oldest_staging_seconds.map_or(age, |o| o.max(age)));
-            }
+            left();
             let renew_at = now.as_micros().saturating_add(RENEW_BEFORE_SECONDS * MICROS_PER_SECOND);
             if !redundant
                 && let (Some(until), Some(policy)) = (locked_until, self.worker.retention.as_ref())
