@@ -42,6 +42,8 @@ fn a_stream_in_one_second_slots_closes_into_one_segment_per_address() {
 fn a_bulk_migration_with_late_rows_keeps_two_generations_at_most() {
     let report = run("bulk", "3000", "200");
     assert_eq!((number(&report, "lost"), number(&report, "duplicated")), (0.0, 0.0), "{report}");
+    assert_eq!(number(&report, "files"), 3000.0, "{report}");
     assert!(number(&report, "segments_per_address_max") <= 2.0, "{report}");
-    assert!(number(&report, "objects") >= 1.0, "{report}");
+    assert_eq!(number(&report, "cold_share_at_most_2"), 1.0, "{report}");
+    assert_eq!(number(&report, "staging_left"), 0.0, "{report}");
 }
