@@ -32,8 +32,11 @@ pub mod topics {
     pub const AUDIT: &str = "audit";
     /// `RepackRequested`: work for repack workers, from the lifecycle tracker.
     pub const REPACK: &str = "repack";
+    /// Files pushed by upstream systems: `file_arrived` events and S3 event
+    /// notifications, for ingest workers (`vera worker --ingest`).
+    pub const INGEST: &str = "ingest";
     /// Every topic `vera setup-bus` creates.
-    pub const ALL: [&str; 4] = [PACK, EVENTS, AUDIT, REPACK];
+    pub const ALL: [&str; 5] = [PACK, EVENTS, AUDIT, REPACK, INGEST];
     /// Whether a topic's messages also fan out to every [`crate::Bus::subscribe`]r:
     /// `events` (readers drop cached sidecars on the events about them) and the
     /// conformance suite's fan-out topics.

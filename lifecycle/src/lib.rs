@@ -186,6 +186,7 @@ impl Lifecycle {
                 (segment_key, changed) = (now_key, now_changed);
             }
         }
+        self.mark_erased(&addr, &request.uid, &tombstone).await?;
         let event = Message::TombstoneRequested(TombstoneRequested {
             request_id: request.request_id.clone(),
             uid: request.uid.clone(),
@@ -217,6 +218,24 @@ impl Lifecycle {
             Change::Changed => DeleteOutcome::Tombstoned { segment_key },
             Change::Unchanged => DeleteOutcome::AlreadyTombstoned { segment_key },
         })
+    }
+
+    /// Writes the uid's erasure marker at its address (create-if-absent, FORMAT.md §5.6):
+    /// the tombstone outlives the bytes, so a replayed ingest event or pack task never
+    /// stores an erased file again after a repack or compaction dropped it.
+    async fn mark_erased(&self, addr: &ShardAddr, uid: &str, tombstone: &Tombstone) -> Result<(), LifecycleError> {
+        let marker = serde_json::json!({
+            "erasure_id": vera_protocol::routing::erasure_id(uid),
+            "at": tombstone.at,
+            "reason": tombstone.reason,
+            "request_id": tombstone.request_id,
+        });
+        let body = Bytes::from(serde_json::to_vec(&marker).unwrap_or_default());
+        match self.shards.store().put(&addr.erasure_key(uid), body, PutOptions::create()).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind == StoreErrorKind::AlreadyExists => Ok(()),
+            Err(error) => Err(error.into()),
+        }
     }
 
     async fn publish(&self, topic: &str, id: String, at: Timestamp, message: Message) -> Result<(), LifecycleError> {

@@ -18,6 +18,7 @@
 pub mod compress;
 pub mod hex;
 pub mod ids;
+pub mod ingest;
 pub mod merkle;
 pub mod message;
 pub mod routing;

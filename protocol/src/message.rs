@@ -79,11 +79,27 @@ pub enum Message {
     TombstoneRequested(TombstoneRequested),
     RepackRequested(RepackRequested),
     AuditEvent(AuditEvent),
+    /// A file pushed by an upstream system, on the `ingest` topic ([`crate::ingest`]).
+    FileArrived(crate::ingest::FileArrived),
 }
 
 /// The message `type` names this code understands.
 pub const MESSAGE_TYPES: &[&str] =
-    &["pack_task", "shard_sealed", "tombstone_requested", "repack_requested", "audit_event"];
+    &["pack_task", "shard_sealed", "tombstone_requested", "repack_requested", "audit_event", "file_arrived"];
+
+impl Message {
+    /// The `type` this message has on the wire.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Message::PackTask(_) => "pack_task",
+            Message::ShardSealed(_) => "shard_sealed",
+            Message::TombstoneRequested(_) => "tombstone_requested",
+            Message::RepackRequested(_) => "repack_requested",
+            Message::AuditEvent(_) => "audit_event",
+            Message::FileArrived(_) => "file_arrived",
+        }
+    }
+}
 
 /// A slot of source rows for a worker to pack: the rows between two [`ScanPosition`]s
 /// of the source's scan order (see [`Slot`]).
@@ -244,6 +260,9 @@ pub enum AuditAction {
     Routing,
     /// Staging segments merged into a final generation (`vera compact`, ADR 0005).
     Compact,
+    /// A landing object removed after its file was stored and verified (`vera worker
+    /// --ingest --expire-staged`).
+    Expire,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +378,7 @@ impl Envelope {
                     check_uid(uid)?;
                 }
             }
+            Message::FileArrived(file) => file.validate()?,
         }
         Ok(())
     }
@@ -372,6 +392,7 @@ impl Envelope {
             Message::TombstoneRequested(request) => Some(request.addr.key_prefix()),
             Message::RepackRequested(request) => Some(request.addr.key_prefix()),
             Message::AuditEvent(event) => event.segment_key.clone(),
+            Message::FileArrived(_) => None,
         }
     }
 }

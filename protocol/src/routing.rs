@@ -292,6 +292,12 @@ pub fn uid_fingerprint(uid: &str) -> u64 {
     u64_at(&uid_digest(uid), 8)
 }
 
+/// The id of `uid` in erasure markers ([`ShardAddr::erasure_key`]): the hex of its
+/// routing digest, so a marker names no uid in clear.
+pub fn erasure_id(uid: &str) -> String {
+    crate::hex::encode(&uid_digest(uid))
+}
+
 fn uid_digest(uid: &str) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new_derive_key(ROUTING_HASH_CONTEXT);
     hasher.update(uid.as_bytes());
@@ -456,6 +462,19 @@ impl ShardAddr {
             name.push_str(&format!("{byte:02x}"));
         }
         format!("{}s{name}.vera", self.key_prefix())
+    }
+
+    /// The erasure marker of `uid` under this address: `x<64 hex>.erased`, the hex being
+    /// [`erasure_id`]. `vera delete` writes it, so a file erased and then dropped by a
+    /// repack or a compaction is never stored again by a replayed event (FORMAT.md §5.6).
+    pub fn erasure_key(&self, uid: &str) -> String {
+        format!("{}x{}.erased", self.key_prefix(), erasure_id(uid))
+    }
+
+    /// The erasure id in an erasure marker's key, if `key` is one under this address.
+    pub fn erasure_id_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let name = key.strip_prefix(self.key_prefix().as_str())?.strip_prefix('x')?.strip_suffix(".erased")?;
+        (name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(name)
     }
 
     /// Parses a staging segment key produced by [`ShardAddr::staging_segment_key`]:

@@ -405,6 +405,8 @@ pub struct AddressLayout {
     pub generations: Vec<(u32, String)>,
     /// Staging segments not merged (or not deleted) yet, newest first.
     pub staging: Vec<StagingSegment>,
+    /// Erasure ids ([`vera_protocol::routing::erasure_id`]) of the uids erased here.
+    pub erased: std::collections::HashSet<String>,
 }
 
 /// A staging segment as a LIST reports it.
@@ -573,7 +575,7 @@ impl ShardStore {
         Ok(self.layout(addr).await?.generations)
     }
 
-    /// An address's final generations and staging segments (one LIST).
+    /// An address's final generations, staging segments and erasure markers (one LIST).
     pub async fn layout(&self, addr: &ShardAddr) -> Result<AddressLayout, ShardError> {
         let mut layout = AddressLayout::default();
         for meta in self.store.list(&addr.key_prefix()).await? {
@@ -585,6 +587,8 @@ impl ShardStore {
                 && found == *addr
             {
                 layout.staging.push(StagingSegment { key: meta.key, last_modified: meta.last_modified, len: meta.len });
+            } else if let Some(id) = addr.erasure_id_of(&meta.key) {
+                layout.erased.insert(id.to_owned());
             }
         }
         layout.generations.sort();

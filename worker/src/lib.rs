@@ -5,11 +5,14 @@
 //!   create-if-absent, skipping files an earlier attempt already stored.
 //! * [`run`] — the claim loop: heartbeat, events, ack, retry and dead-letter.
 //! * [`settings`] — what the worker is told (serde, rejecting unknown fields).
+//! * [`ingest`] — the ingest worker: files pushed by upstream systems on the `ingest`
+//!   topic, held per address and sealed by the same rules.
 //!
 //! Workers are stateless: everything they know comes from the task, the source and the
 //! store, so any number of them (threads or processes) can share a bus, and a task can
 //! be delivered twice or to two workers at once.
 
+pub mod ingest;
 pub mod metrics;
 pub mod pack;
 pub mod rows;

@@ -18,6 +18,7 @@ pub const SEGMENTS_WRITTEN: &str = "vera_segments_written_total";
 pub const BYTES_IN: &str = "vera_bytes_in_total";
 pub const BYTES_STORED: &str = "vera_bytes_stored_total";
 pub const TASK_AGE: &str = "vera_task_age_seconds";
+pub const INGEST_AGE: &str = "vera_ingest_age_seconds";
 /// Buckets of [`TASK_AGE`], up to the "pack lag > 30 min" alert and past it.
 pub const TASK_AGE_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0];
 
@@ -35,6 +36,16 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Age of a pack task when its segments were durable and it was acked, from the producer's send time"
     );
+    metrics::describe_histogram!(
+        INGEST_AGE,
+        metrics::Unit::Seconds,
+        "Age of an ingest event when its files were durable and it was acked, from its publisher's send time"
+    );
+}
+
+/// An ingest event acked (its files durable) `seconds` after its publisher sent it.
+pub fn ingest_age(seconds: f64) {
+    metrics::histogram!(INGEST_AGE).record(seconds);
 }
 
 /// A task packed and acked `seconds` after the producer sent it.

@@ -357,7 +357,8 @@ pub struct AddressOutcome {
 }
 
 /// Leaves out files already stored under `addr` (in its final generations, and with
-/// `look_in_staging` in its staging segments too); returns the final generations and the
+/// `look_in_staging` in its staging segments too) and files erased there (rejected as
+/// [`RejectReason::Erased`]); returns the final generations and the
 /// keys that hold the files left out.
 async fn drop_stored_files(
     addr: &ShardAddr,
@@ -387,6 +388,19 @@ async fn drop_stored_files(
                 });
             }
             drop.insert(uid.to_owned());
+        }
+    }
+    if !layout.erased.is_empty() {
+        for (uid, _) in writer.pending_files() {
+            if !drop.contains(uid) && layout.erased.contains(&vera_protocol::routing::erasure_id(uid)) {
+                rejected.push(Rejection {
+                    watermark: 0,
+                    uid: Some(uid.to_owned()),
+                    reason: RejectReason::Erased,
+                    detail: "uid was erased at this address; an erasure marker stands".into(),
+                });
+                drop.insert(uid.to_owned());
+            }
         }
     }
     if !drop.is_empty() {

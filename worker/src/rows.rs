@@ -23,6 +23,8 @@ pub enum RejectReason {
     TooLarge,
     DuplicateUid,
     UnroutableUid,
+    /// Erased by `vera delete` earlier: never stored again (an erasure marker stands).
+    Erased,
 }
 
 /// One rejected row, as written to the rejects report. Holds no payload and no personal

@@ -206,13 +206,7 @@ fn record(stats: &mut WorkerStats, report: &PackReport) {
 }
 
 fn message_type(message: &Message) -> &'static str {
-    match message {
-        Message::PackTask(_) => "pack_task",
-        Message::ShardSealed(_) => "shard_sealed",
-        Message::TombstoneRequested(_) => "tombstone_requested",
-        Message::RepackRequested(_) => "repack_requested",
-        Message::AuditEvent(_) => "audit_event",
-    }
+    message.type_name()
 }
 
 async fn dead_letter(bus: &dyn Bus, delivery: &Delivery, reason: &str, stats: &mut WorkerStats) {

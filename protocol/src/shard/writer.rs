@@ -171,6 +171,11 @@ impl PreparedFile {
         &self.uid
     }
 
+    /// BLAKE3 of the file's bytes.
+    pub fn content_hash(&self) -> &Hash {
+        &self.content_hash
+    }
+
     pub fn raw_len(&self) -> u32 {
         self.raw_len
     }
