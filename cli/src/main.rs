@@ -4,6 +4,7 @@ mod bus;
 mod common;
 mod compact;
 mod demo;
+mod ingest;
 mod inspect;
 mod lifecycle;
 mod reconcile;
@@ -29,7 +30,8 @@ enum Command {
     Generate(run::GenerateArgs),
     /// Run the watermark producer: publish one PackTask per slot of source rows.
     Producer(run::ProducerArgs),
-    /// Run a pack worker: claim PackTasks and write segments.
+    /// Run a pack worker: claim PackTasks and write segments. With --ingest, an ingest
+    /// worker: claim files pushed on the `ingest` topic and write segments.
     Worker(run::WorkerCommandArgs),
     /// Create the S3 bucket with Object Lock, or check an existing one (needs `--features s3`).
     SetupBucket(run::SetupBucketArgs),

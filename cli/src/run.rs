@@ -114,7 +114,8 @@ pub struct WorkerCommandArgs {
     /// Worker name in logs and audit events.
     #[arg(long, default_value = "worker")]
     pub id: String,
-    /// Exit after the pack queue has been empty (nothing visible or in flight) this long.
+    /// Exit after the pack queue (the ingest queue, with --ingest) has been empty
+    /// (nothing visible or in flight) this long.
     #[arg(long)]
     pub exit_when_idle_ms: Option<u64>,
     /// Serve Prometheus metrics (including `vera_queue_depth` for autoscaling) at
@@ -127,6 +128,8 @@ pub struct WorkerCommandArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub ingest: crate::ingest::IngestArgs,
 }
 
 /// Serves this process's Prometheus metrics at http://LISTEN/metrics.
@@ -153,38 +156,13 @@ pub async fn close_bus(bus: &dyn Bus) {
 }
 
 pub async fn worker(args: WorkerCommandArgs) -> anyhow::Result<()> {
+    if args.ingest.ingest {
+        return crate::ingest::run(args).await;
+    }
     let source = args.source.open(None).await?;
     let store: Arc<dyn ObjectStore> = args.store.object_store().await?;
     let bus: Arc<dyn Bus> = args.store.bus(args.worker.max_attempts).await?;
-    let shutdown = ctrl_c_token();
-    if let Some(listen) = args.metrics_listen {
-        serve_metrics(listen)?;
-        vera_worker::metrics::describe();
-        tokio::spawn(vera_worker::metrics::report_queue_depth(
-            Arc::clone(&bus),
-            topics::ALL.to_vec(),
-            Duration::from_secs(5),
-            shutdown.clone(),
-        ));
-    }
-    if let Some(idle_ms) = args.exit_when_idle_ms {
-        let (bus, token) = (Arc::clone(&bus), shutdown.clone());
-        tokio::spawn(async move {
-            let mut idle_since = tokio::time::Instant::now();
-            loop {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                match bus.depth(topics::PACK).await {
-                    Ok(depth) if depth.visible == 0 && depth.in_flight == 0 => {
-                        if idle_since.elapsed() >= Duration::from_millis(idle_ms) {
-                            token.cancel();
-                            return;
-                        }
-                    }
-                    _ => idle_since = tokio::time::Instant::now(),
-                }
-            }
-        });
-    }
+    let shutdown = start_worker_services(&args, &bus, topics::PACK)?;
     let stats = vera_worker::run_worker(
         &args.id,
         Arc::clone(&bus),
@@ -197,6 +175,45 @@ pub async fn worker(args: WorkerCommandArgs) -> anyhow::Result<()> {
     close_bus(bus.as_ref()).await;
     println!("{}", serde_json::to_string(&stats)?);
     Ok(())
+}
+
+/// A worker's shutdown token (Ctrl-C, or `--exit-when-idle-ms` once `topic` has nothing
+/// visible or in flight), with its metrics served if asked.
+pub fn start_worker_services(
+    args: &WorkerCommandArgs,
+    bus: &Arc<dyn Bus>,
+    topic: &'static str,
+) -> anyhow::Result<CancellationToken> {
+    let shutdown = ctrl_c_token();
+    if let Some(listen) = args.metrics_listen {
+        serve_metrics(listen)?;
+        vera_worker::metrics::describe();
+        tokio::spawn(vera_worker::metrics::report_queue_depth(
+            Arc::clone(bus),
+            topics::ALL.to_vec(),
+            Duration::from_secs(5),
+            shutdown.clone(),
+        ));
+    }
+    if let Some(idle_ms) = args.exit_when_idle_ms {
+        let (bus, token) = (Arc::clone(bus), shutdown.clone());
+        tokio::spawn(async move {
+            let mut idle_since = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                match bus.depth(topic).await {
+                    Ok(depth) if depth.visible == 0 && depth.in_flight == 0 => {
+                        if idle_since.elapsed() >= Duration::from_millis(idle_ms) {
+                            token.cancel();
+                            return;
+                        }
+                    }
+                    _ => idle_since = tokio::time::Instant::now(),
+                }
+            }
+        });
+    }
+    Ok(shutdown)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -382,6 +399,19 @@ pub struct ServeArgs {
     /// than --suffix-kib. `vera stats` reports the largest later generation.
     #[arg(long, env = "VERA_LATER_SUFFIX_KIB", default_value_t = vera_store::shards::DEFAULT_LATER_SUFFIX_BYTES / 1024, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub later_suffix_kib: u64,
+    /// Take uploads: `PUT /v1/files/{uid}?created_at=…` answers 201 once the file is
+    /// durable on the bus's `ingest` topic (inline, or staged under --landing-prefix when
+    /// larger than a bus message), for ingest workers (`vera worker --ingest`) to pack.
+    /// Off by default: a reader only reads.
+    #[arg(long, env = "VERA_SERVE_INGEST")]
+    pub ingest: bool,
+    /// Where uploads too large for one bus message are staged; the ingest workers'
+    /// --landing-prefix.
+    #[arg(long, env = "VERA_LANDING_PREFIX", default_value = "landing/")]
+    pub landing_prefix: String,
+    /// Largest upload accepted (413 above); the ingest workers' --max-file-bytes.
+    #[arg(long, env = "VERA_MAX_FILE_BYTES", default_value_t = 512 * 1024)]
+    pub max_file_bytes: u64,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -394,7 +424,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let counts = counting.counts();
     let store: Arc<dyn ObjectStore> = Arc::new(counting);
     let shutdown = ctrl_c_token();
-    let bus = if args.no_audit && args.no_events { None } else { Some(args.store.bus(5).await?) };
+    let bus = if args.no_audit && args.no_events && !args.ingest { None } else { Some(args.store.bus(5).await?) };
     let (audit, audit_task) = match &bus {
         Some(bus) if !args.no_audit => {
             let (sender, task) = vera_reader::audit::spawn(bus.clone(), Duration::from_secs(1), shutdown.clone());
@@ -406,19 +436,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sidecar_ttl: Duration::from_secs(args.sidecar_ttl_seconds),
         ..vera_reader::ReaderSettings::default()
     };
-    let reader = Arc::new(
-        vera_reader::Reader::new(
-            args.store
-                .shards(store)
-                .with_cache_budget(args.index_cache_mib * 1024 * 1024)
-                .with_suffix_bytes(args.suffix_kib * 1024)
-                .with_later_suffix_bytes(args.later_suffix_kib * 1024),
-            routing,
-            audit,
-            settings,
-        )
-        .with_store_counts(counts),
-    );
+    let mut reader = vera_reader::Reader::new(
+        args.store
+            .shards(store)
+            .with_cache_budget(args.index_cache_mib * 1024 * 1024)
+            .with_suffix_bytes(args.suffix_kib * 1024)
+            .with_later_suffix_bytes(args.later_suffix_kib * 1024),
+        routing,
+        audit,
+        settings,
+    )
+    .with_store_counts(counts);
+    if let (Some(bus), true) = (&bus, args.ingest) {
+        reader = reader.with_ingest(vera_reader::ingest::HttpIngest {
+            bus: Arc::clone(bus),
+            landing: args.store.object_store().await?,
+            landing_prefix: args.landing_prefix.clone(),
+            max_file_bytes: args.max_file_bytes,
+        });
+    }
+    let reader = Arc::new(reader);
     let events_task = match bus {
         Some(bus) if !args.no_events => Some(vera_reader::events::spawn(reader.clone(), bus, shutdown.clone())),
         _ => None,

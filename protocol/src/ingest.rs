@@ -84,6 +84,21 @@ impl FileArrived {
         }
     }
 
+    /// This event in its envelope, with an id derived from the uid and the content (the
+    /// inline data, or the staged key), so a publisher's retry is a recognisable
+    /// duplicate.
+    pub fn into_envelope(self, now: Timestamp) -> Envelope {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(self.uid.as_bytes());
+        hasher.update(&[0]);
+        match &self.content {
+            FileContent::Inline { data } => hasher.update(data.as_bytes()),
+            FileContent::Staged { key, .. } => hasher.update(key.as_bytes()),
+        };
+        let id = format!("file/{}", &hasher.finalize().to_hex()[..32]);
+        Envelope::new(id, now, Message::FileArrived(self))
+    }
+
     /// The inline bytes, decoded; `None` for a staged file.
     pub fn inline_bytes(&self) -> Option<Result<Vec<u8>, IngestError>> {
         match &self.content {

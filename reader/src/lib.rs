@@ -41,6 +41,7 @@
 
 pub mod audit;
 pub mod events;
+pub mod ingest;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +88,8 @@ pub struct Reader {
     sidecar_fetches: std::sync::atomic::AtomicU64,
     /// Whether an [`events`] subscription is live (reported on `/metrics`).
     following_events: std::sync::atomic::AtomicBool,
+    /// Takes uploads (`PUT`) when set.
+    ingest: Option<ingest::HttpIngest>,
 }
 
 impl Reader {
@@ -95,6 +98,12 @@ impl Reader {
     /// read is `rate(store requests) / rate(vera_reader_requests_total)`.
     pub fn with_store_counts(mut self, counts: Arc<vera_store::counting::RequestCounts>) -> Self {
         self.store_counts = Some(counts);
+        self
+    }
+
+    /// Takes `PUT /v1/files/{uid}` uploads onto the bus's `ingest` topic ([`ingest`]).
+    pub fn with_ingest(mut self, ingest: ingest::HttpIngest) -> Self {
+        self.ingest = Some(ingest);
         self
     }
 
@@ -137,6 +146,7 @@ impl Reader {
             store_counts: None,
             sidecar_fetches: Default::default(),
             following_events: Default::default(),
+            ingest: None,
         }
     }
 
@@ -455,7 +465,7 @@ pub async fn serve(
 /// The service's routes. `metrics` renders `/metrics` when given.
 pub fn router(reader: Arc<Reader>, metrics: Option<metrics_exporter_prometheus::PrometheusHandle>) -> Router {
     let mut router = Router::new()
-        .route("/v1/files/{uid}", get(file).head(file))
+        .route("/v1/files/{uid}", get(file).head(file).put(ingest::put_file))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }));

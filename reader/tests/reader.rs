@@ -262,7 +262,7 @@ async fn the_openapi_description_names_every_route() {
     let (status, _, body) = call(&app, "GET", "/openapi.yaml", &[]).await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8(body).unwrap();
-    for path in ["/v1/files/{uid}:", "/healthz:", "/readyz:", "/metrics:", "head:", "get:"] {
+    for path in ["/v1/files/{uid}:", "/healthz:", "/readyz:", "/metrics:", "head:", "get:", "put:"] {
         assert!(text.contains(path), "{path} is described");
     }
 }

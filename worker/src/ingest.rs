@@ -24,7 +24,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
@@ -887,23 +886,9 @@ pub fn inline_event(
     file_event(file, now)
 }
 
-/// The envelope for a `file_arrived` event, with an id derived from uid and content.
+/// The envelope for a `file_arrived` event ([`FileArrived::into_envelope`]), to publish.
 pub fn file_event(file: FileArrived, now: Timestamp) -> Outgoing {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(file.uid.as_bytes());
-    hasher.update(&[0]);
-    match &file.content {
-        FileContent::Inline { data } => hasher.update(data.as_bytes()),
-        FileContent::Staged { key, .. } => hasher.update(key.as_bytes()),
-    };
-    let id = format!("file/{}", &hasher.finalize().to_hex()[..32]);
-    let envelope = Envelope::new(id, now, Message::FileArrived(file));
-    Outgoing { key: None, payload: Bytes::from(envelope.encode()) }
-}
-
-/// The base64 engine inline events use.
-pub fn inline_base64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    Outgoing { key: None, payload: Bytes::from(file.into_envelope(now).encode()) }
 }
 
 #[cfg(test)]
