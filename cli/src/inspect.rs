@@ -88,30 +88,43 @@ pub async fn verify(args: InspectArgs) -> anyhow::Result<VerifyReport> {
     for meta in segments {
         progress.inc(1);
         report.segments += 1;
-        let object = store.get(&meta.key).await?;
-        let len = object.body.len() as u64;
-        let outcome = tokio::task::spawn_blocking(move || {
-            verify_segment(&mut Cursor::new(&object.body[..]), len, &vera_protocol::shard::ReadLimits::default())
-        })
-        .await?;
-        match outcome {
-            Ok(segment) => {
-                let recorded = meta.metadata.get(vera_worker::pack::META_OBJECT_HASH);
-                if recorded.is_some_and(|hex| *hex != vera_protocol::hex::encode(&segment.object_hash)) {
-                    report
-                        .failures
-                        .push(format!("{}: object hash differs from the hash recorded at write time", meta.key));
-                    continue;
-                }
+        match verify_object(store.as_ref(), &meta).await? {
+            Ok((files, raw_bytes)) => {
                 report.segments_ok += 1;
-                report.files += segment.files;
-                report.raw_bytes += segment.raw_bytes;
+                report.files += files;
+                report.raw_bytes += raw_bytes;
             }
-            Err(error) => report.failures.push(format!("{}: {error}", meta.key)),
+            Err(failure) => report.failures.push(failure),
         }
     }
     progress.finish_and_clear();
     Ok(report)
+}
+
+/// Reads a whole segment and checks every hash in it, and its object hash against the one
+/// recorded at write time: `(files, raw bytes)`, or what is wrong. `Err` only when the
+/// store cannot be read.
+pub async fn verify_object(
+    store: &dyn ObjectStore,
+    meta: &vera_store::ObjectMeta,
+) -> anyhow::Result<Result<(u64, u64), String>> {
+    let object = store.get(&meta.key).await?;
+    let len = object.body.len() as u64;
+    let outcome = tokio::task::spawn_blocking(move || {
+        verify_segment(&mut Cursor::new(&object.body[..]), len, &vera_protocol::shard::ReadLimits::default())
+    })
+    .await?;
+    Ok(match outcome {
+        Ok(segment) => {
+            let recorded = meta.metadata.get(vera_worker::pack::META_OBJECT_HASH);
+            if recorded.is_some_and(|hex| *hex != vera_protocol::hex::encode(&segment.object_hash)) {
+                Err(format!("{}: object hash differs from the hash recorded at write time", meta.key))
+            } else {
+                Ok((segment.files, segment.raw_bytes))
+            }
+        }
+        Err(error) => Err(format!("{}: {error}", meta.key)),
+    })
 }
 
 /// A bar on stderr for long walks over the store; hidden for `--json` output.

@@ -7,6 +7,7 @@ mod demo;
 mod ingest;
 mod inspect;
 mod lifecycle;
+mod rebuild;
 mod reconcile;
 mod routing;
 mod run;
@@ -43,6 +44,11 @@ enum Command {
     /// Kafka only: move the worker group back to an offset or a time, to process the pack
     /// topic again (disaster recovery). Stop the workers first.
     Replay(run::ReplayArgs),
+    /// Read the archive back from the object store alone (disaster recovery): every
+    /// segment's index (every hash with --deep), sidecars, erasure markers and audit
+    /// anchors; write the reader's view with --manifest. Non-zero exit if anything is
+    /// corrupt (or, with --require-anchors, unanchored).
+    Rebuild(rebuild::RebuildArgs),
     /// Serve files over HTTP: GET/HEAD /v1/files/{uid}?created_at=…, /metrics, /healthz,
     /// /readyz, /openapi.yaml. Stateless; run as many as you like.
     Serve(run::ServeArgs),
@@ -156,6 +162,10 @@ async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
             common::init_tracing("info");
             run::replay(args).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Rebuild(args) => {
+            common::init_tracing("warn");
+            rebuild::rebuild(args).await
         }
         Command::Serve(args) => {
             common::init_tracing("info");

@@ -6,6 +6,7 @@
 //! every good row can be read back byte-identical; no uid is stored twice; every
 //! segment verifies; and the bad rows were rejected, not lost silently.
 
+mod support;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -123,7 +124,7 @@ fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(duplicated.is_empty(), "uids stored twice: {duplicated:?}");
 
-    let rows = source_rows(&source);
+    let rows = support::nullable_rows(&source);
     let mut seen = HashSet::new();
     let mut good = 0;
     for (uid, created_at, payload) in rows {
@@ -160,24 +161,6 @@ fn stored_uids(store: &Path) -> Vec<String> {
             }
         }
         uids
-    })
-}
-
-type Row = (Option<String>, Option<String>, Option<Vec<u8>>);
-
-fn source_rows(path: &Path) -> Vec<Row> {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        use sqlx::{ConnectOptions, Row as _};
-        let mut connection =
-            sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true).connect().await.unwrap();
-        sqlx::query("SELECT uid, created_at, payload FROM files ORDER BY id")
-            .fetch_all(&mut connection)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|row| (row.get("uid"), row.get("created_at"), row.get("payload")))
-            .collect()
     })
 }
 
