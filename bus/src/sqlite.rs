@@ -292,6 +292,41 @@ impl Bus for SqliteBus {
         Ok(())
     }
 
+    /// One transaction (one fsync) for the whole batch: an ingest worker acks hundreds of
+    /// events at once.
+    async fn ack_batch(&self, deliveries: &[Delivery]) -> Vec<Result<(), BusError>> {
+        let attempt = async {
+            let mut transaction = self.pool.begin().await.map_err(db_error("begin ack"))?;
+            let mut results = Vec::with_capacity(deliveries.len());
+            for delivery in deliveries {
+                let seq = match Self::seq_of(delivery) {
+                    Ok(seq) => seq,
+                    Err(error) => {
+                        results.push(Err(error));
+                        continue;
+                    }
+                };
+                let result = sqlx::query("DELETE FROM messages WHERE seq = ? AND receipt = ? AND dead = 0")
+                    .bind(seq)
+                    .bind(&delivery.receipt)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(db_error("ack"))?;
+                results.push(if result.rows_affected() == 0 {
+                    Err(BusError::new(BusErrorKind::StaleReceipt, "ack: receipt is no longer current"))
+                } else {
+                    Ok(())
+                });
+            }
+            transaction.commit().await.map_err(db_error("commit ack"))?;
+            Ok::<_, BusError>(results)
+        };
+        match attempt.await {
+            Ok(results) => results,
+            Err(error) => deliveries.iter().map(|_| Err(BusError::new(error.kind, error.message.clone()))).collect(),
+        }
+    }
+
     async fn nack(&self, delivery: &Delivery, delay: Duration) -> Result<(), BusError> {
         let visible_at = now_micros().saturating_add(micros(delay));
         self.update_with_receipt(

@@ -4,6 +4,7 @@
 mod cpu;
 mod creates;
 mod ingest;
+mod ingest_bench;
 mod layout;
 mod reads;
 mod report;
@@ -128,6 +129,42 @@ struct Args {
     /// the embedded bus.
     #[arg(long)]
     scenario_amqp: Option<String>,
+    /// Instead of the side-by-side test, push `--files` files of the demo mix as inline
+    /// `file_arrived` events through a bus into `--workers` ingest workers and the local
+    /// WORM store: files per minute, segment PUTs per 1,000 files, publish-to-durable
+    /// latency, lost and duplicated files.
+    #[arg(long)]
+    ingest: bool,
+    /// The bus for --ingest: `amqp://…` (RabbitMQ) or `kafka://HOST:PORT`; the embedded
+    /// bus when unset.
+    #[arg(long)]
+    ingest_bus: Option<String>,
+    /// The ingest workers' linger for --ingest, milliseconds (VERA's default: 5,000).
+    #[arg(long, default_value_t = 5000)]
+    ingest_linger_ms: u64,
+}
+
+/// `--ingest`: one run, a Markdown row, JSON with `--out`.
+async fn run_ingest(args: &Args, work: &std::path::Path, files: u64) -> anyhow::Result<()> {
+    let options = ingest_bench::IngestOptions {
+        files,
+        workers: args.workers,
+        linger_millis: args.ingest_linger_ms,
+        seed: args.seed,
+        bus: args.ingest_bus.clone(),
+    };
+    tracing::info!(files, bus = ?options.bus, "ingest benchmark starts");
+    let report = ingest_bench::run(&options, &work.join("ingest")).await?;
+    let markdown = format!("{}\n{}\n", ingest_bench::IngestReport::markdown_header(), report.markdown_row());
+    print!("{markdown}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &markdown)?;
+    }
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    anyhow::ensure!(report.lost == 0 && report.duplicated == 0, "files lost or duplicated");
+    Ok(())
 }
 
 /// `--scenario`: each pattern in its own directory, a Markdown table, JSON with `--out`.
@@ -188,6 +225,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let files = args.files.unwrap_or(if args.quick { 20_000 } else { 100_000 });
     if !args.scenario.is_empty() {
         return run_scenarios(&args, &work, files).await;
+    }
+    if args.ingest {
+        return run_ingest(&args, &work, files).await;
     }
     let cold_reads = args.cold_reads.unwrap_or(if args.quick { 300 } else { 1_000 });
     let warm_reads = args.warm_reads.unwrap_or(if args.quick { 2_000 } else { 10_000 });
