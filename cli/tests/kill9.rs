@@ -148,6 +148,16 @@ fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
 }
 
 fn stored_uids(store: &Path) -> Vec<String> {
+    uids_in(store, |key| key.ends_with(".vera"))
+}
+
+/// Uids in the final generations only (no staging segments).
+fn final_uids(store: &Path) -> Vec<String> {
+    uids_in(store, |key| vera_protocol::routing::ShardAddr::from_segment_key(key).is_ok())
+}
+
+/// Uids in every segment whose key passes `keep`, once per copy.
+fn uids_in(store: &Path, keep: fn(&str) -> bool) -> Vec<String> {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         use vera_store::ObjectStore;
@@ -155,7 +165,7 @@ fn stored_uids(store: &Path) -> Vec<String> {
         let shards = vera_store::shards::ShardStore::new(std::sync::Arc::new(store.clone()));
         let mut uids = Vec::new();
         for meta in store.list("").await.unwrap() {
-            if meta.key.ends_with(".vera") {
+            if keep(&meta.key) {
                 let index = shards.index(&meta.key).await.unwrap();
                 uids.extend(index.files().map(|f| f.uid.to_owned()));
             }
@@ -266,21 +276,4 @@ fn kill_9_of_ingest_workers_loses_nothing_and_stores_nothing_twice() {
         bus.depth(vera_bus::topics::INGEST).await.unwrap()
     });
     assert_eq!((status.visible, status.in_flight, status.dead), (0, 0, 0), "every event acked, none dead-lettered");
-}
-
-fn final_uids(store: &Path) -> Vec<String> {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        use vera_store::ObjectStore;
-        let store = vera_store::local::LocalStore::open(store).unwrap();
-        let shards = vera_store::shards::ShardStore::new(std::sync::Arc::new(store.clone()));
-        let mut uids = Vec::new();
-        for meta in store.list("").await.unwrap() {
-            if vera_protocol::routing::ShardAddr::from_segment_key(&meta.key).is_ok() {
-                let index = shards.index(&meta.key).await.unwrap();
-                uids.extend(index.files().map(|f| f.uid.to_owned()));
-            }
-        }
-        uids
-    })
 }
